@@ -1,0 +1,3 @@
+from lcsbench.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Lightning callbacks: decide when an analysis runs and log its figures and scalars."""

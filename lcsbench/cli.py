@@ -1,0 +1,52 @@
+"""`python -m lcsbench <command>`: Trainer commands go to LightningCLI, tools to plain functions.
+
+Each tool lives in its own module exposing `main(argv: list[str]) -> int`; modules are imported only
+when their command runs, so `--help` stays fast and a tool never pays for Lightning's import.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+TRAINER_COMMANDS = {
+    "fit": "train a model (LightningCLI; --config configs/<experiment>.yaml)",
+    "validate": "run one validation pass of a checkpoint (LightningCLI)",
+    "test": "run the test loop of a checkpoint (LightningCLI)",
+    "predict": "run the predict loop of a checkpoint (LightningCLI)",
+}
+
+# command -> (module with main(argv), one-line description)
+TOOLS: dict[str, tuple[str, str]] = {
+    "render": ("lcsbench.data.render_cli", "render CLEVR scenes with Blender into WebDataset shards"),
+    "import-clevr": ("lcsbench.data.import_clevr", "convert official CLEVR renders into lcsbench shards"),
+}
+
+TRAINER_MODULE = "lcsbench.trainer_cli"
+
+
+def usage() -> str:
+    width = max(len(name) for name in [*TRAINER_COMMANDS, *TOOLS])
+    lines = ["usage: python -m lcsbench <command> [options]   (python -m lcsbench <command> --help)", ""]
+    lines.append("training (LightningCLI):")
+    lines += [f"  {name:<{width}}  {text}" for name, text in TRAINER_COMMANDS.items()]
+    lines.append("")
+    lines.append("tools:")
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in TOOLS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command in TRAINER_COMMANDS:
+        trainer_cli = importlib.import_module(TRAINER_MODULE)
+        return trainer_cli.main([command, *rest])
+    if command in TOOLS:
+        module = importlib.import_module(TOOLS[command][0])
+        return int(module.main(rest) or 0)
+    print(f"lcsbench: unknown command {command!r}.\n\n{usage()}", file=sys.stderr)
+    return 2

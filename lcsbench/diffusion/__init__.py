@@ -1,0 +1,1 @@
+"""EDM math: preconditioning, loss, noise levels, sampler, learning-rate schedule, power EMA."""

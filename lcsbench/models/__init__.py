@@ -1,0 +1,1 @@
+"""LightningModules: global EDM2, patch-local EDM2, object-count judge."""
