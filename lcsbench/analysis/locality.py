@@ -1,0 +1,376 @@
+"""Pixel and conditional locality of a denoiser (paper Section 4, Appendix F; Figures 2, 6, 10, 12).
+
+Every function works on the one denoiser interface of DESIGN.md, `denoiser(x, sigma, cond) -> D`:
+x `[B, C, H, W]`, sigma a scalar or `[B]`, cond the structured conditioner (location grid `[B, G, G]`,
+colour counts `[B, 8]`, or any `[B, ...]` tensor of counts). No Lightning, no model internals.
+
+- `pixel_jacobian`: Eq. 9, the mean absolute Jacobian from a target pixel to every input pixel, one
+  vector-Jacobian product per (target pixel, output channel), all of them batched with `torch.func.vmap`
+  over one-hot cotangents and chunked to a memory budget.
+- `conditional_influence`: Eq. 10, `||D(x, C)_p - D(x, C \\ j)_p||_2` over channels, for every active
+  conditioner j, with all ablations in one batched forward.
+- `locality_radius`: Appendix F, the half-width of the smallest square centred on the target that holds
+  a given fraction (90%) of the map's total energy.
+- `locality_profile`: the same measurements over a grid of noise levels (Figures 2 and 10).
+
+The denoiser must be in eval mode (the caller's job): the analyses never change module state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+Denoiser = Callable[[Tensor, "Tensor | float", Tensor], Tensor]
+
+DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes the batched backward of one chunk may use (a heuristic, see below)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Input checks
+
+
+def check_pixels(pixels: Sequence[Sequence[int]], height: int, width: int) -> list[tuple[int, int]]:
+    """Target pixels as a list of integer (row, col) inside an H x W image; a clear error otherwise."""
+    checked = []
+    for pixel in pixels:
+        if len(pixel) != 2:
+            raise ValueError(f"a target pixel is a (row, col) pair; found {tuple(pixel)!r}")
+        row, col = int(pixel[0]), int(pixel[1])
+        if not (0 <= row < height and 0 <= col < width):
+            raise ValueError(
+                f"target pixel (row={row}, col={col}) lies outside the {height}x{width} image: valid rows are "
+                f"0..{height - 1} and valid cols 0..{width - 1} (pixels are (row, col), origin top-left)"
+            )
+        checked.append((row, col))
+    if not checked:
+        raise ValueError(f"no target pixels given: pass at least one (row, col) with 0 <= row < {height}, "
+                         f"0 <= col < {width}")
+    return checked
+
+
+def _check_image_batch(x: Tensor) -> None:
+    if x.ndim != 4:
+        raise ValueError(f"x must be an image batch [B, C, H, W]; found shape {tuple(x.shape)}: "
+                         f"add a batch dimension with x[None]")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pixel locality: Eq. 9, heat[p, h, w] = mean_c sum_c' |dD[c, p] / dx[c', h, w]|, averaged over the batch.
+
+
+def _module_of(denoiser: Denoiser) -> nn.Module | None:
+    """The nn.Module behind a denoiser (the module itself, or the owner of a bound method), if any."""
+    if isinstance(denoiser, nn.Module):
+        return denoiser
+    owner = getattr(denoiser, "__self__", None)
+    return owner if isinstance(owner, nn.Module) else None
+
+
+def _activation_bytes(denoiser: Denoiser, forward: Callable[[], Tensor]) -> tuple[Tensor, int]:
+    """Run `forward` once and estimate the bytes of the activations its backward walks through.
+
+    The estimate sums the outputs of every leaf module (a proxy for the gradients the backward of one
+    cotangent materialises); for a plain function it falls back to 8x the size of D.
+    """
+    module = _module_of(denoiser)
+    total = [0]
+
+    def count(_module, _inputs, output):
+        if isinstance(output, Tensor):
+            total[0] += output.numel() * output.element_size()
+
+    handles = []
+    if module is not None:
+        handles = [m.register_forward_hook(count) for m in module.modules() if not list(m.children())]
+    try:
+        out = forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out, max(total[0], 8 * out.numel() * out.element_size())
+
+
+def pixel_jacobian(
+    denoiser: Denoiser,                     # denoiser(x, sigma, cond) -> D, in eval mode
+    x: Tensor,                              # noisy inputs [B, C, H, W]
+    sigma: Tensor | float,                  # noise level: scalar or [B]
+    cond: Tensor,                           # structured conditioner [B, ...]
+    pixels: Sequence[Sequence[int]],        # target pixels as (row, col)
+    chunk_size: int | None = None,          # cotangents per batched backward; None: from memory_budget
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,  # bytes one chunk may use when chunk_size is None
+) -> Tensor:
+    """Eq. 9 heat maps `[P, H, W]`: how strongly each input pixel moves D at each target pixel.
+
+    `heat[p, h, w] = mean over output channels c of sum over input channels c' of |dD[b, c, p] / dx[b, c',
+    h, w]|`, averaged over the batch b. One forward, then one vector-Jacobian product per (target pixel,
+    output channel) with a one-hot cotangent, `torch.func.vmap`-batched in chunks. A cotangent is one-hot in
+    every sample at once: this assumes, as every diffusion denoiser does, that samples do not interact
+    (no batch statistics), so each sample's gradient lands in its own slot of x.
+    """
+    _check_image_batch(x)
+    batch, channels, height, width = x.shape
+    targets = check_pixels(pixels, height, width)
+    x = x.detach()
+
+    def forward(inputs: Tensor) -> Tensor:
+        return denoiser(inputs, sigma, cond)
+
+    holder: dict[str, int] = {}
+
+    def forward_measured(inputs: Tensor) -> Tensor:
+        out, holder["bytes"] = _activation_bytes(denoiser, lambda: forward(inputs))
+        return out
+
+    out, vjp_fn = torch.func.vjp(forward_measured, x)
+    out_channels = out.shape[1]
+    if out.shape[0] != batch or out.shape[2:] != x.shape[2:]:
+        raise ValueError(f"the denoiser returned shape {tuple(out.shape)} for input {tuple(x.shape)}: "
+                         f"expected D with the input's batch and spatial size")
+    if chunk_size is None:
+        per_cotangent = holder["bytes"] + 2 * x.numel() * x.element_size() + out.numel() * out.element_size()
+        chunk_size = max(1, int(memory_budget // per_cotangent))
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of cotangents; found {chunk_size}")
+
+    # Row i of the cotangent list is (target pixel, output channel) = divmod(i, out_channels).
+    rows = torch.tensor([t[0] for t in targets], device=x.device).repeat_interleave(out_channels)
+    cols = torch.tensor([t[1] for t in targets], device=x.device).repeat_interleave(out_channels)
+    chans = torch.arange(out_channels, device=x.device).repeat(len(targets))
+    batched_vjp = torch.func.vmap(vjp_fn)
+    heat_rows = []
+    for start in range(0, rows.numel(), chunk_size):
+        stop = min(start + chunk_size, rows.numel())
+        count = stop - start
+        cotangents = torch.zeros((count, *out.shape), dtype=out.dtype, device=out.device)
+        index = torch.arange(count, device=x.device)
+        cotangents[index, :, chans[start:stop], rows[start:stop], cols[start:stop]] = 1
+        (grads,) = batched_vjp(cotangents)  # [count, B, C, H, W]
+        grads = grads.to(torch.promote_types(grads.dtype, torch.float32))  # fp16/bf16 nets reduce in fp32
+        heat_rows.append(grads.abs().sum(dim=2).mean(dim=1))  # sum over input channels c', mean over samples
+        del grads, cotangents
+    heat = torch.cat(heat_rows).view(len(targets), out_channels, height, width).mean(dim=1)
+    return heat.detach()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Conditional locality: Eq. 10, ||D(x, C)_p - D(x, C \ j)_p||_2 over channels, for every active conditioner.
+
+
+@dataclass
+class ConditionalInfluence:
+    """Eq. 10 maps `[J, H, W]` and which entry of the conditioner each map ablates.
+
+    `conditioners[j]` indexes one sample's conditioner (cond[b][conditioners[j]]): a (row, col) grid cell for
+    a location grid, a (colour,) index for colour counts.
+    """
+
+    maps: Tensor
+    conditioners: list[tuple[int, ...]]
+
+
+def active_conditioners(cond: Tensor) -> list[tuple[int, ...]]:
+    """Entries of the conditioner that are non-zero in at least one sample, in row-major order."""
+    if cond.ndim < 2:
+        raise ValueError(f"cond must be batched [B, ...]; found shape {tuple(cond.shape)}: add cond[None]")
+    active = (cond != 0).flatten(1).any(dim=0).view(cond.shape[1:])
+    return [tuple(int(i) for i in index) for index in active.nonzero().tolist()]
+
+
+def conditional_influence(
+    denoiser: Denoiser,                     # denoiser(x, sigma, cond) -> D, in eval mode
+    x: Tensor,                              # noisy inputs [B, C, H, W]
+    sigma: Tensor | float,                  # noise level: scalar or [B]
+    cond: Tensor,                           # structured conditioner [B, ...] of counts
+    chunk_size: int | None = None,          # ablations per forward; None: all in one batched forward
+) -> ConditionalInfluence:
+    """Eq. 10 for every active conditioner j (an entry non-zero in some sample), averaged over the batch.
+
+    Removing conditioner j zeroes that entry (every object in that grid cell, or that colour). A sample in
+    which j is already zero contributes zero to map j, so pass one conditioner repeated over the batch (several
+    noise draws of one scene) to average like the paper. Forward passes only, no gradients.
+    """
+    _check_image_batch(x)
+    batch = x.shape[0]
+    if cond.shape[0] != batch:
+        raise ValueError(f"cond has batch {cond.shape[0]} but x has batch {batch}: give one conditioner per sample")
+    conditioners = active_conditioners(cond)
+    if not conditioners:
+        raise ValueError(
+            f"cond {tuple(cond.shape)} has no active conditioner (every entry is zero), so there is nothing to "
+            f"ablate: pass a conditioner with at least one non-zero entry (a location or a colour)"
+        )
+    variants = [cond]
+    for index in conditioners:
+        ablated = cond.clone()
+        ablated[(slice(None), *index)] = 0
+        variants.append(ablated)
+    all_cond = torch.cat(variants)  # [(J + 1) * B, ...], the full conditioner first
+    copies = len(variants)
+    all_sigma = sigma.repeat(copies) if isinstance(sigma, Tensor) and sigma.ndim == 1 else sigma
+    step = copies if chunk_size is None else max(1, int(chunk_size))
+    with torch.no_grad():
+        outputs = []
+        for start in range(0, copies, step):
+            stop = min(start + step, copies)
+            sub_sigma = all_sigma[start * batch:stop * batch] if isinstance(all_sigma, Tensor) and \
+                all_sigma.ndim == 1 else all_sigma
+            outputs.append(denoiser(x.repeat(stop - start, 1, 1, 1), sub_sigma,
+                                    all_cond[start * batch:stop * batch]))
+        out = torch.cat(outputs)
+        out = out.to(torch.promote_types(out.dtype, torch.float32)).view(copies, batch, *outputs[0].shape[1:])
+    maps = (out[:1] - out[1:]).norm(dim=2).mean(dim=1)  # norm over channels, mean over samples: [J, H, W]
+    return ConditionalInfluence(maps=maps, conditioners=conditioners)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Locality radius: Appendix F, the smallest centred square that holds `fraction` of the total energy.
+
+
+def locality_radius(
+    heat: Tensor,                           # non-negative map [H, W] (a pixel or conditional map)
+    center: Sequence[int],                  # (row, col) the square is centred on
+    fraction: float = 0.9,                  # share of the total energy the square must hold
+) -> float:
+    """Half-width r of the smallest square `[row-r, row+r] x [col-r, col+r]` (clipped to the image) whose
+    energy, the sum of the map's values, is at least `fraction` of the total. r = 0 is the target pixel
+    alone; a k x k kernel centred on the target has radius at most (k - 1) / 2. NaN for an all-zero map.
+    """
+    if heat.ndim != 2:
+        raise ValueError(f"heat must be one map [H, W]; found shape {tuple(heat.shape)}: index the map first")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must lie in (0, 1]; found {fraction}")
+    height, width = heat.shape
+    row, col = check_pixels([center], height, width)[0]
+    energy = heat.detach().double().abs()
+    total = energy.sum()
+    if total <= 0:
+        return float("nan")
+    # Integral image: square sums for every radius at once.
+    integral = torch.nn.functional.pad(energy.cumsum(0).cumsum(1), (1, 0, 1, 0))
+    radii = torch.arange(max(row, height - 1 - row, col, width - 1 - col) + 1, dtype=torch.long)
+    top, bottom = (row - radii).clamp(min=0), (row + radii + 1).clamp(max=height)
+    left, right = (col - radii).clamp(min=0), (col + radii + 1).clamp(max=width)
+    inside = integral[bottom, right] - integral[top, right] - integral[bottom, left] + integral[top, left]
+    enough = inside >= fraction * total * (1 - 1e-12)
+    return float(radii[enough.nonzero()[0, 0]])
+
+
+def grid_cell_center(cell: Sequence[int], grid_size: int, resolution: int) -> tuple[int, int]:
+    """The pixel (row, col) at the centre of grid cell (row, col) of a G x G location grid."""
+    size = resolution // grid_size
+    return int(cell[0]) * size + size // 2, int(cell[1]) * size + size // 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Summaries over noise levels (Figures 2 and 10).
+
+
+@dataclass
+class LocalityProfile:
+    """Pixel and conditional locality of one scene over a grid of noise levels.
+
+    heat `[S, P, H, W]` (Eq. 9 per sigma and target), influence `[S, J, H, W]` (Eq. 10), pixel_radius `[S, P]`,
+    conditional_radius `[S, J]` (each map about its conditioner's centre), influence_at_targets `[S, P, J]`
+    (Eq. 10 at each target pixel: the Figure 10 curves), noisy `[S, C, H, W]` and denoised `[S, C, H, W]`
+    for the first sample.
+    """
+
+    sigmas: list[float]
+    pixels: list[tuple[int, int]]
+    conditioners: list[tuple[int, ...]]
+    conditioner_centers: list[tuple[int, int]] | None
+    fraction: float
+    heat: Tensor
+    influence: Tensor | None
+    pixel_radius: Tensor
+    conditional_radius: Tensor | None
+    influence_at_targets: Tensor | None
+    noisy: Tensor
+    denoised: Tensor
+
+    def summary(self) -> dict:
+        """JSON-ready numbers (no maps): radii and influences per noise level."""
+        out = {
+            "sigmas": self.sigmas,
+            "pixels": [list(p) for p in self.pixels],
+            "fraction": self.fraction,
+            "pixel_radius": self.pixel_radius.tolist(),
+            "pixel_radius_mean": _nanmean(self.pixel_radius, dim=1).tolist(),
+        }
+        if self.influence is not None:
+            out |= {
+                "conditioners": [list(c) for c in self.conditioners],
+                "conditioner_centers": None if self.conditioner_centers is None
+                else [list(c) for c in self.conditioner_centers],
+                "conditional_radius": _nan_to_none(self.conditional_radius.tolist()),
+                "conditional_radius_mean": _nan_to_none(_nanmean(self.conditional_radius, dim=1).tolist()),
+                "influence_at_targets": self.influence_at_targets.tolist(),
+            }
+        out["pixel_radius"] = _nan_to_none(out["pixel_radius"])
+        out["pixel_radius_mean"] = _nan_to_none(out["pixel_radius_mean"])
+        return out
+
+
+def _nanmean(values: Tensor, dim: int) -> Tensor:
+    return values.nanmean(dim=dim)
+
+
+def _nan_to_none(values):
+    if isinstance(values, list):
+        return [_nan_to_none(v) for v in values]
+    return None if values != values else values
+
+
+def locality_profile(
+    denoiser: Denoiser,                     # denoiser(x, sigma, cond) -> D, in eval mode
+    images: Tensor,                         # clean images [B, C, H, W] the noise is added to
+    cond: Tensor,                           # structured conditioner [B, ...]
+    sigmas: Sequence[float],                # noise levels to measure at
+    pixels: Sequence[Sequence[int]],        # target pixels as (row, col)
+    conditioner_centers: Callable[[tuple[int, ...]], tuple[int, int]] | None = None,  # conditioner -> pixel
+    fraction: float = 0.9,                  # energy share of the locality radius
+    seed: int = 0,                          # noise seed: the same noise direction at every sigma
+    chunk_size: int | None = None,          # cotangents per batched backward (pixel_jacobian)
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,  # bytes per chunk when chunk_size is None
+    conditional: bool = True,               # also measure Eq. 10 (needs an active conditioner)
+) -> LocalityProfile:
+    """Eq. 9 and Eq. 10 maps and their radii at each sigma for x = images + sigma * n, one fixed n."""
+    _check_image_batch(images)
+    targets = check_pixels(pixels, images.shape[2], images.shape[3])
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    noise = torch.randn(images.shape, generator=generator).to(images.device, images.dtype)
+    heat, influence, noisy, denoised = [], [], [], []
+    conditioners: list[tuple[int, ...]] = []
+    for sigma in sigmas:
+        x = images + float(sigma) * noise
+        heat.append(pixel_jacobian(denoiser, x, float(sigma), cond, targets, chunk_size, memory_budget).cpu())
+        with torch.no_grad():
+            denoised.append(denoiser(x[:1], float(sigma), cond[:1]).float().cpu()[0])
+        noisy.append(x[0].float().cpu())
+        if conditional:
+            result = conditional_influence(denoiser, x, float(sigma), cond)
+            influence.append(result.maps.cpu())
+            conditioners = result.conditioners
+    heat_t = torch.stack(heat)
+    pixel_radius = torch.tensor([[locality_radius(h, t, fraction) for h, t in zip(level, targets)]
+                                 for level in heat_t])
+    influence_t = conditional_radius = at_targets = centers = None
+    if conditional:
+        influence_t = torch.stack(influence)
+        centers = [conditioner_centers(c) for c in conditioners] if conditioner_centers else None
+        conditional_radius = torch.tensor(
+            [[locality_radius(m, centers[j], fraction) if centers else float("nan") for j, m in enumerate(level)]
+             for level in influence_t])
+        rows = torch.tensor([t[0] for t in targets])
+        cols = torch.tensor([t[1] for t in targets])
+        at_targets = influence_t[:, :, rows, cols].transpose(1, 2)  # [S, P, J]
+    return LocalityProfile(
+        sigmas=[float(s) for s in sigmas], pixels=targets, conditioners=conditioners, conditioner_centers=centers,
+        fraction=fraction, heat=heat_t, influence=influence_t, pixel_radius=pixel_radius,
+        conditional_radius=conditional_radius, influence_at_targets=at_targets,
+        noisy=torch.stack(noisy), denoised=torch.stack(denoised),
+    )

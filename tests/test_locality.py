@@ -1,0 +1,225 @@
+"""Closed-form checks of the locality analyses (paper Appendix F, Eq. 9 and 10) on toy denoisers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lcsbench.analysis.locality import (
+    conditional_influence,
+    grid_cell_center,
+    locality_profile,
+    locality_radius,
+    pixel_jacobian,
+)
+
+
+class LinearDenoiser(nn.Module):
+    """D(x) = A x on the flattened image: its Jacobian is A itself."""
+
+    def __init__(self, channels: int, height: int, width: int, seed: int = 0):
+        super().__init__()
+        n = channels * height * width
+        generator = torch.Generator().manual_seed(seed)
+        self.register_buffer("matrix", torch.randn(n, n, generator=generator, dtype=torch.float64))
+
+    def forward(self, x, sigma, cond):
+        return (x.flatten(1) @ self.matrix.T).view_as(x)
+
+
+class ConvDenoiser(nn.Module):
+    """D(x) = conv2d(x, K) ('same' padding), one channel: the Jacobian of pixel p is K laid around p."""
+
+    def __init__(self, kernel: torch.Tensor):
+        super().__init__()
+        self.register_buffer("kernel", kernel[None, None])
+
+    def forward(self, x, sigma, cond):
+        return F.conv2d(x, self.kernel, padding=self.kernel.shape[-1] // 2)
+
+
+class PatchLocalToy(nn.Module):
+    """D at a pixel of grid cell (i, j) depends only on the pixels of cells within `radius` cells of (i, j)
+    (a (2r+1)m patch, like the paper's Exp. 3 model), and only on the conditioners inside that patch."""
+
+    def __init__(self, grid_size: int, radius: int):
+        super().__init__()
+        self.grid_size, self.radius = grid_size, radius
+
+    def neighbourhood_sum(self, cells: torch.Tensor) -> torch.Tensor:  # [B, 1, G, G] -> [B, 1, G, G]
+        box = torch.ones(1, 1, 2 * self.radius + 1, 2 * self.radius + 1, dtype=cells.dtype)
+        return F.conv2d(cells, box, padding=self.radius)
+
+    def forward(self, x, sigma, cond):
+        cell = x.shape[-1] // self.grid_size
+        cell_means = F.avg_pool2d(x.mean(1, keepdim=True), cell)
+        patch = F.interpolate(self.neighbourhood_sum(cell_means), scale_factor=cell, mode="nearest")
+        labels = F.interpolate(self.neighbourhood_sum(cond[:, None].to(x.dtype)), scale_factor=cell,
+                               mode="nearest")
+        return torch.tanh(x) * (1 + patch**2) + torch.sin(patch) * labels
+
+
+def test_linear_denoiser_heatmap_is_the_row_of_A():
+    channels, height, width = 2, 5, 6
+    model = LinearDenoiser(channels, height, width)
+    x = torch.randn(3, channels, height, width, dtype=torch.float64)
+    pixels = [(0, 0), (2, 3), (4, 5)]
+    heat = pixel_jacobian(model, x, 1.0, torch.zeros(3, 4, 4), pixels, chunk_size=4)
+    rows = model.matrix.abs().view(channels, height, width, channels, height, width)
+    for p, (r, c) in enumerate(pixels):
+        expected = rows[:, r, c].sum(dim=1).mean(dim=0)  # sum over input channels, mean over output channels
+        torch.testing.assert_close(heat[p].double(), expected, rtol=0, atol=1e-12)
+
+
+def test_chunk_size_and_memory_budget_do_not_change_the_result():
+    model = LinearDenoiser(1, 4, 4)
+    x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    pixels = [(r, c) for r in range(4) for c in range(4)]
+    whole = pixel_jacobian(model, x, 0.5, torch.zeros(2, 2, 2), pixels, chunk_size=1000)
+    for chunks in (pixel_jacobian(model, x, 0.5, torch.zeros(2, 2, 2), pixels, chunk_size=3),
+                   pixel_jacobian(model, x, 0.5, torch.zeros(2, 2, 2), pixels, memory_budget=1)):
+        torch.testing.assert_close(chunks, whole, rtol=0, atol=0)
+
+
+def test_batched_jacobian_matches_a_per_pixel_autograd_loop_on_a_nonlinear_net():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.SiLU(), nn.Conv2d(8, 8, 3, padding=1), nn.SiLU(),
+                        nn.Conv2d(8, 3, 3, padding=1)).double()
+
+    def denoiser(x, sigma, cond):
+        return x + sigma * net(x)
+
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    pixels = [(0, 7), (3, 4), (7, 0)]
+    heat = pixel_jacobian(denoiser, x, 0.7, torch.zeros(2, 8), pixels, chunk_size=2)
+    x_req = x.clone().requires_grad_(True)
+    out = denoiser(x_req, 0.7, None)
+    for p, (r, c) in enumerate(pixels):
+        per_channel = []
+        for ch in range(3):
+            (grad,) = torch.autograd.grad(out[:, ch, r, c].sum(), x_req, retain_graph=True)
+            per_channel.append(grad.abs().sum(1).mean(0))
+        torch.testing.assert_close(heat[p].double(), torch.stack(per_channel).mean(0), rtol=1e-10, atol=1e-12)
+
+
+def test_kernel_radius_is_recovered_from_the_heatmap():
+    # Mass 0.5 at the centre, 0.3 on the ring at distance 1, 0.2 on the ring at distance 2 of a 5x5 kernel.
+    kernel = torch.zeros(5, 5, dtype=torch.float64)
+    ring1 = [(1, 1), (1, 2), (1, 3), (2, 1), (2, 3), (3, 1), (3, 2), (3, 3)]
+    ring2 = [(i, j) for i in range(5) for j in range(5) if max(abs(i - 2), abs(j - 2)) == 2]
+    kernel[2, 2] = 0.5
+    for i, j in ring1:
+        kernel[i, j] = -0.3 / len(ring1)  # the sign does not matter: |J| is measured
+    for i, j in ring2:
+        kernel[i, j] = 0.2 / len(ring2)
+    model = ConvDenoiser(kernel)
+    x = torch.randn(1, 1, 16, 16, dtype=torch.float64)
+    heat = pixel_jacobian(model, x, 1.0, torch.zeros(1, 8), [(7, 8)])[0]
+    assert heat.sum().item() == pytest.approx(1.0)
+    assert heat[5:10, 6:11].sum().item() == pytest.approx(1.0)  # everything within the kernel's footprint
+    assert locality_radius(heat, (7, 8), 0.9) == 2
+    assert locality_radius(heat, (7, 8), 0.75) == 1
+    assert locality_radius(heat, (7, 8), 0.5) == 0
+
+
+def test_patch_local_model_has_zero_jacobian_outside_its_patch():
+    grid_size, radius, resolution = 4, 1, 16  # cells of 4 px; patch = 3x3 cells = 12x12 px
+    model = PatchLocalToy(grid_size, radius)
+    x = torch.randn(2, 3, resolution, resolution, dtype=torch.float64)
+    cond = torch.zeros(2, grid_size, grid_size)
+    pixels = [(0, 0), (5, 9), (15, 10)]
+    heat = pixel_jacobian(model, x, 1.0, cond, pixels)
+    for p, (r, c) in enumerate(pixels):
+        ci, cj = r // 4, c // 4
+        inside = torch.zeros(resolution, resolution, dtype=torch.bool)
+        inside[max(ci - radius, 0) * 4:(ci + radius + 1) * 4, max(cj - radius, 0) * 4:(cj + radius + 1) * 4] = True
+        assert torch.all(heat[p][~inside] == 0)
+        assert torch.all(heat[p][inside] > 0)
+
+
+def test_conditional_influence_is_zero_outside_the_dependency_radius():
+    grid_size, radius, resolution = 4, 1, 16
+    model = PatchLocalToy(grid_size, radius)
+    x = torch.randn(3, 3, resolution, resolution, dtype=torch.float64)
+    cond = torch.zeros(3, grid_size, grid_size)
+    cond[:, 0, 0] = 1
+    cond[:, 2, 3] = 2
+    result = conditional_influence(model, x, 0.8, cond)
+    assert result.conditioners == [(0, 0), (2, 3)]
+    assert result.maps.shape == (2, resolution, resolution)
+    for j, (gi, gj) in enumerate(result.conditioners):
+        near = torch.zeros(resolution, resolution, dtype=torch.bool)
+        near[max(gi - radius, 0) * 4:(gi + radius + 1) * 4, max(gj - radius, 0) * 4:(gj + radius + 1) * 4] = True
+        assert torch.all(result.maps[j][~near] == 0)
+        assert torch.all(result.maps[j][near] > 0)
+    # One batched forward with chunks of ablations gives the same maps.
+    chunked = conditional_influence(model, x, torch.full((3,), 0.8, dtype=torch.float64), cond, chunk_size=1)
+    torch.testing.assert_close(chunked.maps, result.maps)
+
+
+def test_conditional_influence_is_the_channel_norm_of_the_ablation_difference():
+    def denoiser(x, sigma, cond):  # colour counts [B, 8] add a fixed per-colour image
+        pattern = torch.arange(8 * 3 * 4 * 4, dtype=x.dtype).view(8, 3, 4, 4).sin()
+        return x + torch.einsum("bk,kchw->bchw", cond.to(x.dtype), pattern)
+
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    cond = torch.zeros(2, 8)
+    cond[0, 1] = 1
+    cond[:, 5] = 1
+    result = conditional_influence(denoiser, x, 1.0, cond)
+    pattern = torch.arange(8 * 3 * 4 * 4, dtype=torch.float64).view(8, 3, 4, 4).sin()
+    assert result.conditioners == [(1,), (5,)]
+    torch.testing.assert_close(result.maps[0], pattern[1].norm(dim=0) / 2)  # active in one sample of two
+    torch.testing.assert_close(result.maps[1], pattern[5].norm(dim=0))
+
+
+def test_locality_radius_closed_forms():
+    heat = torch.zeros(9, 9)
+    heat[4, 4] = 1.0
+    assert locality_radius(heat, (4, 4)) == 0
+    heat[4, 7] = 9.0  # 90% of the energy three columns away
+    assert locality_radius(heat, (4, 4), 0.9) == 3
+    assert locality_radius(heat, (4, 4), 0.1) == 0
+    # Squares are clipped at the border: a corner target still reaches the far corner.
+    corner = torch.ones(5, 5)
+    assert locality_radius(corner, (0, 0), 1.0) == 4
+    assert locality_radius(corner, (0, 0), 0.16) == 1  # 2x2 = 4 of 25 pixels
+    assert math.isnan(locality_radius(torch.zeros(4, 4), (1, 1)))
+
+
+def test_bad_inputs_give_clear_errors():
+    model = LinearDenoiser(1, 4, 4)
+    x = torch.randn(1, 1, 4, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"outside the 4x4 image: valid rows are 0..3 and valid cols 0..3"):
+        pixel_jacobian(model, x, 1.0, torch.zeros(1, 2), [(1, 1), (4, 0)])
+    with pytest.raises(ValueError, match="no target pixels"):
+        pixel_jacobian(model, x, 1.0, torch.zeros(1, 2), [])
+    with pytest.raises(ValueError, match="outside"):
+        locality_radius(torch.ones(4, 4), (-1, 2))
+    with pytest.raises(ValueError, match="no active conditioner"):
+        conditional_influence(model, x, 1.0, torch.zeros(1, 4, 4))
+    with pytest.raises(ValueError, match=r"image batch \[B, C, H, W\]"):
+        pixel_jacobian(model, x[0], 1.0, torch.zeros(1, 2), [(0, 0)])
+
+
+def test_locality_profile_over_noise_levels():
+    grid_size, radius, resolution = 4, 1, 16
+    model = PatchLocalToy(grid_size, radius)
+    images = torch.randn(2, 3, resolution, resolution, dtype=torch.float64)
+    cond = torch.zeros(2, grid_size, grid_size)
+    cond[:, 1, 2] = 1
+    centre = grid_cell_center((1, 2), grid_size, resolution)
+    assert centre == (6, 10)
+    profile = locality_profile(model, images, cond, [0.1, 1.0, 10.0], [centre],
+                               conditioner_centers=lambda c: grid_cell_center(c, grid_size, resolution))
+    assert profile.heat.shape == (3, 1, resolution, resolution)
+    assert profile.influence.shape == (3, 1, resolution, resolution)
+    assert profile.influence_at_targets.shape == (3, 1, 1)
+    # The patch is 12x12 px around cell (1, 2): no radius can exceed the patch's reach from the centre.
+    assert torch.all(profile.pixel_radius <= 6) and torch.all(profile.conditional_radius <= 6)
+    summary = profile.summary()
+    assert summary["conditioners"] == [[1, 2]] and len(summary["pixel_radius_mean"]) == 3
