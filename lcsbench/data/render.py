@@ -1,0 +1,447 @@
+"""Render CLEVR datasets with Blender into WebDataset shards, in parallel and resumably.
+
+The plan of a dataset is a pure function of its settings: object count n, split and shard index
+fix the images of every shard (`ROOT/n3/train-000000.tar`), and each image's scene depends only on
+`(seed, n, split, index)`. Work is split over one Blender process per core, each rendering a
+contiguous run of images (start-up costs ~0.6 s, so a process renders many). Images land in
+`ROOT/.staging/` as they finish; a shard is packed (write, then rename) once all its images are
+there. Rerunning with the same arguments skips finished shards and finished images, so a crashed
+or killed render loses at most the images in flight.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from lcsbench import __version__
+from lcsbench.data.scenes import IMAGE_EXT, MASK_EXT, SCENE_EXT
+from lcsbench.data.shards import (
+    MANIFEST,
+    ShardError,
+    check_shard,
+    write_json_atomic,
+    write_shard,
+)
+
+SCENE_SCRIPT = Path(__file__).with_name("blender") / "clevr_scene.py"
+STAGING = ".staging"
+FORMAT = "lcsbench-clevr-shards/1"
+MAX_IMAGES_PER_PROCESS = 200  # enough to amortise Blender's start-up, small enough to balance cores
+
+
+class RenderError(RuntimeError):
+    """Blender is missing or failed, or the output directory conflicts with the request."""
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Everything that determines the pixels and labels of a dataset (recorded in the manifest)."""
+
+    resolution: int = 64  # square images, pixels
+    samples: int = 64  # Cycles samples per pixel
+    seed: int = 0  # dataset seed: scene of image i = f(seed, n, split, i)
+    counts: tuple[int, ...] = (1, 2, 3)  # object counts, one shard set each
+    per_count: int = 1000  # training images per object count
+    val_per_count: int = 0  # held-out images per object count
+    shard_size: int = 1000  # images per shard
+    fov: str = "crop"  # "crop": CLEVR's vertical FOV (square = centre crop); "full": horizontal FOV
+    min_dist: float = 0.25  # CLEVR: min gap between objects on the ground (scene units)
+    margin: float = 0.4  # CLEVR: min separation along left/right/front/behind
+    min_visible_fraction: float = 0.0026  # visible pixels per object / image (200 px at 320x240)
+    max_retries: int = 50  # CLEVR: placements per object before the layout restarts
+    max_layout_attempts: int = 500  # layouts tried before giving up on the in-frame/visibility checks
+    camera_jitter: float = 0.5  # CLEVR: uniform +-jitter per axis of the camera position
+    light_jitter: float = 1.0  # CLEVR: uniform +-jitter per axis of each area light
+    layout_sha256: str | None = None  # layout mode: hash of the requested scenes
+
+    def scene_script_settings(self) -> dict:
+        return {
+            "width": self.resolution, "height": self.resolution, "samples": self.samples,
+            "fov": self.fov, "min_dist": self.min_dist, "margin": self.margin,
+            "min_visible_fraction": self.min_visible_fraction, "max_retries": self.max_retries,
+            "max_layout_attempts": self.max_layout_attempts, "camera_jitter": self.camera_jitter,
+            "light_jitter": self.light_jitter,
+        }
+
+
+@dataclass
+class ShardPlan:
+    """One shard: where it goes and the Blender job of each of its images."""
+
+    group: str  # "n3", or "layout"
+    split: str  # "train", "val", or "eval" for layouts
+    index: int
+    jobs: list[dict] = field(default_factory=list)
+
+    @property
+    def relpath(self) -> str:
+        return f"{self.group}/{self.split}-{self.index:06d}.tar"
+
+    @property
+    def staging(self) -> str:
+        return f"{STAGING}/{self.group}/{self.split}-{self.index:06d}"
+
+
+# ---- planning -----------------------------------------------------------------------------------
+
+
+def parse_counts(text: str) -> tuple[int, ...]:
+    """'1-3' -> (1, 2, 3); '1,2,5' -> (1, 2, 5); '4' -> (4,)."""
+    counts: list[int] = []
+    try:
+        for part in text.split(","):
+            low, _, high = part.strip().partition("-")
+            counts.extend(range(int(low), int(high or low) + 1))
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
+        raise ValueError(f"invalid object counts {text!r}: expected a range like '1-3' or a list like "
+                         f"'1,2,5' of distinct positive integers")
+    return tuple(sorted(counts))
+
+
+def parse_shard_range(text: str) -> slice:
+    """'i:j' -> slice(i, j) over the dataset's ordered shard list."""
+    try:
+        start, _, stop = text.partition(":")
+        return slice(int(start) if start else None, int(stop) if stop else None)
+    except ValueError:
+        raise ValueError(f"invalid --shards {text!r}: expected 'i:j' (shard indices, j exclusive)") from None
+
+
+def plan_dataset(settings: RenderSettings) -> list[ShardPlan]:
+    plans: list[ShardPlan] = []
+    for count in settings.counts:
+        group = f"n{count}"
+        for split, total in (("train", settings.per_count), ("val", settings.val_per_count)):
+            for shard_index in range(math.ceil(total / settings.shard_size)):
+                plan = ShardPlan(group, split, shard_index)
+                for index in range(shard_index * settings.shard_size,
+                                   min(total, (shard_index + 1) * settings.shard_size)):
+                    plan.jobs.append({
+                        "key": f"{group}_{split}_{index:08d}", "num_objects": count, "split": split,
+                        "image_index": index, "scene_seed": f"{settings.seed}/{group}/{split}/{index}",
+                    })
+                plans.append(plan)
+    return plans
+
+
+def plan_layouts(settings: RenderSettings, scenes: list[list[dict]]) -> list[ShardPlan]:
+    plans: list[ShardPlan] = []
+    for shard_index in range(math.ceil(len(scenes) / settings.shard_size)):
+        plan = ShardPlan("layout", "eval", shard_index)
+        for index in range(shard_index * settings.shard_size,
+                           min(len(scenes), (shard_index + 1) * settings.shard_size)):
+            plan.jobs.append({
+                "key": f"layout_eval_{index:08d}", "layout": scenes[index], "split": "eval",
+                "image_index": index, "scene_seed": f"{settings.seed}/layout/eval/{index}",
+            })
+        plans.append(plan)
+    return plans
+
+
+def select_shards(plans: list[ShardPlan], shards: slice | None, node_rank: int, num_nodes: int) -> list[ShardPlan]:
+    """This machine's part: a slice of the ordered shard list, then every num_nodes-th shard."""
+    if num_nodes < 1 or not 0 <= node_rank < num_nodes:
+        raise ValueError(f"node rank {node_rank} is not in [0, {num_nodes}): pass --node-rank in "
+                         f"0..num_nodes-1 (SLURM: $SLURM_ARRAY_TASK_ID) and --num-nodes >= 1")
+    selected = plans[shards] if shards is not None else plans
+    return selected[node_rank::num_nodes]
+
+
+# ---- Blender ------------------------------------------------------------------------------------
+
+
+def find_blender(blender: str | None = None) -> str:
+    candidate = blender or os.environ.get("LCSBENCH_BLENDER") or "blender"
+    path = shutil.which(candidate)
+    if path is None:
+        raise RenderError(
+            f"Blender executable {candidate!r} not found on PATH. Install it (Debian/Ubuntu: "
+            f"`apt-get install -y blender`; or unpack a release from blender.org) and put it on PATH, "
+            f"or pass --blender /path/to/blender (or set LCSBENCH_BLENDER).")
+    return path
+
+
+def blender_version(blender: str) -> str:
+    result = subprocess.run([blender, "--version"], capture_output=True, text=True, timeout=120)
+    for line in result.stdout.splitlines():
+        if line.startswith("Blender "):
+            return line.split()[1]
+    raise RenderError(f"{blender} --version printed no version (exit {result.returncode}): "
+                      f"{(result.stdout + result.stderr)[-500:]}")
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# ---- manifest -----------------------------------------------------------------------------------
+
+
+def manifest_for(settings: RenderSettings, plans: list[ShardPlan], mode: str, blender_ver: str,
+                 created: str | None) -> dict:
+    shards: dict[str, dict[str, list[str]]] = {}
+    images: dict[str, dict[str, int]] = {}
+    for plan in plans:
+        shards.setdefault(plan.group, {}).setdefault(plan.split, []).append(plan.relpath)
+        images.setdefault(plan.group, {}).setdefault(plan.split, 0)
+        images[plan.group][plan.split] += len(plan.jobs)
+    totals: dict[str, int] = {}
+    for per_split in images.values():
+        for split, n in per_split.items():
+            totals[split] = totals.get(split, 0) + n
+    return {
+        "format": FORMAT,
+        "mode": mode,
+        "settings": asdict(settings),
+        "shards": shards,
+        "shard_samples": {plan.relpath: len(plan.jobs) for plan in plans},
+        "images": images,
+        "totals": totals,
+        "sample_keys": {"image": IMAGE_EXT, "scene": SCENE_EXT, "mask": MASK_EXT},
+        "renderer": {
+            "lcsbench": __version__,
+            "scene_script_sha256": hashlib.sha256(SCENE_SCRIPT.read_bytes()).hexdigest(),
+            "blender": blender_ver,
+            "engine": "CYCLES",
+        },
+        "created": created or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def reconcile_manifest(out: Path, manifest: dict) -> None:
+    """Refuse an output directory made with other settings; otherwise (re)write the manifest."""
+    path = out / MANIFEST
+    if path.exists():
+        existing = json.loads(path.read_text())
+        old, new = existing.get("settings", {}), manifest["settings"]
+        differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if existing.get("mode") != manifest["mode"]:
+            differing.insert(0, "mode")
+        if differing:
+            detail = ", ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in differing)
+            raise RenderError(
+                f"{out} holds a dataset rendered with other settings ({detail}). Nothing was changed. "
+                f"Render into a new --out directory, or rerun with the original arguments to resume it.")
+        manifest["created"] = existing.get("created", manifest["created"])
+    write_json_atomic(path, manifest)
+
+
+# ---- rendering ----------------------------------------------------------------------------------
+
+
+def check_existing_shards(out: Path, plans: list[ShardPlan], repair: bool) -> list[ShardPlan]:
+    """Verify finished shards; return the plans still to render. Damaged shards stop the run
+    unless `repair`, which moves them aside as `*.corrupt` (nothing is deleted) and re-renders them."""
+    todo, damaged = [], []
+    for plan in plans:
+        path = out / plan.relpath
+        if not path.exists():
+            todo.append(plan)
+            continue
+        try:
+            check_shard(path, len(plan.jobs), fix="rerun `lcsbench render` with --repair")
+        except ShardError as error:
+            if not repair:
+                damaged.append(str(error))
+                continue
+            os.replace(path, path.with_name(path.name + ".corrupt"))
+            todo.append(plan)
+    if damaged:
+        raise ShardError(f"{len(damaged)} finished shard(s) are damaged:\n  " + "\n  ".join(damaged)
+                         + "\nRerun the same command with --repair: damaged shards are moved aside as "
+                           "*.corrupt and only they are re-rendered.")
+    return todo
+
+
+def image_done(out: Path, plan: ShardPlan, job: dict) -> bool:
+    staging = out / plan.staging
+    key = job["key"]
+    return all((staging / f"{key}.{ext}").exists() for ext in (IMAGE_EXT, MASK_EXT, SCENE_EXT))
+
+
+def pack_shard(out: Path, plan: ShardPlan) -> None:
+    staging = out / plan.staging
+    samples = []
+    for job in plan.jobs:
+        key = job["key"]
+        samples.append({"__key__": key, **{ext: (staging / f"{key}.{ext}").read_bytes()
+                                           for ext in (IMAGE_EXT, SCENE_EXT, MASK_EXT)}})
+    write_shard(out / plan.relpath, samples)
+    shutil.rmtree(staging)
+
+
+def make_tasks(out: Path, plans: list[ShardPlan], workers: int) -> list[list[tuple[ShardPlan, dict]]]:
+    """Pending images, in shard order, cut into contiguous runs of similar length per process."""
+    pending = [(plan, job) for plan in plans for job in plan.jobs if not image_done(out, plan, job)]
+    if not pending:
+        return []
+    size = max(1, min(MAX_IMAGES_PER_PROCESS, math.ceil(len(pending) / workers)))
+    return [pending[i:i + size] for i in range(0, len(pending), size)]
+
+
+class _BlenderPool:
+    """Runs Blender processes and reports finished images through `events`."""
+
+    def __init__(self, blender: str, out: Path, settings: RenderSettings, threads: int, tag: str):
+        self.blender, self.out, self.settings = blender, out, settings
+        self.threads, self.tag = threads, tag  # tag keeps logs of machines sharing `out` apart
+        self.events: queue.Queue = queue.Queue()
+        self.running: dict[int, subprocess.Popen] = {}
+        self.logs = out / STAGING / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+
+    def start(self, task_id: int, task: list[tuple[ShardPlan, dict]]) -> None:
+        jobs = [{**job, "dir": str(self.out / plan.staging)} for plan, job in task]
+        for plan, _ in task:
+            (self.out / plan.staging).mkdir(parents=True, exist_ok=True)
+        jobs_file = self.logs / f"{self.tag}-task-{task_id:05d}.json"
+        jobs_file.write_text(json.dumps({"settings": self.settings.scene_script_settings(), "images": jobs}))
+        log_path = self.logs / f"{self.tag}-task-{task_id:05d}.log"
+        command = [self.blender, "-b", "--factory-startup", "-noaudio", "--python-exit-code", "1",
+                   "-P", str(SCENE_SCRIPT), "--", "--jobs", str(jobs_file), "--threads", str(self.threads)]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   start_new_session=True)
+        self.running[task_id] = process
+        threading.Thread(target=self._follow, args=(task_id, process, log_path), daemon=True).start()
+
+    def _follow(self, task_id: int, process: subprocess.Popen, log_path: Path) -> None:
+        with open(log_path, "w") as log:
+            for line in process.stdout:
+                log.write(line)
+                if line.startswith("LCSBENCH_DONE "):
+                    self.events.put(("done", line.split()[1]))
+        self.events.put(("exit", task_id, process.wait(), log_path))
+
+    def kill_all(self) -> None:
+        for process in self.running.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+        for process in self.running.values():
+            process.wait()
+
+
+def run_plans(out: Path, plans: list[ShardPlan], settings: RenderSettings, blender: str, workers: int,
+              progress: bool, tag: str = "node0") -> int:
+    """Render every missing image of `plans`, packing shards as they complete. Returns images rendered."""
+    for plan in plans:  # shards whose images all survived a crash before packing
+        if all(image_done(out, plan, job) for job in plan.jobs):
+            pack_shard(out, plan)
+    plans = [plan for plan in plans if not (out / plan.relpath).exists()]
+    tasks = make_tasks(out, plans, workers)
+    if not tasks:
+        return 0
+    owner = {job["key"]: plan for plan in plans for job in plan.jobs}
+    remaining = {plan.relpath: sum(not image_done(out, plan, job) for job in plan.jobs) for plan in plans}
+    threads = max(1, usable_cores() // workers)
+    pool = _BlenderPool(blender, out, settings, threads, tag)
+    total = sum(len(task) for task in tasks)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="img", desc=f"render {out.name}", disable=not progress, smoothing=0.05)
+    next_task, failures, rendered = 0, [], 0
+    try:
+        while next_task < len(tasks) or pool.running:
+            while not failures and next_task < len(tasks) and len(pool.running) < workers:
+                pool.start(next_task, tasks[next_task])
+                next_task += 1
+            event = pool.events.get()
+            if event[0] == "done":
+                plan = owner[event[1]]
+                remaining[plan.relpath] -= 1
+                rendered += 1
+                bar.update(1)
+                if remaining[plan.relpath] == 0:
+                    pack_shard(out, plan)
+            else:
+                _, task_id, code, log_path = event
+                del pool.running[task_id]
+                if code != 0:
+                    failures.append((code, log_path))
+    except BaseException:
+        pool.kill_all()
+        raise
+    finally:
+        bar.close()
+    if failures:
+        code, log_path = failures[0]
+        tail = "".join(Path(log_path).read_text().splitlines(keepends=True)[-25:])
+        raise RenderError(
+            f"Blender exited with code {code} ({len(failures)} failed process(es)); log: {log_path}\n"
+            f"{tail}\nImages already finished are kept in {out / STAGING}: rerun the same command to resume.")
+    return rendered
+
+
+def render(out: str | Path, settings: RenderSettings, plans: list[ShardPlan], mode: str, *,
+           shards: slice | None = None, node_rank: int = 0, num_nodes: int = 1, workers: int | None = None,
+           repair: bool = False, blender: str | None = None, progress: bool = True) -> dict:
+    out = Path(out)
+    blender_path = find_blender(blender)
+    workers = workers or usable_cores()
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    out.mkdir(parents=True, exist_ok=True)
+    reconcile_manifest(out, manifest_for(settings, plans, mode, blender_version(blender_path), None))
+    mine = select_shards(plans, shards, node_rank, num_nodes)
+    todo = check_existing_shards(out, mine, repair)
+    rendered = run_plans(out, todo, settings, blender_path, workers, progress, tag=f"node{node_rank}")
+    complete = sum((out / plan.relpath).exists() for plan in plans)
+    if complete == len(plans) and (out / STAGING).exists():
+        shutil.rmtree(out / STAGING)
+    return {"out": str(out), "rendered_images": rendered, "selected_shards": len(mine),
+            "complete_shards": complete, "total_shards": len(plans)}
+
+
+def render_dataset(out: str | Path, counts=(1, 2, 3), per_count: int = 1000, val_per_count: int | None = None,
+                   resolution: int = 64, samples: int = 64, seed: int = 0, shard_size: int = 1000,
+                   **options) -> dict:
+    """Render `per_count` training and `val_per_count` held-out images for every object count.
+
+    `options`: RenderSettings placement fields (fov, min_dist, ...), and `shards`, `node_rank`,
+    `num_nodes`, `workers`, `repair`, `blender`, `progress` of `render`.
+    """
+    counts = parse_counts(counts) if isinstance(counts, str) else tuple(sorted(counts))
+    if val_per_count is None:
+        val_per_count = math.ceil(per_count / 50)
+    if per_count < 1 or val_per_count < 0 or shard_size < 1 or resolution < 8 or samples < 1:
+        raise ValueError(f"need per_count >= 1, val_per_count >= 0, shard_size >= 1, resolution >= 8 and "
+                         f"samples >= 1; got {per_count}, {val_per_count}, {shard_size}, {resolution}, {samples}")
+    setting_names = set(RenderSettings.__dataclass_fields__)
+    settings = RenderSettings(resolution=resolution, samples=samples, seed=seed, counts=counts,
+                              per_count=per_count, val_per_count=val_per_count, shard_size=shard_size,
+                              **{k: v for k, v in options.items() if k in setting_names})
+    run_options = {k: v for k, v in options.items() if k not in setting_names}
+    return render(out, settings, plan_dataset(settings), "random", **run_options)
+
+
+def render_layouts(out: str | Path, scenes: list[list[dict]], resolution: int = 64, samples: int = 64,
+                   seed: int = 0, shard_size: int = 1000, **options) -> dict:
+    """Render requested scenes exactly: each object centre projects to its requested pixel.
+
+    `scenes`: one list of objects per image, each `{"pixel": [x, y]}` (float pixels at this
+    resolution, origin top-left) with optional `color`, `shape`, `size`, `material`; see
+    `lcsbench.data.layouts` for fractions and grid cells.
+    """
+    digest = hashlib.sha256(json.dumps(scenes, sort_keys=True).encode()).hexdigest()
+    setting_names = set(RenderSettings.__dataclass_fields__)
+    settings = RenderSettings(resolution=resolution, samples=samples, seed=seed, counts=(), per_count=len(scenes),
+                              val_per_count=0, shard_size=shard_size, layout_sha256=digest,
+                              **{k: v for k, v in options.items() if k in setting_names})
+    run_options = {k: v for k, v in options.items() if k not in setting_names}
+    return render(out, settings, plan_layouts(settings, scenes), "layout", **run_options)

@@ -1,0 +1,82 @@
+"""`python -m lcsbench render`: CLEVR scenes rendered by Blender into WebDataset shards."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from lcsbench.data.layouts import LayoutError, load_layout_file
+from lcsbench.data.render import RenderError, RenderSettings, parse_counts, parse_shard_range, render_dataset, render_layouts
+from lcsbench.data.shards import ShardError
+
+DEFAULTS = RenderSettings()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lcsbench render",
+        description="Render CLEVR scenes with Blender (Cycles) into WebDataset shards: "
+                    "OUT/n<k>/{train,val}-NNNNNN.tar per object count k, plus OUT/manifest.json. "
+                    "Resumable: rerun the same command after a crash; finished shards are skipped.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--counts", default="1-3", help="object counts: a range '1-3' or a list '1,2,5'")
+    parser.add_argument("--per-count", type=int, default=1000, help="training images per object count")
+    parser.add_argument("--val-per-count", type=int, default=None,
+                        help="held-out images per object count (default: per-count / 50, rounded up)")
+    parser.add_argument("--resolution", type=int, default=DEFAULTS.resolution, help="square image size in pixels")
+    parser.add_argument("--samples", type=int, default=DEFAULTS.samples, help="Cycles samples per pixel")
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="dataset seed")
+    parser.add_argument("--shard-size", type=int, default=DEFAULTS.shard_size, help="images per shard")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="Blender processes at once (default: one per usable core)")
+    parser.add_argument("--shards", default=None,
+                        help="render only shards i:j of the ordered shard list (split a dataset over machines)")
+    parser.add_argument("--node-rank", type=int, default=int(os.environ.get("SLURM_ARRAY_TASK_ID", 0)),
+                        help="this machine's rank: it renders every num-nodes-th shard (default $SLURM_ARRAY_TASK_ID)")
+    parser.add_argument("--num-nodes", type=int, default=int(os.environ.get("SLURM_ARRAY_TASK_COUNT", 1)),
+                        help="machines sharing the dataset (default $SLURM_ARRAY_TASK_COUNT)")
+    parser.add_argument("--layout", default=None,
+                        help="JSON file of requested scenes (see lcsbench/data/layouts.py): renders them exactly "
+                             "into OUT/layout/eval-NNNNNN.tar instead of random scenes")
+    parser.add_argument("--repair", action="store_true",
+                        help="move damaged finished shards aside (*.corrupt) and re-render them")
+    parser.add_argument("--blender", default=None, help="Blender executable (default: $LCSBENCH_BLENDER or blender)")
+    parser.add_argument("--fov", choices=("crop", "full"), default=DEFAULTS.fov,
+                        help="crop: CLEVR's vertical field of view (square = centre crop of CLEVR); full: horizontal")
+    parser.add_argument("--min-visible-fraction", type=float, default=DEFAULTS.min_visible_fraction,
+                        help="minimum visible pixels of every object, as a fraction of the image")
+    parser.add_argument("--min-dist", type=float, default=DEFAULTS.min_dist, help="CLEVR's min_dist")
+    parser.add_argument("--margin", type=float, default=DEFAULTS.margin, help="CLEVR's margin")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        placement = {"fov": args.fov, "min_visible_fraction": args.min_visible_fraction,
+                     "min_dist": args.min_dist, "margin": args.margin}
+        run = {"workers": args.workers, "shards": parse_shard_range(args.shards) if args.shards else None,
+               "node_rank": args.node_rank, "num_nodes": args.num_nodes, "repair": args.repair,
+               "blender": args.blender, "progress": not args.no_progress}
+        if args.layout:
+            scenes = load_layout_file(args.layout, args.resolution)
+            summary = render_layouts(args.out, scenes, resolution=args.resolution, samples=args.samples,
+                                     seed=args.seed, shard_size=args.shard_size, **placement, **run)
+        else:
+            summary = render_dataset(args.out, counts=parse_counts(args.counts), per_count=args.per_count,
+                                     val_per_count=args.val_per_count, resolution=args.resolution,
+                                     samples=args.samples, seed=args.seed, shard_size=args.shard_size,
+                                     **placement, **run)
+    except (RenderError, ShardError, LayoutError, ValueError, FileNotFoundError) as error:
+        print(f"lcsbench render: error: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2))
+    if summary["complete_shards"] < summary["total_shards"]:
+        print(f"{summary['complete_shards']}/{summary['total_shards']} shards complete "
+              f"(other machines render the rest, or rerun to resume)", file=sys.stderr)
+    return 0

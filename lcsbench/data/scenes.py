@@ -1,0 +1,47 @@
+"""CLEVR scene vocabulary and the per-image scene record that every other part reads.
+
+The renderer's scene JSON is the single source of truth for labels (DESIGN.md). One record per
+image, in the CLEVR schema with lcsbench's extras:
+
+    {"image_index": 17, "split": "train", "num_objects": 3, "width": 64, "height": 64,
+     "objects": [{"shape": "cube", "size": "large", "material": "metal", "color": "red",
+                  "3d_coords": [x, y, z],            # scene units, z = radius (object rests on z=0)
+                  "rotation": 123.4,                # degrees, applied as degrees (CLEVR's quirk fixed)
+                  "pixel_coords": [px, py, depth],  # float pixels, origin top-left, pixel i covers
+                                                    # [i, i+1); depth in scene units
+                  "visible_pixels": 211,            # pixels of this object in the instance mask
+                  "mask_id": 1}, ...],              # value of this object in the mask PNG
+     "directions": {...}, "relationships": {...}, "camera": {...}, "lights": [...],
+     "layout_attempts": 2, "scene_seed": "0/n3/train/17", "renderer": {...}}
+
+Instance masks are 8-bit grayscale PNGs: 0 = background, `mask_id` = that object.
+"""
+
+from __future__ import annotations
+
+# CLEVR's palette (properties.json), 0-255 sRGB-coded values used directly as linear RGB, as CLEVR
+# does. This order is lcsbench's one colour order: colour-count conditioners index it.
+COLORS: dict[str, tuple[int, int, int]] = {
+    "gray": (87, 87, 87),
+    "red": (173, 35, 35),
+    "blue": (42, 75, 215),
+    "green": (29, 105, 20),
+    "brown": (129, 74, 25),
+    "purple": (129, 38, 192),
+    "cyan": (41, 208, 208),
+    "yellow": (255, 238, 51),
+}
+COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
+SHAPES: tuple[str, ...] = ("cube", "sphere", "cylinder")
+MATERIALS: tuple[str, ...] = ("rubber", "metal")
+SIZES: dict[str, float] = {"large": 0.7, "small": 0.35}  # half-extent in scene units
+
+# Sample layout inside a shard: `<key>.png` (RGB image), `<key>.json` (scene record above),
+# `<key>.mask.png` (instance mask). Keys contain no dots (WebDataset splits at the first dot).
+IMAGE_EXT, SCENE_EXT, MASK_EXT = "png", "json", "mask.png"
+
+
+def sample_key(num_objects: int | None, split: str, index: int) -> str:
+    """The WebDataset key of one rendered image, e.g. `n3_train_00000017`."""
+    prefix = "layout" if num_objects is None else f"n{num_objects}"
+    return f"{prefix}_{split}_{index:08d}" if num_objects is not None else f"{prefix}_{index:08d}"
