@@ -1,0 +1,113 @@
+"""Feature-space cosine analysis (paper Eq. 3, Appendix E.4) on toy networks with known condition directions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lcsbench.analysis.features import (
+    capture_outputs,
+    cosine_matrix,
+    feature_cosines,
+    mean_difference_vectors,
+    modulation_layers,
+)
+
+
+class ToyBlock(nn.Module):
+    """Scales features by 1 + emb_linear(emb), like an EDM2 Block's conditioning modulation."""
+
+    def __init__(self, directions: torch.Tensor):  # [D, K]: column k is condition k's direction
+        super().__init__()
+        self.emb_linear = nn.Linear(directions.shape[1], directions.shape[0], bias=False)
+        with torch.no_grad():
+            self.emb_linear.weight.copy_(directions)
+
+    def forward(self, x, emb):
+        scale = 1 + self.emb_linear(emb)  # [B, D]
+        return x * scale.mean(dim=1)[:, None, None, None]
+
+
+class ToyNet(nn.Module):
+    """A denoiser with two modulated blocks; cond = colour counts [B, K]."""
+
+    def __init__(self, first: torch.Tensor, second: torch.Tensor):
+        super().__init__()
+        self.enc = nn.ModuleDict({"block0": ToyBlock(first)})
+        self.dec = nn.ModuleDict({"block0": ToyBlock(second)})
+
+    def forward(self, x, sigma, cond):
+        emb = cond.to(x.dtype) * (1 + 0.1 * math.log(float(sigma)))  # noise level modulates the strength
+        return self.dec["block0"](self.enc["block0"](x, emb), emb)
+
+
+def orthonormal_columns(rows: int, cols: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(rows, cols, generator=generator))
+    return q
+
+
+def test_orthogonal_condition_directions_give_the_identity():
+    k = 5
+    net = ToyNet(orthonormal_columns(16, k, seed=0), orthonormal_columns(12, k, seed=1)).eval()
+    images = torch.randn(3, 3, 8, 8)
+    conditions = torch.eye(k)  # one condition per colour
+    vectors = mean_difference_vectors(net, images, [0.5, 2.0], conditions, batch_size=4)
+    assert list(vectors) == ["enc.block0.emb_linear", "dec.block0.emb_linear"]
+    assert vectors["enc.block0.emb_linear"].shape == (k, 16)
+    result = feature_cosines(vectors, [f"c{i}" for i in range(k)])
+    for matrix in [*result.per_layer.values(), result.average]:
+        torch.testing.assert_close(matrix, torch.eye(k), atol=1e-5, rtol=0)
+    assert result.summary()["average_mean_abs_off_diagonal"] < 1e-5
+
+
+def test_shared_direction_shows_up_off_the_diagonal():
+    # Conditions 0 and 1 share one direction half-and-half: cosine 1/sqrt(2); others stay orthogonal.
+    q = orthonormal_columns(10, 3, seed=2)
+    directions = torch.stack([q[:, 0], (q[:, 0] + q[:, 1]) / math.sqrt(2), q[:, 2]], dim=1)
+    net = ToyNet(directions, orthonormal_columns(6, 3, seed=3)).eval()
+    vectors = mean_difference_vectors(net, torch.randn(2, 1, 4, 4), [1.0], torch.eye(3), layers=["enc.*"])
+    assert list(vectors) == ["enc.block0.emb_linear"]
+    result = feature_cosines(vectors, ["a", "b", "c"])
+    expected = torch.tensor([[1, 1 / math.sqrt(2), 0], [1 / math.sqrt(2), 1, 0], [0, 0, 1]])
+    torch.testing.assert_close(result.average, expected, atol=1e-5, rtol=0)
+
+
+def test_mean_difference_is_against_the_unconditional_mean_over_sigmas():
+    directions = torch.eye(4)
+    net = ToyNet(directions, directions).eval()
+    vectors = mean_difference_vectors(net, torch.randn(2, 1, 4, 4), [1.0, math.e], 2 * torch.eye(4)[:2])
+    # emb_linear(2 e_k * s) = 2 s e_k with s = 1 + 0.1 ln(sigma): mean over sigmas 2 * 1.05 along e_k.
+    torch.testing.assert_close(vectors["enc.block0.emb_linear"], 2.1 * torch.eye(4)[:2])
+
+
+def test_cosine_of_a_zero_vector_is_nan_and_ignored_in_the_average():
+    matrix = cosine_matrix(torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    assert matrix[0, 0] == 1 and torch.isnan(matrix[1]).all() and torch.isnan(matrix[:, 1]).all()
+    vectors = {"a": torch.tensor([[1.0, 0.0], [0.0, 0.0]]), "b": torch.tensor([[1.0, 0.0], [0.0, 2.0]])}
+    result = feature_cosines(vectors, ["x", "y"])
+    torch.testing.assert_close(result.average, torch.eye(2))
+
+
+def test_unknown_layer_name_lists_the_valid_names():
+    net = ToyNet(torch.eye(3), torch.eye(3)).eval()
+    with pytest.raises(ValueError, match=r"layer 'enc.block7' does not exist.*enc.block0.emb_linear, "
+                                         r"dec.block0.emb_linear"):
+        mean_difference_vectors(net, torch.randn(1, 1, 4, 4), [1.0], torch.eye(3), layers=["enc.block7"])
+    vectors = {"enc.block0.emb_linear": torch.eye(3)}
+    with pytest.raises(ValueError, match="Valid layer names"):
+        feature_cosines(vectors, ["a", "b", "c"], average_layers=["nope"])
+    with pytest.raises(ValueError, match="no 'emb_linear' layers"):
+        mean_difference_vectors(nn.Identity(), torch.randn(1, 1, 4, 4), [1.0], torch.eye(3))
+
+
+def test_hooks_are_removed_after_an_error():
+    net = ToyNet(torch.eye(3), torch.eye(3))
+    names = list(modulation_layers(net))
+    with pytest.raises(RuntimeError):
+        with capture_outputs(net, names):
+            raise RuntimeError("boom")
+    assert all(not m._forward_hooks for m in net.modules())
