@@ -1,0 +1,157 @@
+"""Figures of the locality and feature analyses (paper Figures 2, 5, 10, 11), matplotlib Agg, no pyplot state.
+
+Each function returns a `matplotlib.figure.Figure`; `save_figure` writes a PNG, and callbacks hand the same
+figure to TensorBoard's `add_figure`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+from matplotlib.figure import Figure  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from lcsbench.analysis.features import FeatureCosines  # noqa: E402
+from lcsbench.analysis.locality import LocalityProfile  # noqa: E402
+
+
+def _image(tensor: Tensor) -> Tensor:
+    """[C, H, W] in [-1, 1] -> [H, W, C] in [0, 1] for imshow (first 3 channels, or grey)."""
+    image = tensor.detach().float().cpu()
+    image = image[:3] if image.shape[0] >= 3 else image[:1].expand(3, -1, -1)
+    return ((image + 1) / 2).clamp(0, 1).permute(1, 2, 0)
+
+
+def _mark(axis, center: Sequence[float], color: str = "lime") -> None:
+    axis.plot([center[1]], [center[0]], marker="+", color=color, markersize=8, mew=1.5)
+
+
+def _radius_box(axis, center: Sequence[float], radius: float, color: str = "white") -> None:
+    if radius == radius:  # not NaN
+        from matplotlib.patches import Rectangle
+
+        xlim, ylim = axis.get_xlim(), axis.get_ylim()  # keep the image's extent: the square may leave it
+        axis.add_patch(Rectangle((center[1] - radius - 0.5, center[0] - radius - 0.5), 2 * radius + 1,
+                                 2 * radius + 1, fill=False, edgecolor=color, linewidth=0.8, clip_on=True))
+        axis.set_xlim(xlim)
+        axis.set_ylim(ylim)
+
+
+def locality_grid(
+    profile: LocalityProfile,               # measurements over noise levels
+    target: int = 0,                        # which target pixel's heatmap to show
+    max_conditioners: int = 6,              # conditional-influence columns shown at most
+    title: str | None = None,               # figure title
+) -> Figure:
+    """Figure-2-style grid: one row per noise level; columns: noisy input, denoised output, pixel heatmap at
+    the target (Eq. 9, with its 90% square), and one conditional-influence map per conditioner (Eq. 10)."""
+    num_cond = 0 if profile.influence is None else min(len(profile.conditioners), max_conditioners)
+    rows, cols = len(profile.sigmas), 3 + num_cond
+    figure = Figure(figsize=(1.9 * cols, 1.9 * rows + 0.6), layout="constrained")
+    axes = figure.subplots(rows, cols, squeeze=False)
+    center = profile.pixels[target]
+    for s, sigma in enumerate(profile.sigmas):
+        axes[s, 0].imshow(_image(profile.noisy[s].clamp(-1, 1)))
+        _mark(axes[s, 0], center)
+        axes[s, 0].set_ylabel(f"sigma={sigma:.3g}")
+        axes[s, 1].imshow(_image(profile.denoised[s]))
+        heat = profile.heat[s, target]
+        axes[s, 2].imshow(heat, cmap="magma")
+        _mark(axes[s, 2], center)
+        _radius_box(axes[s, 2], center, float(profile.pixel_radius[s, target]))
+        for j in range(num_cond):
+            axis = axes[s, 3 + j]
+            axis.imshow(profile.influence[s, j], cmap="viridis")
+            if profile.conditioner_centers:
+                _mark(axis, profile.conditioner_centers[j], color="red")
+                _radius_box(axis, profile.conditioner_centers[j], float(profile.conditional_radius[s, j]))
+            _mark(axis, center)
+    headers = ["x (noisy)", "D(x)", f"pixel |J| at {tuple(center)}"]
+    headers += [f"cond {tuple(profile.conditioners[j])}" for j in range(num_cond)]
+    for c, header in enumerate(headers):
+        axes[0, c].set_title(header, fontsize=8)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def radius_curves(profile: LocalityProfile, title: str | None = None) -> Figure:
+    """Figure-10-style curves against sigma: the 90% locality radius (pixel, per target, and conditional, per
+    conditioner), and each conditioner's influence at each target pixel."""
+    panels = 1 if profile.influence is None else 3
+    figure = Figure(figsize=(4.2 * panels, 3.4), layout="constrained")
+    axes = figure.subplots(1, panels, squeeze=False)[0]
+    sigmas = profile.sigmas
+    for p, pixel in enumerate(profile.pixels):
+        axes[0].plot(sigmas, profile.pixel_radius[:, p], marker="o", ms=3, label=f"pixel {tuple(pixel)}")
+    axes[0].set_title(f"pixel locality: {profile.fraction:.0%} radius", fontsize=9)
+    if profile.influence is not None:
+        for j, cond in enumerate(profile.conditioners):
+            axes[1].plot(sigmas, profile.conditional_radius[:, j], marker="o", ms=3, label=f"cond {tuple(cond)}")
+        axes[1].set_title(f"conditional locality: {profile.fraction:.0%} radius", fontsize=9)
+        for p, pixel in enumerate(profile.pixels[:4]):
+            for j, cond in enumerate(profile.conditioners[:8]):
+                axes[2].plot(sigmas, profile.influence_at_targets[:, p, j], marker=".", ms=3,
+                             label=f"{tuple(cond)} at {tuple(pixel)}")
+        axes[2].set_title("Eq. 10 influence at target pixels", fontsize=9)
+        axes[2].set_yscale("symlog", linthresh=1e-4)
+    for axis in axes:
+        axis.set_xscale("log")
+        axis.set_xlabel("sigma")
+        axis.legend(fontsize=6)
+    axes[0].set_ylabel("radius (pixels)")
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def cosine_matrices(cosines: FeatureCosines, max_layers: int = 40, title: str | None = None) -> Figure:
+    """Figure-5/11-style labelled cosine matrices: the average over the chosen layers first, then each layer."""
+    panels = [("average: " + _short(cosines.averaged_layers), cosines.average)]
+    panels += [(name, matrix) for name, matrix in list(cosines.per_layer.items())[:max_layers]]
+    cols = min(len(panels), 6)
+    rows = math.ceil(len(panels) / cols)
+    k = len(cosines.labels)
+    size = 1.2 + 0.28 * k
+    figure = Figure(figsize=(size * cols, size * rows + 0.5), layout="constrained")
+    axes = figure.subplots(rows, cols, squeeze=False)
+    image = None
+    for axis, (name, matrix) in zip(axes.flat, panels):
+        image = axis.imshow(matrix.numpy(), vmin=-1, vmax=1, cmap="RdBu_r")
+        axis.set_title(name.removesuffix(".emb_linear"), fontsize=7)
+        axis.set_xticks(range(k), cosines.labels, rotation=90, fontsize=6)
+        axis.set_yticks(range(k), cosines.labels, fontsize=6)
+    for axis in list(axes.flat)[len(panels):]:
+        axis.axis("off")
+    if image is not None:
+        figure.colorbar(image, ax=axes, shrink=0.6, label="cosine")
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def _short(names: Sequence[str]) -> str:
+    return f"{len(names)} layers" if len(names) > 2 else ", ".join(n.removesuffix(".emb_linear") for n in names)
+
+
+def save_figure(figure: Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Write a figure as PNG (creating the folder) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi)
+    return path
+
+
+def heat_to_image(heat: Tensor) -> Tensor:
+    """A map [H, W] -> [1, H, W] normalised to [0, 1], for TensorBoard add_image."""
+    heat = heat.detach().float().cpu()
+    return (heat / heat.max().clamp_min(torch.finfo(torch.float32).tiny))[None]
