@@ -208,7 +208,7 @@ def manifest_for(settings: RenderSettings, plans: list[ShardPlan], mode: str, bl
     return {
         "format": FORMAT,
         "mode": mode,
-        "settings": asdict(settings),
+        "settings": json.loads(json.dumps(asdict(settings))),  # tuples as lists, as read back
         "shards": shards,
         "shard_samples": {plan.relpath: len(plan.jobs) for plan in plans},
         "images": images,

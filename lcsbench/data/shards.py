@@ -62,14 +62,14 @@ def read_shard_members(path: Path) -> list[tarfile.TarInfo]:
     return members
 
 
-def check_shard(path: Path, expected_samples: int, fix: str) -> None:
-    """Raise ShardError unless `path` holds exactly `expected_samples` complete samples."""
+def check_shard(path: Path, expected_samples: int, fix: str, exts: tuple[str, ...] = SAMPLE_EXTS) -> None:
+    """Raise ShardError unless `path` holds exactly `expected_samples` samples, each with `exts`."""
     members = read_shard_members(path)
     per_key: dict[str, set[str]] = {}
     for member in members:
         key, _, ext = member.name.partition(".")
         per_key.setdefault(key, set()).add(ext)
-    incomplete = sorted(key for key, exts in per_key.items() if not set(SAMPLE_EXTS) <= exts)
+    incomplete = sorted(key for key, found in per_key.items() if not set(exts) <= found)
     if len(per_key) != expected_samples or incomplete:
         raise ShardError(
             f"shard {path} holds {len(per_key)} samples ({len(incomplete)} incomplete, e.g. "

@@ -146,6 +146,9 @@ def build_static_scene(settings):
     scene.render.image_settings.color_mode = "RGB"
     scene.render.image_settings.color_depth = "8"
     scene.render.film_transparent = False
+    for name in dir(scene.render):  # no date/render-time metadata: same scene, same PNG bytes
+        if name.startswith("use_stamp"):
+            setattr(scene.render, name, False)
 
     world = bpy.data.worlds.new("black")
     world.use_nodes = True
@@ -316,6 +319,21 @@ def instance_mask(scene, camera, id_of, width, height):
     return mask
 
 
+def strip_png_text(path):
+    """Drop text chunks (Cycles writes render times there), so the same scene gives the same bytes."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    kept, offset = [data[:8]], 8
+    while offset < len(data):
+        length = struct.unpack(">I", data[offset:offset + 4])[0]
+        end = offset + 12 + length
+        if data[offset + 4:offset + 8] not in (b"tEXt", b"zTXt", b"iTXt"):
+            kept.append(data[offset:end])
+        offset = end
+    with open(path, "wb") as handle:
+        handle.write(b"".join(kept))
+
+
 def write_gray_png(path, data, width, height):
     """8-bit grayscale PNG with the standard library only."""
     raw = b"".join(b"\x00" + bytes(data[row * width:(row + 1) * width]) for row in range(height))
@@ -432,6 +450,7 @@ class SceneBuilder:
         render_seconds = time.perf_counter() - start
         if not os.path.exists(partial_png):
             raise RuntimeError(f"Cycles wrote no image for {key}: see the 'Error:' lines above")
+        strip_png_text(partial_png)
         os.replace(partial_png, os.path.join(out_dir, f"{key}.png"))
         write_gray_png(os.path.join(out_dir, f"{key}.mask.png"), mask, width, height)
 
@@ -445,7 +464,7 @@ class SceneBuilder:
                        "fov": settings["fov"]},
             "lights": [{"name": light.name, "location": list(light.location)} for light in self.lights],
             "layout_attempts": attempts, "scene_seed": job["scene_seed"], "cycles_seed": seed_int,
-            "samples": settings["samples"], "render_seconds": render_seconds,
+            "samples": settings["samples"],
         }
         partial_json = os.path.join(out_dir, f".{key}.partial.json")
         with open(partial_json, "w") as handle:
