@@ -1,0 +1,446 @@
+"""`CLEVRDataModule`: rendered CLEVR shards -> batches of images, conditioners and network labels.
+
+Layout of a dataset: `ROOT/manifest.json` plus `ROOT/n{k}/{train,val}-NNNNNN.tar` (shards.py, scenes.py).
+A batch is a dict:
+
+    image         float32 [B, 3, H, W] in [-1, 1]
+    cond          location: long [B, G, G] object-centre counts; color: long [B, 8] (conditioning.py)
+    label         float32 [B, label_dim], the unit-norm network label (conditioning.encode_label)
+    num_objects   long [B], objects in the scene
+    num_labelled  long [B], objects the conditioner names (label_mode)
+    key           list[str], sample keys, e.g. "n3_train_00000017"
+
+Training (an infinite, resampled stream; ecosystem-notes "WebDataset with DDP"): every (rank, worker)
+draws shards with replacement from each object count's training shards, takes one sample from each
+count in turn (so counts are mixed equally), shuffles through a buffer, decodes and batches with
+`partial=False`; `WebLoader(...).with_epoch(steps_per_epoch)` then gives every rank the same number of
+batches, so DDP never waits on a rank that ran out. Seeds derive from (seed, epoch, rank, worker):
+different data on every rank and worker, a new stream every epoch, the same stream on a rerun.
+
+Validation: one exact, finite pass over the held-out `val` shards of the chosen counts. A map-style
+index of the tar members is split across ranks by stride with no padding, so every held-out image is
+seen exactly once per pass whatever the number of ranks. Random label modes draw from a generator
+seeded by (seed, key), so the validation conditioners do not depend on the number of ranks or workers.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tarfile
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, get_worker_info
+
+from lcsbench.data import conditioning as conditioners
+from lcsbench.data.scenes import IMAGE_EXT, SCENE_EXT
+from lcsbench.data.shards import MANIFEST, ShardError, load_manifest, read_shard_members
+
+__all__ = ["CLEVRDataModule", "ShardError", "SampleDecoder", "TrainStream", "ValIndex", "collate_samples",
+           "parse_counts", "read_tar_samples"]
+
+
+def parse_counts(counts: str | int | Sequence[int]) -> tuple[int, ...]:
+    """'1-3' -> (1, 2, 3); '1,2,5' -> (1, 2, 5); 4 -> (4,); [1, 3] -> (1, 3)."""
+    if isinstance(counts, int):
+        parts = [counts]
+    elif isinstance(counts, str):
+        parts = []
+        try:
+            for part in counts.split(","):
+                low, _, high = part.strip().partition("-")
+                parts.extend(range(int(low), int(high or low) + 1))
+        except ValueError:
+            parts = []
+    else:
+        parts = [int(c) for c in counts]
+    if not parts or min(parts) < 1 or len(set(parts)) != len(parts):
+        raise ValueError(f"invalid object counts {counts!r}: expected a range like '1-3', a list like '1,2,5' "
+                         f"or a list of distinct positive integers")
+    return tuple(sorted(parts))
+
+
+def rerender_hint(root: Path, settings: dict) -> str:
+    """The command that re-renders damaged shards of `root` with the manifest's own settings."""
+    flags = {"counts": ",".join(str(c) for c in settings.get("counts", [])), "per-count": settings.get("per_count"),
+             "val-per-count": settings.get("val_per_count"), "resolution": settings.get("resolution"),
+             "samples": settings.get("samples"), "seed": settings.get("seed"), "shard-size": settings.get("shard_size")}
+    args = " ".join(f"--{name} {value}" for name, value in flags.items() if value not in (None, ""))
+    return (f"re-render it with the dataset's own arguments: `python -m lcsbench render --out {root} {args} "
+            f"--repair` (damaged shards are moved aside and only they are rendered again)")
+
+
+# --- reading and decoding samples -----------------------------------------------------------------
+
+
+def read_tar_samples(path: str, fix: str) -> Iterator[dict[str, Any]]:
+    """Stream the samples of one shard: dicts of raw bytes per extension plus `__key__`, `__shard__`.
+
+    A truncated or corrupt tar raises ShardError naming the shard and the last key read; `fix` says what to do.
+    """
+    sample: dict[str, Any] | None = None
+    try:
+        with tarfile.open(path, "r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = Path(member.name).name.partition(".")
+                if sample is not None and sample["__key__"] != key:
+                    yield sample
+                    sample = None
+                if sample is None:
+                    sample = {"__key__": key, "__shard__": path}
+                handle = tar.extractfile(member)
+                sample[ext] = handle.read() if handle is not None else b""
+    except (tarfile.TarError, OSError, EOFError) as error:
+        at = f"after sample {sample['__key__']}" if sample else "at its first sample"
+        raise ShardError(f"shard {path} is truncated or corrupt {at}: {error}; {fix}") from error
+    if sample is not None:
+        yield sample
+
+
+def sample_generator(seed: int, key: str) -> torch.Generator:
+    """A generator that depends only on (seed, sample key): validation labels independent of rank/worker."""
+    return torch.Generator().manual_seed(zlib.crc32(f"{seed}/{key}".encode()))
+
+
+class SampleDecoder:
+    """Raw shard sample -> {image, cond, label, num_objects, num_labelled, key} (module docstring).
+
+    Picklable (it travels to DataLoader workers). Any decoding failure raises ShardError naming the
+    shard and the key.
+    """
+
+    def __init__(
+        self,
+        kind: str,  # location | color
+        label_mode: str,  # all | single | random | drop_one
+        grid_size: int,  # location grid cells per side
+        resolution: int,  # expected square image size
+        fix: str,  # what to tell the user when a sample is corrupt
+    ) -> None:
+        self.kind, self.label_mode, self.grid_size, self.resolution, self.fix = kind, label_mode, grid_size, resolution, fix
+
+    def __call__(self, raw: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+        key, shard = raw["__key__"], raw.get("__shard__", "?")
+        missing = [ext for ext in (IMAGE_EXT, SCENE_EXT) if ext not in raw]
+        if missing:
+            raise ShardError(f"sample {key} in shard {shard} has no {' or '.join(missing)} member "
+                             f"(found {sorted(k for k in raw if not k.startswith('__'))}): the shard is incomplete; {self.fix}")
+        try:
+            with Image.open(io.BytesIO(raw[IMAGE_EXT])) as png:
+                pixels = np.array(png.convert("RGB"))
+            scene = json.loads(raw[SCENE_EXT])
+            cond = conditioners.scene_conditioner(scene, self.kind, self.label_mode, self.grid_size, generator)
+        except Exception as error:  # noqa: BLE001 - any decode failure is a corrupt sample; say which one
+            raise ShardError(f"sample {key} in shard {shard} cannot be decoded ({type(error).__name__}: {error}): "
+                             f"the shard is corrupt; {self.fix}") from error
+        if pixels.shape != (self.resolution, self.resolution, 3):
+            raise ShardError(f"sample {key} in shard {shard} is {pixels.shape[1]}x{pixels.shape[0]} where the "
+                             f"manifest says {self.resolution}x{self.resolution}: the shard does not belong to this "
+                             f"dataset; {self.fix}")
+        image = torch.from_numpy(pixels).permute(2, 0, 1).to(torch.float32).div_(127.5).sub_(1.0)
+        return {
+            "image": image,
+            "cond": cond,
+            "label": conditioners.encode_label(cond, self.kind),
+            "num_objects": int(scene.get("num_objects", len(scene["objects"]))),
+            "num_labelled": int(cond.sum()),
+            "key": key,
+        }
+
+
+def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack decoded samples into a batch dict (module docstring)."""
+    return {
+        "image": torch.stack([s["image"] for s in samples]),
+        "cond": torch.stack([s["cond"] for s in samples]),
+        "label": torch.stack([s["label"] for s in samples]),
+        "num_objects": torch.tensor([s["num_objects"] for s in samples], dtype=torch.long),
+        "num_labelled": torch.tensor([s["num_labelled"] for s in samples], dtype=torch.long),
+        "key": [s["key"] for s in samples],
+    }
+
+
+# --- training: resampled, equally mixed, shuffled, batched per (rank, worker) -----------------------
+
+
+def round_robin(streams: list[Iterator[Any]]) -> Iterator[Any]:
+    """One item of each stream in turn, forever: object counts mixed in equal proportions."""
+    while True:
+        for stream in streams:
+            yield next(stream)
+
+
+class TrainStream(IterableDataset):
+    """Infinite stream of training batches for one rank; each DataLoader worker runs its own copy."""
+
+    def __init__(
+        self,
+        shards_by_count: dict[int, list[str]],  # object count -> absolute training shard paths
+        decoder: SampleDecoder,  # raw sample -> decoded sample
+        batch_size: int,  # samples per batch (per rank)
+        shuffle_buffer: int,  # samples held in the shuffle buffer
+        seed: int,  # base seed
+        rank: int = 0,  # global rank of this process
+        fix: str = "",  # what to tell the user when a shard is corrupt
+    ) -> None:
+        super().__init__()
+        self.shards_by_count, self.decoder, self.batch_size = shards_by_count, decoder, batch_size
+        self.shuffle_buffer, self.seed, self.rank, self.fix = shuffle_buffer, seed, rank, fix
+        self.epoch = 0  # set by TrainLoader in the main process before workers start
+
+    def worker_seeds(self, worker: int) -> tuple[int, int, int]:
+        """Seeds of (shard choice, shuffle, label modes) for one worker of this rank in this epoch."""
+        state = np.random.SeedSequence([self.seed, self.epoch, self.rank, worker]).generate_state(3)
+        return int(state[0]), int(state[1]), int(state[2])
+
+    def resampled_samples(self, shards: list[str], rng: random.Random) -> Iterator[dict[str, Any]]:
+        while True:  # shards drawn with replacement (resampled): never runs dry on any rank or worker
+            path = shards[rng.randrange(len(shards))]
+            empty = True
+            for sample in read_tar_samples(path, self.fix):
+                empty = False
+                yield sample
+            if empty:
+                raise ShardError(f"shard {path} holds no samples; {self.fix}")
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        shard_seed, shuffle_seed, label_seed = self.worker_seeds(info.id if info is not None else 0)
+        shard_rng = random.Random(shard_seed)
+        streams = [self.resampled_samples(shards, shard_rng) for shards in self.shards_by_count.values()]
+        mixed = round_robin(streams)
+        shuffled = wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100),
+                               rng=random.Random(shuffle_seed))(mixed)
+        generator = torch.Generator().manual_seed(label_seed)
+        decoded = (self.decoder(raw, generator) for raw in shuffled)
+        yield from wds.batched(self.batch_size, collation_fn=collate_samples, partial=False)(decoded)
+
+
+class TrainLoader(wds.WebLoader):
+    """`WebLoader(stream).with_epoch(steps)`: exactly `steps` batches per epoch on every rank.
+
+    Before each epoch's workers start it stamps the epoch into the stream, so workers (which get a fresh
+    copy of the stream every epoch) draw new data each epoch.
+    """
+
+    def __init__(
+        self,
+        stream: TrainStream,  # the per-rank batch stream
+        steps_per_epoch: int,  # batches per epoch on every rank
+        epoch_source: Callable[[], int],  # the epoch about to start
+        **loader_kwargs: Any,  # DataLoader options (num_workers, pin_memory, ...)
+    ) -> None:
+        super().__init__(stream, batch_size=None, **loader_kwargs)
+        self.stream, self.steps_per_epoch, self.epoch_source = stream, steps_per_epoch, epoch_source
+        self.with_epoch(steps_per_epoch)
+
+    def iterator1(self) -> Iterator[Any]:
+        self.stream.epoch = self.epoch_source()
+        return super().iterator1()
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+
+# --- validation: an exact pass over the held-out shards -----------------------------------------------
+
+
+class ValIndex(Dataset):
+    """Map-style view of the held-out shards: one item per sample, read by offset from the tar files."""
+
+    def __init__(
+        self,
+        shards: list[tuple[str, int | None]],  # (absolute shard path, samples the manifest promises)
+        decoder: SampleDecoder,  # raw sample -> decoded sample
+        seed: int,  # seeds the random label modes per sample key
+        fix: str,  # what to tell the user when a shard is damaged
+    ) -> None:
+        self.decoder, self.seed = decoder, seed
+        self.items: list[tuple[str, str, dict[str, tuple[int, int]]]] = []
+        for path, expected in shards:
+            if not Path(path).exists():
+                raise ShardError(f"shard {path} is listed in the manifest but missing on disk; {fix}")
+            members: dict[str, dict[str, tuple[int, int]]] = {}
+            try:
+                tar_members = read_shard_members(Path(path))
+            except ShardError as error:
+                raise ShardError(f"{error}; {fix}") from error
+            for member in tar_members:
+                if member.isfile():
+                    key, _, ext = Path(member.name).name.partition(".")
+                    members.setdefault(key, {})[ext] = (member.offset_data, member.size)
+            if expected is not None and len(members) != expected:
+                raise ShardError(f"shard {path} holds {len(members)} samples where the manifest promises {expected}: "
+                                 f"it is truncated; {fix}")
+            self.items += [(path, key, parts) for key, parts in members.items()]
+        self._files: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path, key, parts = self.items[index]
+        if path not in self._files:
+            self._files[path] = open(path, "rb")  # noqa: SIM115 - kept open for the worker's lifetime
+        handle = self._files[path]
+        raw: dict[str, Any] = {"__key__": key, "__shard__": path}
+        for ext, (offset, size) in parts.items():
+            handle.seek(offset)
+            raw[ext] = handle.read(size)
+        return self.decoder(raw, sample_generator(self.seed, key))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_files": {}}  # file handles do not travel to workers
+
+
+class StridedSampler(DistributedSampler):
+    """Indices rank, rank + world, rank + 2 world, ...: every index on exactly one rank, no padding.
+
+    A DistributedSampler subclass, so Lightning keeps it instead of injecting a padding one. Ranks may
+    get one item more or fewer; that is safe for evaluation (no gradient synchronisation).
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
+
+
+# --- the DataModule ----------------------------------------------------------------------------------
+
+
+class CLEVRDataModule(L.LightningDataModule):
+    """Rendered CLEVR shards with location or colour conditioning (paper Appendix E.1; module docstring)."""
+
+    def __init__(
+        self,
+        root: str,  # dataset directory holding manifest.json (python -m lcsbench render --out ROOT)
+        counts: str | int | list[int] = "1-3",  # object counts to mix equally: "1-3", "1,2,5", 4, [1, 3]
+        conditioning: str = "location",  # location | color (E.1: one attribute at a time)
+        label_mode: str = "all",  # all (Exp. 1) | single (Exp. 2/3) | random | drop_one (Table 2)
+        grid_size: int = 16,  # location grid cells per side; must divide the resolution (E.1)
+        batch_size: int = 64,  # samples per batch on each rank
+        num_workers: int = 2,  # DataLoader worker processes per rank
+        resolution: int | None = None,  # expected image size; None: take the manifest's
+        seed: int = 0,  # base seed of shard choice, shuffling and random label modes
+        steps_per_epoch: int = 1000,  # training batches per epoch on every rank (with_epoch)
+        shuffle_buffer: int = 1000,  # training samples in the shuffle buffer per worker
+        val_batch_size: int | None = None,  # validation batch size; None: batch_size
+    ) -> None:
+        super().__init__()
+        conditioners.check_kind(conditioning)
+        if label_mode not in conditioners.LABEL_MODES:
+            raise ValueError(f"label_mode must be one of {conditioners.LABEL_MODES}, got {label_mode!r}")
+        if batch_size < 1 or steps_per_epoch < 1 or num_workers < 0 or shuffle_buffer < 1 or grid_size < 1:
+            raise ValueError(f"need batch_size, steps_per_epoch, shuffle_buffer, grid_size >= 1 and num_workers >= 0; "
+                             f"got {batch_size}, {steps_per_epoch}, {shuffle_buffer}, {grid_size}, {num_workers}")
+        self.root = Path(root)
+        self.counts = parse_counts(counts)
+        self.conditioning, self.label_mode, self.grid_size = conditioning, label_mode, grid_size
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.requested_resolution = resolution
+        self.steps_per_epoch, self.shuffle_buffer = steps_per_epoch, shuffle_buffer
+        self.val_batch_size = val_batch_size or batch_size
+        self.manifest: dict | None = None
+        self._loader_iterations = 0
+        self.save_hyperparameters()
+
+    # Known without reading the data, so a model can be linked to it at parse time.
+    @property
+    def label_dim(self) -> int:
+        return conditioners.label_dim(self.conditioning, self.grid_size)
+
+    @property
+    def resolution(self) -> int:
+        if self.manifest is None:
+            self.setup()
+        return int(self.manifest["settings"]["resolution"])
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read and check the manifest: resolution, grid size, and shards for every requested count."""
+        if self.manifest is not None:
+            return
+        manifest = load_manifest(self.root)
+        settings = manifest.get("settings", {})
+        self.fix = rerender_hint(self.root, settings)
+        resolution = settings.get("resolution")
+        if not isinstance(resolution, int):
+            raise ValueError(f"{self.root / MANIFEST} has no integer settings.resolution (found {resolution!r}): "
+                             f"it was not written by `python -m lcsbench render`; re-render the dataset")
+        if self.requested_resolution is not None and self.requested_resolution != resolution:
+            raise ValueError(f"resolution {self.requested_resolution} was requested but {self.root} holds "
+                             f"{resolution}x{resolution} images (manifest settings.resolution): pass "
+                             f"resolution={resolution}, or render a {self.requested_resolution}px dataset with "
+                             f"`python -m lcsbench render --resolution {self.requested_resolution} ...`")
+        conditioners.check_grid_size(self.grid_size, resolution, resolution)
+        available = sorted(int(group[1:]) for group, splits in manifest.get("shards", {}).items()
+                           if group.startswith("n") and group[1:].isdigit() and splits.get("train"))
+        missing = [c for c in self.counts if c not in available]
+        if missing:
+            raise ValueError(f"{self.root} has no training shards for object count(s) {missing} (manifest "
+                             f"has {available}): render them, e.g. `python -m lcsbench render --out <new dir> "
+                             f"--counts {','.join(map(str, missing))} --resolution {resolution} ...`, or choose "
+                             f"counts among {available}")
+        self.manifest = manifest
+        self.decoder = SampleDecoder(self.conditioning, self.label_mode, self.grid_size, resolution, self.fix)
+
+    def _shard_paths(self, count: int, split: str) -> list[str]:
+        paths = [str(self.root / rel) for rel in self.manifest["shards"][f"n{count}"].get(split, [])]
+        absent = [p for p in paths if not Path(p).exists()]
+        if absent:
+            raise ShardError(f"{len(absent)} {split} shard(s) listed in {self.root / MANIFEST} are missing on disk, "
+                             f"e.g. {absent[0]}: copy the whole dataset directory, or {self.fix}")
+        return paths
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def _next_epoch(self) -> int:
+        """The epoch a training iterator is about to run: the Trainer's, or a count of iterations."""
+        if self.trainer is not None:
+            return self.trainer.current_epoch
+        self._loader_iterations += 1
+        return self._loader_iterations - 1
+
+    def train_dataloader(self) -> TrainLoader:
+        self.setup()
+        rank, _ = self._rank_and_world()
+        stream = TrainStream({c: self._shard_paths(c, "train") for c in self.counts}, self.decoder,
+                             self.batch_size, self.shuffle_buffer, self.seed, rank, self.fix)
+        return TrainLoader(stream, self.steps_per_epoch, self._next_epoch, num_workers=self.num_workers,
+                           pin_memory=torch.cuda.is_available(), persistent_workers=False)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        shard_samples = self.manifest.get("shard_samples", {})
+        shards = []
+        for count in self.counts:
+            for rel in self.manifest["shards"][f"n{count}"].get("val", []):
+                shards.append((str(self.root / rel), shard_samples.get(rel)))
+        if not shards:
+            raise ValueError(f"{self.root} has no held-out (val) shards for counts {list(self.counts)}: render with "
+                             f"--val-per-count > 0, or run without validation (limit_val_batches=0)")
+        dataset = ValIndex(shards, self.decoder, self.seed, self.fix)
+        rank, world = self._rank_and_world()
+        return DataLoader(dataset, batch_size=self.val_batch_size, sampler=StridedSampler(dataset, world, rank),
+                          num_workers=self.num_workers, collate_fn=collate_samples,
+                          pin_memory=torch.cuda.is_available(), drop_last=False)
