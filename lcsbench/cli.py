@@ -20,6 +20,8 @@ TRAINER_COMMANDS = {
 TOOLS: dict[str, tuple[str, str]] = {
     "render": ("lcsbench.data.render_cli", "render CLEVR scenes with Blender into WebDataset shards"),
     "import-clevr": ("lcsbench.data.import_clevr", "convert official CLEVR renders into lcsbench shards"),
+    "locality": ("lcsbench.locality_cli", "pixel and conditional locality heatmaps and radii over noise levels"),
+    "features": ("lcsbench.features_cli", "feature-space cosine matrices of the EDM2 conditioning modulation"),
 }
 
 TRAINER_MODULE = "lcsbench.trainer_cli"

@@ -198,3 +198,16 @@ def feature_cosines(
     averaged = resolve_layers(names, average_layers)
     average = torch.stack([per_layer[name] for name in averaged]).nanmean(dim=0)
     return FeatureCosines(labels=list(labels), per_layer=per_layer, averaged_layers=averaged, average=average)
+
+
+def paper_conditions(kind: str, grid_size: int = 16) -> tuple[Tensor, list[str]]:
+    """The paper's single conditions to compare (Figure 5: the 8 colours; for location models the 12
+    evaluation locations), as a stack of conditioners [K, ...] and their labels."""
+    from lcsbench.data.conditioning import (PAPER_COLORS, PAPER_LOCATIONS, check_kind, counts_from_colors,
+                                            grid_from_locations)
+
+    check_kind(kind)
+    if kind == "color":
+        return torch.stack([counts_from_colors([name]) for name in PAPER_COLORS]), list(PAPER_COLORS)
+    conditions = torch.stack([grid_from_locations([loc], grid_size) for loc in PAPER_LOCATIONS])
+    return conditions, [f"({x:.2f},{y:.2f})" for x, y in PAPER_LOCATIONS]

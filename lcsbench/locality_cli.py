@@ -1,0 +1,161 @@
+"""`python -m lcsbench locality --ckpt C --out DIR`: pixel and conditional locality of a trained model over noise
+levels (paper Figure 2, Figure 10, Appendix F).
+
+The model draws its own sample for the requested conditioner (EDM Heun sampler, EMA weights by default); the
+sample is re-noised at each sigma with one fixed noise direction; Eq. 9 heat maps at the target pixels (by
+default the centres of the conditioned cells) and Eq. 10 influence maps of every conditioner are measured and
+summarised by their 90% locality radius. Writes `DIR/locality.json` (settings, radii, influences),
+`DIR/locality_grid_t{i}.png` (one Figure-2 grid per target) and `DIR/locality_radius.png` (Figure 10 curves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+DEFAULT_SIGMAS = "0.05,0.2,0.5,1,2,5,10,40"
+
+
+@dataclass
+class AnalysisModel:
+    """What the analysis commands need from a checkpoint."""
+
+    denoiser: object          # denoiser(x, sigma, cond) -> D
+    network: nn.Module        # the module holding the EDM2 blocks (hooks go here)
+    kind: str                 # conditioning kind: "location" or "color"
+    resolution: int           # image height = width
+    channels: int             # image channels
+    grid_size: int            # location grid G (unused for colour)
+
+
+def load_analysis_model(ckpt: str, ema: bool, device: str) -> AnalysisModel:
+    """Load a trained diffusion checkpoint (EMA weights unless ema=False) in eval mode on `device`."""
+    path = Path(ckpt)
+    if not path.is_file():
+        raise SystemExit(f"checkpoint {ckpt} does not exist: pass the .ckpt written by `python -m lcsbench fit` "
+                         f"(runs/<experiment>/.../checkpoints/last.ckpt)")
+    from lcsbench.models.edm2 import load_denoiser
+
+    module = load_denoiser(str(path), ema=ema, map_location=device)
+    module = module.to(device).eval()
+    net = module.net
+    return AnalysisModel(denoiser=module.denoiser, network=net, kind=module.conditioning,
+                         resolution=net.img_resolution, channels=net.img_channels,
+                         grid_size=getattr(module, "grid_size", 16))
+
+
+def parse_floats(text: str, what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"--{what} takes comma-separated numbers such as {DEFAULT_SIGMAS}; found {text!r}")
+    if not values or any(v <= 0 for v in values):
+        raise SystemExit(f"--{what} needs positive numbers; found {text!r}")
+    return values
+
+
+def parse_pixels(texts: list[str]) -> list[tuple[int, int]]:
+    pixels = []
+    for text in texts:
+        parts = text.split(",")
+        if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+            raise SystemExit(f"--targets takes pixels as ROW,COL (e.g. 20,41); found {text!r}")
+        pixels.append((int(parts[0]), int(parts[1])))
+    return pixels
+
+
+def build_conditioner(model: AnalysisModel, locations: int, colors: int) -> tuple[Tensor, list[str]]:
+    """The conditioner for one scene: the first k paper locations (or colours), and their descriptions."""
+    from lcsbench.data.conditioning import (PAPER_COLORS, PAPER_LOCATIONS, counts_from_colors,
+                                            grid_from_locations)
+
+    if model.kind == "location":
+        if not 1 <= locations <= len(PAPER_LOCATIONS):
+            raise SystemExit(f"--locations must lie in 1..{len(PAPER_LOCATIONS)} (the paper's list); "
+                             f"found {locations}")
+        chosen = PAPER_LOCATIONS[:locations]
+        return grid_from_locations(chosen, model.grid_size), [f"{x:.2f},{y:.2f}" for x, y in chosen]
+    if not 1 <= colors <= len(PAPER_COLORS):
+        raise SystemExit(f"--colors must lie in 1..{len(PAPER_COLORS)}; found {colors}")
+    chosen = PAPER_COLORS[:colors]
+    return counts_from_colors(chosen), list(chosen)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lcsbench locality", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="trained checkpoint (.ckpt)")
+    parser.add_argument("--out", required=True, help="output folder for locality.json and the PNGs")
+    parser.add_argument("--sigmas", default=DEFAULT_SIGMAS, help="noise levels (comma list)")
+    parser.add_argument("--locations", type=int, default=3, help="location models: condition on the first k "
+                        "of the paper's 12 locations")
+    parser.add_argument("--colors", type=int, default=3, help="colour models: condition on the first k colours")
+    parser.add_argument("--targets", nargs="*", default=None, metavar="ROW,COL", help="target pixels (default: "
+                        "the centre of each conditioned cell; the image centre for colour models)")
+    parser.add_argument("--samples", type=int, default=2, help="noise draws averaged in Eq. 9 and 10")
+    parser.add_argument("--sample-steps", type=int, default=32, help="sampler steps for the model's own sample")
+    parser.add_argument("--fraction", type=float, default=0.9, help="energy fraction of the locality radius")
+    parser.add_argument("--chunk-size", type=int, default=None, help="cotangents per batched backward")
+    parser.add_argument("--memory-budget-gib", type=float, default=2.0, help="memory per batched backward")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-ema", action="store_true", help="use the raw training weights, not the EMA")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+
+    from lcsbench.analysis.locality import grid_cell_center, locality_profile
+    from lcsbench.analysis.plots import locality_grid, radius_curves, save_figure
+
+    sigmas = parse_floats(args.sigmas, "sigmas")
+    targets = parse_pixels(args.targets) if args.targets else None
+    model = load_analysis_model(args.ckpt, ema=not args.no_ema, device=args.device)
+    cond_one, described = build_conditioner(model, args.locations, args.colors)
+    cond = cond_one[None].repeat(args.samples, *([1] * cond_one.ndim)).to(args.device)
+    res = model.resolution
+    if targets is None:
+        if model.kind == "location":
+            targets = [grid_cell_center(cell, model.grid_size, res) for cell in cond_one.nonzero().tolist()]
+        else:
+            targets = [(res // 2, res // 2)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    from lcsbench.diffusion.sampler import edm_sampler
+
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(args.seed)
+    noise = torch.randn(1, model.channels, res, res, generator=generator).to(args.device)
+    print(f"sampling one {res}x{res} image for {model.kind} {described} ({args.sample_steps} steps)...",
+          flush=True)
+    with torch.no_grad():
+        sample = edm_sampler(model.denoiser, noise, cond[:1], num_steps=args.sample_steps).clamp(-1, 1)
+    images = sample.repeat(args.samples, 1, 1, 1)
+    print(f"measuring {len(targets)} target pixels x {len(sigmas)} noise levels...", flush=True)
+    centers = (lambda cell: grid_cell_center(cell, model.grid_size, res)) if model.kind == "location" else None
+    profile = locality_profile(model.denoiser, images, cond, sigmas, targets, conditioner_centers=centers,
+                               fraction=args.fraction, seed=args.seed + 1, chunk_size=args.chunk_size,
+                               memory_budget=int(args.memory_budget_gib * 2**30))
+    summary = {
+        "command": "locality", "ckpt": str(args.ckpt), "ema": not args.no_ema, "kind": model.kind,
+        "conditioned": described, "resolution": res, "samples": args.samples, "seed": args.seed,
+        "seconds": round(time.perf_counter() - started, 2), **profile.summary(),
+    }
+    (out / "locality.json").write_text(json.dumps(summary, indent=2))
+    for t, pixel in enumerate(profile.pixels):
+        save_figure(locality_grid(profile, target=t, title=f"{model.kind} {described}: target {pixel}"),
+                    out / f"locality_grid_t{t}.png")
+    save_figure(radius_curves(profile, title=f"{Path(args.ckpt).name}"), out / "locality_radius.png")
+    radii = ", ".join(f"{s:g}: {r:.1f}" for s, r in zip(profile.sigmas, profile.pixel_radius.nanmean(1).tolist()))
+    print(f"mean pixel radius by sigma: {radii}")
+    print(f"wrote {out / 'locality.json'} and {len(profile.pixels) + 1} figures in {summary['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
