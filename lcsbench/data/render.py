@@ -286,12 +286,13 @@ def pack_shard(out: Path, plan: ShardPlan) -> None:
     shutil.rmtree(staging)
 
 
-def make_tasks(out: Path, plans: list[ShardPlan], workers: int) -> list[list[tuple[ShardPlan, dict]]]:
+def make_tasks(out: Path, plans: list[ShardPlan], workers: int,
+               images_per_process: int = MAX_IMAGES_PER_PROCESS) -> list[list[tuple[ShardPlan, dict]]]:
     """Pending images, in shard order, cut into contiguous runs of similar length per process."""
     pending = [(plan, job) for plan in plans for job in plan.jobs if not image_done(out, plan, job)]
     if not pending:
         return []
-    size = max(1, min(MAX_IMAGES_PER_PROCESS, math.ceil(len(pending) / workers)))
+    size = max(1, min(images_per_process, math.ceil(len(pending) / workers)))
     return [pending[i:i + size] for i in range(0, len(pending), size)]
 
 
@@ -337,13 +338,13 @@ class _BlenderPool:
 
 
 def run_plans(out: Path, plans: list[ShardPlan], settings: RenderSettings, blender: str, workers: int,
-              progress: bool, tag: str = "node0") -> int:
+              progress: bool, tag: str = "node0", images_per_process: int = MAX_IMAGES_PER_PROCESS) -> int:
     """Render every missing image of `plans`, packing shards as they complete. Returns images rendered."""
     for plan in plans:  # shards whose images all survived a crash before packing
         if all(image_done(out, plan, job) for job in plan.jobs):
             pack_shard(out, plan)
     plans = [plan for plan in plans if not (out / plan.relpath).exists()]
-    tasks = make_tasks(out, plans, workers)
+    tasks = make_tasks(out, plans, workers, images_per_process)
     if not tasks:
         return 0
     owner = {job["key"]: plan for plan in plans for job in plan.jobs}
@@ -390,7 +391,8 @@ def run_plans(out: Path, plans: list[ShardPlan], settings: RenderSettings, blend
 
 def render(out: str | Path, settings: RenderSettings, plans: list[ShardPlan], mode: str, *,
            shards: slice | None = None, node_rank: int = 0, num_nodes: int = 1, workers: int | None = None,
-           repair: bool = False, blender: str | None = None, progress: bool = True) -> dict:
+           repair: bool = False, blender: str | None = None, progress: bool = True,
+           images_per_process: int = MAX_IMAGES_PER_PROCESS) -> dict:
     out = Path(out)
     blender_path = find_blender(blender)
     workers = workers or usable_cores()
@@ -400,7 +402,8 @@ def render(out: str | Path, settings: RenderSettings, plans: list[ShardPlan], mo
     reconcile_manifest(out, manifest_for(settings, plans, mode, blender_version(blender_path), None))
     mine = select_shards(plans, shards, node_rank, num_nodes)
     todo = check_existing_shards(out, mine, repair)
-    rendered = run_plans(out, todo, settings, blender_path, workers, progress, tag=f"node{node_rank}")
+    rendered = run_plans(out, todo, settings, blender_path, workers, progress, tag=f"node{node_rank}",
+                         images_per_process=images_per_process)
     complete = sum((out / plan.relpath).exists() for plan in plans)
     if complete == len(plans) and (out / STAGING).exists():
         shutil.rmtree(out / STAGING)
@@ -414,7 +417,7 @@ def render_dataset(out: str | Path, counts=(1, 2, 3), per_count: int = 1000, val
     """Render `per_count` training and `val_per_count` held-out images for every object count.
 
     `options`: RenderSettings placement fields (fov, min_dist, ...), and `shards`, `node_rank`,
-    `num_nodes`, `workers`, `repair`, `blender`, `progress` of `render`.
+    `num_nodes`, `workers`, `repair`, `blender`, `progress`, `images_per_process` of `render`.
     """
     counts = parse_counts(counts) if isinstance(counts, str) else tuple(sorted(counts))
     if val_per_count is None:
