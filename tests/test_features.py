@@ -111,3 +111,36 @@ def test_hooks_are_removed_after_an_error():
         with capture_outputs(net, names):
             raise RuntimeError("boom")
     assert all(not m._forward_hooks for m in net.modules())
+
+
+def test_real_edm2_modulation_layers_are_every_block():
+    from lcsbench.data.conditioning import encode_label
+    from lcsbench.nn.edm2 import Block, preset
+
+    torch.manual_seed(0)
+    net = preset("tiny", label_dim=8, img_resolution=16).eval()
+    names = list(modulation_layers(net))
+    blocks = [name for name, m in net.named_modules() if isinstance(m, Block)]
+    assert names == [f"{b}.emb_linear" for b in blocks]
+    assert names[0].startswith("unet.enc.") and any(n.startswith("unet.dec.") for n in names)
+
+    def denoiser(x, sigma, cond):
+        return net(x, sigma, encode_label(cond, "color"))
+
+    images = 0.2 * torch.randn(2, 3, 16, 16)
+    # At init emb_gain = 0: the embedding does not reach the features, every difference vector is zero.
+    zero = mean_difference_vectors(denoiser, images, [1.0], torch.eye(8, dtype=torch.long), network=net)
+    assert all(torch.all(v == 0) for v in zero.values())
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if name.endswith("emb_gain"):
+                param.fill_(1.0)
+    vectors = mean_difference_vectors(denoiser, images, [0.5, 5.0], torch.eye(8, dtype=torch.long), network=net,
+                                      layers=["unet.enc.*"])
+    assert set(vectors) == {n for n in names if n.startswith("unet.enc.")}
+    result = feature_cosines(vectors, [str(i) for i in range(8)])
+    for matrix in result.per_layer.values():
+        torch.testing.assert_close(matrix.diagonal(), torch.ones(8))
+        torch.testing.assert_close(matrix, matrix.T)
+    with pytest.raises(ValueError, match="unet.enc.16x16_block0.emb_linear"):
+        mean_difference_vectors(denoiser, images, [1.0], torch.eye(8), network=net, layers=["unet.enc.99x99*"])

@@ -223,3 +223,30 @@ def test_locality_profile_over_noise_levels():
     assert torch.all(profile.pixel_radius <= 6) and torch.all(profile.conditional_radius <= 6)
     summary = profile.summary()
     assert summary["conditioners"] == [[1, 2]] and len(summary["pixel_radius_mean"]) == 3
+
+
+def test_real_edm2_unet_jacobian_matches_the_autograd_loop():
+    """The batched VJPs run through the real EDM2 blocks (clamp, cosine attention, MP layers) unchanged."""
+    from lcsbench.data.conditioning import encode_label
+    from lcsbench.nn.edm2 import preset
+
+    torch.manual_seed(0)
+    net = preset("tiny", label_dim=256, img_resolution=16).eval()
+    with torch.no_grad():  # at init emb_gain = out_gain = 0 and D = c_skip x: give every path gradient
+        for name, param in net.named_parameters():
+            if name.endswith("gain"):
+                param.fill_(0.5)
+
+    def denoiser(x, sigma, cond):
+        return net(x, sigma, encode_label(cond, "location"))
+
+    x = torch.randn(1, 3, 16, 16)
+    cond = torch.zeros(1, 16, 16, dtype=torch.long)
+    cond[0, 4, 11] = 1
+    heat = pixel_jacobian(denoiser, x, 0.8, cond, [(4, 11)])
+    x_req = x.clone().requires_grad_(True)
+    out = denoiser(x_req, 0.8, cond)
+    expected = torch.stack([torch.autograd.grad(out[:, c, 4, 11].sum(), x_req, retain_graph=True)[0].abs().sum(1)[0]
+                            for c in range(3)]).mean(0)
+    torch.testing.assert_close(heat[0], expected, rtol=1e-4, atol=1e-6)
+    assert heat[0].sum() > 0
