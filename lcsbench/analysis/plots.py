@@ -25,7 +25,7 @@ def _image(tensor: Tensor) -> Tensor:
     """[C, H, W] in [-1, 1] -> [H, W, C] in [0, 1] for imshow (first 3 channels, or grey)."""
     image = tensor.detach().float().cpu()
     image = image[:3] if image.shape[0] >= 3 else image[:1].expand(3, -1, -1)
-    return ((image + 1) / 2).clamp(0, 1).permute(1, 2, 0)
+    return ((image + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
 def _mark(axis, center: Sequence[float], color: str = "lime") -> None:
@@ -62,12 +62,12 @@ def locality_grid(
         axes[s, 0].set_ylabel(f"sigma={sigma:.3g}")
         axes[s, 1].imshow(_image(profile.denoised[s]))
         heat = profile.heat[s, target]
-        axes[s, 2].imshow(heat, cmap="magma")
+        axes[s, 2].imshow(heat.numpy(), cmap="magma")
         _mark(axes[s, 2], center)
         _radius_box(axes[s, 2], center, float(profile.pixel_radius[s, target]))
         for j in range(num_cond):
             axis = axes[s, 3 + j]
-            axis.imshow(profile.influence[s, j], cmap="viridis")
+            axis.imshow(profile.influence[s, j].numpy(), cmap="viridis")
             if profile.conditioner_centers:
                 _mark(axis, profile.conditioner_centers[j], color="red")
                 _radius_box(axis, profile.conditioner_centers[j], float(profile.conditional_radius[s, j]))
@@ -92,15 +92,15 @@ def radius_curves(profile: LocalityProfile, title: str | None = None) -> Figure:
     axes = figure.subplots(1, panels, squeeze=False)[0]
     sigmas = profile.sigmas
     for p, pixel in enumerate(profile.pixels):
-        axes[0].plot(sigmas, profile.pixel_radius[:, p], marker="o", ms=3, label=f"pixel {tuple(pixel)}")
+        axes[0].plot(sigmas, profile.pixel_radius[:, p].numpy(), marker="o", ms=3, label=f"pixel {tuple(pixel)}")
     axes[0].set_title(f"pixel locality: {profile.fraction:.0%} radius", fontsize=9)
     if profile.influence is not None:
         for j, cond in enumerate(profile.conditioners):
-            axes[1].plot(sigmas, profile.conditional_radius[:, j], marker="o", ms=3, label=f"cond {tuple(cond)}")
+            axes[1].plot(sigmas, profile.conditional_radius[:, j].numpy(), marker="o", ms=3, label=f"cond {tuple(cond)}")
         axes[1].set_title(f"conditional locality: {profile.fraction:.0%} radius", fontsize=9)
         for p, pixel in enumerate(profile.pixels[:4]):
             for j, cond in enumerate(profile.conditioners[:8]):
-                axes[2].plot(sigmas, profile.influence_at_targets[:, p, j], marker=".", ms=3,
+                axes[2].plot(sigmas, profile.influence_at_targets[:, p, j].numpy(), marker=".", ms=3,
                              label=f"{tuple(cond)} at {tuple(pixel)}")
         axes[2].set_title("Eq. 10 influence at target pixels", fontsize=9)
         axes[2].set_yscale("symlog", linthresh=1e-4)

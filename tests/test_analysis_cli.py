@@ -1,0 +1,140 @@
+"""The analysis figures, the training callbacks (real Trainer, TensorBoard) and the `locality`/`features` commands."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lcsbench.analysis.features import feature_cosines, mean_difference_vectors
+from lcsbench.analysis.locality import grid_cell_center, locality_profile
+from lcsbench.analysis.plots import cosine_matrices, locality_grid, radius_curves, save_figure
+from lcsbench.callbacks.locality import FeatureCosine, LocalityHeatmaps
+from lcsbench.cli import main as cli_main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class LocalToyNet(nn.Module):
+    """A location-conditioned toy denoiser: D at a pixel depends on the pixels and grid cells within `radius`
+    cells, and every conditioner reaches the features through a modulation layer named `emb_linear`."""
+
+    def __init__(self, grid_size: int = 16, radius: int = 1, width: int = 6):
+        super().__init__()
+        self.grid_size, self.radius = grid_size, radius
+        self.conv = nn.Conv2d(3, 3, 1)
+        self.emb_linear = nn.Linear(grid_size * grid_size, width, bias=False)
+
+    def box(self, cells: torch.Tensor) -> torch.Tensor:
+        kernel = torch.ones(1, 1, 2 * self.radius + 1, 2 * self.radius + 1, dtype=cells.dtype)
+        return F.conv2d(cells, kernel, padding=self.radius)
+
+    def forward(self, x, sigma, cond):
+        cell = x.shape[-1] // self.grid_size
+        scale = 1 + self.emb_linear(cond.flatten(1).to(x.dtype)).mean(1)[:, None, None, None]
+        patch = F.interpolate(self.box(F.avg_pool2d(x.mean(1, keepdim=True), cell)), scale_factor=cell)
+        labels = F.interpolate(self.box(cond[:, None].to(x.dtype)), scale_factor=cell)
+        return self.conv(torch.tanh(x)) * scale * (1 + patch**2) + torch.sin(patch) * labels
+
+
+class ToyDiffusion(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = LocalToyNet()
+
+    def denoiser(self, x, sigma, cond):
+        return self.net(x, sigma, cond)
+
+    def training_step(self, batch, batch_idx):
+        noisy = batch["image"] + 0.5 * torch.randn_like(batch["image"])
+        return (self.denoiser(noisy, 0.5, batch["cond"]) - batch["image"]).square().mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=1e-3)
+
+
+def toy_batches(count: int = 4) -> list[dict]:
+    generator = torch.Generator().manual_seed(0)
+    batches = []
+    for i in range(count):
+        cond = torch.zeros(16, 16, dtype=torch.long)
+        cond[3 + i, 5] = 1
+        cond[10, 12 - i] = 1
+        batches.append({"image": torch.rand(3, 16, 16, generator=generator) * 2 - 1, "cond": cond})
+    return batches
+
+
+def tensorboard_tags(log_dir: Path) -> dict[str, set[str]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    return {"images": set(tags["images"]), "scalars": set(tags["scalars"])}
+
+
+def test_figures_are_written(tmp_path):
+    torch.manual_seed(0)
+    net = LocalToyNet().eval()
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    cond = toy_batches(1)[0]["cond"][None].repeat(2, 1, 1)
+    profile = locality_profile(net, images, cond, [0.1, 1.0, 10.0], [(3, 5)],
+                               conditioner_centers=lambda c: grid_cell_center(c, 16, 16))
+    figure = locality_grid(profile)
+    assert len(figure.axes) == 3 * (3 + len(profile.conditioners))
+    vectors = mean_difference_vectors(net, images, [1.0], torch.eye(256)[:4].view(4, 16, 16))
+    paths = [save_figure(figure, tmp_path / "grid.png"), save_figure(radius_curves(profile), tmp_path / "r.png"),
+             save_figure(cosine_matrices(feature_cosines(vectors, list("abcd"))), tmp_path / "cos.png")]
+    for path in paths:
+        assert path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 5000
+
+
+def test_callbacks_log_figures_and_radii_to_tensorboard(tmp_path):
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(0)
+    logger = L.pytorch.loggers.TensorBoardLogger(tmp_path, name="toy", version=0)
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=logger, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[LocalityHeatmaps(every_n_steps=2, sigmas=[0.2, 5.0], samples=1),
+                                   FeatureCosine(every_n_steps=2, sigmas=[1.0], samples=2, average=["*"])])
+    module = ToyDiffusion()
+    trainer.fit(module, DataLoader(toy_batches(), batch_size=2))
+    assert module.training  # the callbacks restore train mode
+    tags = tensorboard_tags(Path(logger.log_dir))
+    assert {"locality/grid_t0", "locality/grid_t1", "locality/radius", "features/cosines"} <= tags["images"]
+    assert {"locality/pixel_radius@0.2", "locality/pixel_radius@5", "locality/conditional_radius@0.2",
+            "features/off_diagonal"} <= tags["scalars"]
+
+
+def test_callback_arguments_are_checked():
+    with pytest.raises(ValueError, match="every_n_steps must be a positive"):
+        LocalityHeatmaps(every_n_steps=0)
+
+
+@pytest.mark.parametrize("command", ["locality", "features"])
+def test_commands_have_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "--ckpt" in capsys.readouterr().out
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
+        cli_main(["locality", "--ckpt", str(tmp_path / "none.ckpt"), "--out", str(tmp_path)])
+
+
+def test_radius_is_nan_free_in_json_summaries():
+    profile_sigmas = [0.5]
+    net = LocalToyNet().eval()
+    cond = torch.zeros(1, 16, 16, dtype=torch.long)
+    profile = locality_profile(net, torch.zeros(1, 3, 16, 16), cond, profile_sigmas, [(8, 8)], conditional=False)
+    summary = profile.summary()
+    assert "conditioners" not in summary
+    assert all(v is None or not math.isnan(v) for v in summary["pixel_radius_mean"])
