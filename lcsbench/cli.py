@@ -20,6 +20,7 @@ TRAINER_COMMANDS = {
 TOOLS: dict[str, tuple[str, str]] = {
     "render": ("lcsbench.data.render_cli", "render CLEVR scenes with Blender into WebDataset shards"),
     "import-clevr": ("lcsbench.data.import_clevr", "convert official CLEVR renders into lcsbench shards"),
+    "sdxl": ("lcsbench.sdxl_cli", "SDXL word-ablation locality and cross-attention cosines (Figures 6, 7, 13)"),
     "locality": ("lcsbench.locality_cli", "pixel and conditional locality heatmaps and radii over noise levels"),
     "features": ("lcsbench.features_cli", "feature-space cosine matrices of the EDM2 conditioning modulation"),
 }

@@ -1,0 +1,19 @@
+"""SDXL analyses through diffusers (paper Section 4, Appendix G; Figures 6, 7, 13). Extra: `lcsbench[sdxl]`.
+
+- `pipeline`: load any SDXL pipeline from a local folder (no hub access); prompts -> `SDXLCondition`.
+- `denoiser`: `SDXLDenoiser`, the UNet as `denoiser(x, sigma, cond) -> D` in the VAE latent space (so the
+  locality analyses run unchanged), and Euler sampling that matches the pipeline's EulerDiscreteScheduler.
+- `ablation`: word ablation (score difference per latent pixel), ranking and dominant words.
+- `attention`: cross-attention capture (processors swapped and restored), word -> token positions.
+- `cosines`: Eq. 3 mean difference vectors, cosine matrices, compositional similarity.
+- `studies`: the Figure 6 and Figure 7/13 studies end to end; `plots`: their figures.
+- `tiny`: a tiny SDXL pipeline built from configs (tests, benchmarks) and SDXL base's UNet config.
+"""
+
+from lcsbench.analysis.sdxl.ablation import (content_words, prompt_without_word, rank_words,  # noqa: F401
+                                             word_influence)
+from lcsbench.analysis.sdxl.attention import (capture_cross_attention, concept_token,  # noqa: F401
+                                              cross_attention_layers, end_token, resolve_layers, word_token_span)
+from lcsbench.analysis.sdxl.denoiser import SDXLDenoiser, sample_euler  # noqa: F401
+from lcsbench.analysis.sdxl.pipeline import (NotAPipelineError, SDXLCondition, encode_prompts,  # noqa: F401
+                                             load_sdxl_pipeline, unconditional_condition)
