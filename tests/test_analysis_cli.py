@@ -138,3 +138,21 @@ def test_radius_is_nan_free_in_json_summaries():
     summary = profile.summary()
     assert "conditioners" not in summary
     assert all(v is None or not math.isnan(v) for v in summary["pixel_radius_mean"])
+
+
+@pytest.mark.parametrize("preset", sorted((Path(__file__).parents[1] / "callbacks").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_callback_presets_append_to_an_experiments_callbacks(preset, tmp_path):
+    """Each preset parses and instantiates, and appends (callbacks+) to callbacks an experiment already has."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+    from lightning.pytorch import Callback
+
+    experiment = tmp_path / "experiment.yaml"
+    experiment.write_text("trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.LearningRateMonitor\n")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_argument("--trainer.callbacks", type=list[Callback] | None, default=None)
+    config = parser.parse_args(["--config", str(experiment), "--config", str(preset)])
+    callbacks = parser.instantiate(config).trainer.callbacks
+    assert type(callbacks[0]).__name__ == "LearningRateMonitor"
+    assert len(callbacks) > 1 and all(isinstance(c, (LocalityHeatmaps, FeatureCosine)) for c in callbacks[1:])
