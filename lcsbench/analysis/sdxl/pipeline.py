@@ -74,8 +74,8 @@ def load_sdxl_pipeline(
         raise ImportError(f"the SDXL analyses need diffusers and transformers: pip install 'lcsbench[sdxl]' "
                           f"({error})") from error
     kwargs = {"local_files_only": True, "add_watermarker": False}
-    if dtype is not None:
-        kwargs["torch_dtype"] = dtype
+    if dtype is not None:  # recent diffusers name it `dtype` and deprecate `torch_dtype`
+        kwargs["dtype" if _accepts_dtype_keyword() else "torch_dtype"] = dtype
     try:
         pipe = StableDiffusionXLPipeline.from_pretrained(str(folder), **kwargs)
     except (OSError, ValueError, TypeError, KeyError) as error:
@@ -85,6 +85,15 @@ def load_sdxl_pipeline(
         pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def _accepts_dtype_keyword() -> bool:
+    """Whether this diffusers resolves `dtype=` in from_pretrained (older releases only know torch_dtype)."""
+    try:
+        from diffusers.utils import deprecation_utils
+    except ImportError:
+        return False
+    return hasattr(deprecation_utils, "_resolve_dtype")
 
 
 # ---------------------------------------------------------------------------------------------------------------
