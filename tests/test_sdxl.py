@@ -241,6 +241,32 @@ def test_capture_keeps_the_conditional_half_and_does_not_change_outputs(pipe):
         torch.testing.assert_close(guided.maps.mean(*key), unguided.maps.mean(*key), rtol=1e-5, atol=1e-6)
 
 
+def test_memory_budget_offloads_maps_to_cpu_without_changing_them(pipe):
+    with capture_cross_attention(pipe.unet, ["mid"], steps=[2], latent_size=LATENT) as kept:
+        run_pipe(pipe, kept, steps=2)
+    with capture_cross_attention(pipe.unet, ["mid"], steps=[2], latent_size=LATENT, device_budget=0) as offloaded:
+        run_pipe(pipe, offloaded, steps=2)
+    assert not kept.maps.offloaded and offloaded.maps.offloaded == set(offloaded.maps.sums)
+    for key in kept.maps.sums:
+        assert offloaded.maps.sums[key].device.type == "cpu"
+        torch.testing.assert_close(offloaded.maps.mean(*key), kept.maps.mean(*key))
+    with pytest.raises(ValueError, match="exceed the 77 text tokens"):
+        with capture_cross_attention(pipe.unet, ["mid"], steps=[1], tokens=[80], latent_size=LATENT) as capture:
+            run_pipe(pipe, capture, steps=1)
+
+
+def test_full_size_sdxl_unet_config_has_sdxl_base_layers():
+    """The benchmark's full-size UNet (built on the meta device: no memory) is SDXL base's architecture."""
+    from diffusers import UNet2DConditionModel
+
+    from lcsbench.analysis.sdxl.tiny import SDXL_BASE_UNET_CONFIG
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SDXL_BASE_UNET_CONFIG)
+    assert sum(p.numel() for p in unet.parameters()) == pytest.approx(2.567e9, rel=1e-3)
+    assert [len(resolve_layers(unet, [group])) for group in ("down", "mid", "up", "all")] == [24, 10, 36, 70]
+
+
 def test_processors_are_restored_after_capture_and_after_an_exception(pipe):
     before = {name: module.processor for name, module in pipe.unet.named_modules() if hasattr(module, "processor")}
     with capture_cross_attention(pipe.unet, ["all"], steps=[1], latent_size=LATENT):

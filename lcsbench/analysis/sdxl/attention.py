@@ -204,6 +204,9 @@ class CrossAttentionCapture:
         probs = attn.get_attention_scores(query, key, mask)  # [samples * heads, Q, K], softmax over keys
         probs = probs.float().view(samples, attn.heads, queries, -1).mean(dim=1)  # heads averaged: [N, Q, K]
         if self.tokens is not None:
+            if max(self.tokens) >= probs.shape[-1]:
+                raise ValueError(f"token positions {self.tokens} exceed the {probs.shape[-1]} text tokens of layer "
+                                 f"{name}: positions are 0..{probs.shape[-1] - 1} (start token at 0)")
             probs = probs[..., self.tokens]
         height, width = self.layer_grid(queries)
         maps = probs.transpose(1, 2).reshape(samples, -1, height, width).sum(dim=0)  # [T, h_l, w_l]
