@@ -140,7 +140,7 @@ def composition_figure(study: AttentionStudy, analysis: dict):
         ax.set_ylim(-1, 1)
         ax.axhline(0, color="k", linewidth=0.5)
         ax.set_title(group, fontsize=9)
-    axes[0, 0].set_ylabel("cosine(composite token, single prompt)")
+    axes[0, 0].set_ylabel("cosine with single prompt")
     axes[0, -1].legend(fontsize=7)
     fig.tight_layout()
     return fig
