@@ -148,7 +148,12 @@ class SampleDecoder:
             raise ShardError(f"sample {key} in shard {shard} is {pixels.shape[1]}x{pixels.shape[0]} where the "
                              f"manifest says {self.resolution}x{self.resolution}: the shard does not belong to this "
                              f"dataset; {self.fix}")
-        image = torch.from_numpy(pixels).permute(2, 0, 1).to(torch.float32).div_(127.5).sub_(1.0)
+        # uint8 HWC -> float32 CHW in [-1, 1] with numpy: torch's intra-op threads turn this 3-op
+        # conversion into ~35 ms per 128x128 image on a busy machine (measured), numpy takes ~18 us.
+        chw = pixels.transpose(2, 0, 1).astype(np.float32, order="C")
+        chw /= np.float32(127.5)
+        chw -= np.float32(1.0)
+        image = torch.from_numpy(chw)
         return {
             "image": image,
             "cond": cond,
