@@ -128,14 +128,19 @@ class SampleDecoder:
         resolution: int,  # expected square image size
         fix: str,  # what to tell the user when a sample is corrupt
     ) -> None:
-        self.kind, self.label_mode, self.grid_size, self.resolution, self.fix = kind, label_mode, grid_size, resolution, fix
+        self.kind = kind
+        self.label_mode = label_mode
+        self.grid_size = grid_size
+        self.resolution = resolution
+        self.fix = fix
 
     def __call__(self, raw: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
         key, shard = raw["__key__"], raw.get("__shard__", "?")
         missing = [ext for ext in (IMAGE_EXT, SCENE_EXT) if ext not in raw]
         if missing:
-            raise ShardError(f"sample {key} in shard {shard} has no {' or '.join(missing)} member "
-                             f"(found {sorted(k for k in raw if not k.startswith('__'))}): the shard is incomplete; {self.fix}")
+            found = sorted(k for k in raw if not k.startswith("__"))
+            raise ShardError(f"sample {key} in shard {shard} has no {' or '.join(missing)} member (found {found}): "
+                             f"the shard is incomplete; {self.fix}")
         try:
             with Image.open(io.BytesIO(raw[IMAGE_EXT])) as png:
                 pixels = np.array(png.convert("RGB"))
@@ -316,7 +321,12 @@ class StridedSampler(DistributedSampler):
     get one item more or fewer; that is safe for evaluation (no gradient synchronisation).
     """
 
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,  # the map-style dataset to split
+        num_replicas: int,  # world size
+        rank: int,  # this process's global rank
+    ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
 
     def __iter__(self) -> Iterator[int]:
