@@ -250,3 +250,26 @@ def test_real_edm2_unet_jacobian_matches_the_autograd_loop():
                             for c in range(3)]).mean(0)
     torch.testing.assert_close(heat[0], expected, rtol=1e-4, atol=1e-6)
     assert heat[0].sum() > 0
+
+
+def test_parameters_stay_trainable_after_the_analysis():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first, self.second = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 1, 1)
+            self.fail = False
+
+        def forward(self, x, sigma, cond):
+            if self.fail:
+                raise RuntimeError("boom")
+            return self.second(self.first(x))
+
+    net = Net()
+    net.first.bias.requires_grad_(False)  # a frozen parameter stays frozen
+    flags = [p.requires_grad for p in net.parameters()]
+    heat = pixel_jacobian(net, torch.randn(1, 1, 4, 4), 1.0, None, [(1, 1)])
+    assert heat[0, 1, 1] > 0 and [p.requires_grad for p in net.parameters()] == flags
+    net.fail = True
+    with pytest.raises(RuntimeError, match="boom"):
+        pixel_jacobian(net, torch.randn(1, 1, 4, 4), 1.0, None, [(1, 1)])
+    assert [p.requires_grad for p in net.parameters()] == flags
