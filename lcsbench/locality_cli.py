@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
-    from lcsbench.analysis.locality import grid_cell_center, locality_profile
+    from lcsbench.analysis.locality import check_pixels, grid_cell_center, locality_profile
     from lcsbench.analysis.plots import locality_grid, radius_curves, save_figure
 
     sigmas = parse_floats(args.sigmas, "sigmas")
@@ -123,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             targets = [grid_cell_center(cell, model.grid_size, res) for cell in cond_one.nonzero().tolist()]
         else:
             targets = [(res // 2, res // 2)]
+    try:
+        targets = check_pixels(targets, res, res)
+    except ValueError as error:
+        raise SystemExit(f"lcsbench locality: --targets: {error}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

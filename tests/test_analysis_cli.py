@@ -156,3 +156,72 @@ def test_callback_presets_append_to_an_experiments_callbacks(preset, tmp_path):
     callbacks = parser.instantiate(config).trainer.callbacks
     assert type(callbacks[0]).__name__ == "LearningRateMonitor"
     assert len(callbacks) > 1 and all(isinstance(c, (LocalityHeatmaps, FeatureCosine)) for c in callbacks[1:])
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(clevr_shards, tmp_path_factory):
+    """A real EDM2Diffusion (tiny U-Net, 32x32, location) fitted a few steps on the real render, with the
+    power-function EMA and both analysis callbacks logging to TensorBoard; returns (checkpoint, log dir)."""
+    from lcsbench.callbacks.ema import PowerFunctionEMA
+    from lcsbench.data.datamodule import CLEVRDataModule
+    from lcsbench.models.edm2 import EDM2Diffusion
+    from lcsbench.nn.edm2 import preset
+
+    root = tmp_path_factory.mktemp("analysis_run")
+    torch.manual_seed(0)
+    module = EDM2Diffusion(net=preset("tiny", label_dim=256), conditioning="location", lr=0.01,
+                           lr_rampup_images=1)
+    data = CLEVRDataModule(str(clevr_shards), counts="1-3", batch_size=4, num_workers=0, steps_per_epoch=3,
+                           shuffle_buffer=8, resolution=32)
+    logger = L.pytorch.loggers.TensorBoardLogger(root, name="run", version=0)
+    ema = PowerFunctionEMA(sigma_rels=[0.05, 0.10], snapshot_every_n_steps=1000)
+    analyses = [LocalityHeatmaps(every_n_steps=3, sigmas=[0.1, 5.0], samples=1, max_targets=1),
+                FeatureCosine(every_n_steps=3, sigmas=[1.0], samples=2)]
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", devices=1, logger=logger, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, default_root_dir=str(root), callbacks=[ema, *analyses])
+    trainer.fit(module, data)
+    ckpt = root / "run.ckpt"
+    trainer.save_checkpoint(ckpt)
+    return ckpt, Path(logger.log_dir)
+
+
+def test_callbacks_run_inside_a_real_edm2_fit_with_ema(trained_checkpoint):
+    _, log_dir = trained_checkpoint
+    tags = tensorboard_tags(log_dir)
+    assert {"locality/grid_t0", "locality/radius", "features/cosines"} <= tags["images"]
+    assert "locality/pixel_radius@0.1" in tags["scalars"]
+
+
+def test_locality_command_writes_json_and_figures(trained_checkpoint, tmp_path):
+    import json
+
+    ckpt, _ = trained_checkpoint
+    out = tmp_path / "locality"
+    assert cli_main(["locality", "--ckpt", str(ckpt), "--out", str(out), "--sigmas", "0.2,4", "--locations", "2",
+                     "--samples", "1", "--sample-steps", "2"]) == 0
+    report = json.loads((out / "locality.json").read_text())
+    assert report["kind"] == "location" and report["sigmas"] == [0.2, 4.0] and report["ema"] is True
+    assert len(report["pixels"]) == 2 and len(report["conditioners"]) == 2
+    assert len(report["pixel_radius"]) == 2 and all(len(row) == 2 for row in report["pixel_radius"])
+    for name in ("locality_grid_t0.png", "locality_grid_t1.png", "locality_radius.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    with pytest.raises(SystemExit, match="outside the 32x32 image"):
+        cli_main(["locality", "--ckpt", str(ckpt), "--out", str(out), "--targets", "40,3", "--sigmas", "1",
+                  "--sample-steps", "2"])
+
+
+def test_features_command_writes_json_and_figure(trained_checkpoint, tmp_path, capsys):
+    import json
+
+    ckpt, _ = trained_checkpoint
+    out = tmp_path / "features"
+    assert cli_main(["features", "--ckpt", str(ckpt), "--out", str(out), "--sigmas", "0.5,5", "--samples",
+                     "2"]) == 0
+    report = json.loads((out / "features.json").read_text())
+    assert len(report["labels"]) == 12 and report["layers"][0] == "unet.enc.32x32_block0.emb_linear"
+    assert all(name.startswith("unet.enc.") for name in report["averaged_layers"])
+    assert all(report["per_layer"][name][i][i] in (1.0, None) for name in report["layers"] for i in range(12))
+    assert (out / "feature_cosines.png").read_bytes()[:8] == PNG_MAGIC
+    with pytest.raises(SystemExit, match=r"layer 'unet\.enc\.nope' does not exist.*unet\.enc\.32x32_block0"):
+        cli_main(["features", "--ckpt", str(ckpt), "--out", str(out), "--layers", "unet.enc.nope"])
