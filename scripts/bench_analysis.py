@@ -105,9 +105,12 @@ def main(argv: list[str] | None = None) -> int:
                         "on CPU, a quarter of free GPU memory on CUDA)")
     parser.add_argument("--all-pixels", action=argparse.BooleanOptionalAction, default=None,
                         help="time every pixel of the image (default: on a GPU only)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (1 is steadier on a busy machine)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     all_pixels = device.type == "cuda" if args.all_pixels is None else args.all_pixels
     if args.memory_budget_gib is not None:
         budget = int(args.memory_budget_gib * 2**30)

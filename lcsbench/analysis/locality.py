@@ -231,14 +231,14 @@ def conditional_influence(
         variants.append(ablated)
     all_cond = torch.cat(variants)  # [(J + 1) * B, ...], the full conditioner first
     copies = len(variants)
-    all_sigma = sigma.repeat(copies) if isinstance(sigma, Tensor) and sigma.ndim == 1 else sigma
+    per_sample = isinstance(sigma, Tensor) and sigma.numel() > 1  # [B] (or [B, 1, 1, 1]) noise levels
+    all_sigma = sigma.reshape(batch).repeat(copies) if per_sample else sigma
     step = copies if chunk_size is None else max(1, int(chunk_size))
     with torch.no_grad():
         outputs = []
         for start in range(0, copies, step):
             stop = min(start + step, copies)
-            sub_sigma = all_sigma[start * batch:stop * batch] if isinstance(all_sigma, Tensor) and \
-                all_sigma.ndim == 1 else all_sigma
+            sub_sigma = all_sigma[start * batch:stop * batch] if per_sample else all_sigma
             outputs.append(denoiser(x.repeat(stop - start, 1, 1, 1), sub_sigma,
                                     all_cond[start * batch:stop * batch]))
         out = torch.cat(outputs)
