@@ -150,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         "conditioned": described, "resolution": res, "samples": args.samples, "seed": args.seed,
         "seconds": round(time.perf_counter() - started, 2), **profile.summary(),
     }
+    if model.kind == "color":  # name the ablated colour slots (conditioning.py's COLOR_NAMES order)
+        from lcsbench.data.scenes import COLOR_NAMES
+
+        summary["conditioner_names"] = [COLOR_NAMES[index[0]] for index in profile.conditioners]
     (out / "locality.json").write_text(json.dumps(summary, indent=2))
     for t, pixel in enumerate(profile.pixels):
         save_figure(locality_grid(profile, target=t, title=f"{model.kind} {described}: target {pixel}"),

@@ -10,8 +10,8 @@ For each model it prints
 - `pixel_jacobian` on every pixel of a 64x64 image (`--all-pixels`, default on a GPU; on CPU the time is
   extrapolated from the measured pixels unless --all-pixels is given).
 Models: `toy` (a small conv net, no dependency), `quickstart` (EDM2 preset `tiny` of the quickstart config,
-run at 64x64), `img64-xs` (the EDM2 XS U-Net, 124M parameters; label_dim 256), all at random initialisation with emb_gain and
-out_gain set non-zero so the conditioning and output paths carry gradient.
+run at 64x64), `img64-xs` (the EDM2 XS U-Net, 124M parameters; label_dim 256), all at random initialisation
+with emb_gain and out_gain set non-zero so the conditioning and output paths carry gradient.
 """
 
 from __future__ import annotations

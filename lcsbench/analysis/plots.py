@@ -96,7 +96,8 @@ def radius_curves(profile: LocalityProfile, title: str | None = None) -> Figure:
     axes[0].set_title(f"pixel locality: {profile.fraction:.0%} radius", fontsize=9)
     if profile.influence is not None:
         for j, cond in enumerate(profile.conditioners):
-            axes[1].plot(sigmas, profile.conditional_radius[:, j].numpy(), marker="o", ms=3, label=f"cond {tuple(cond)}")
+            axes[1].plot(sigmas, profile.conditional_radius[:, j].numpy(), marker="o", ms=3,
+                         label=f"cond {tuple(cond)}")
         axes[1].set_title(f"conditional locality: {profile.fraction:.0%} radius", fontsize=9)
         for p, pixel in enumerate(profile.pixels[:4]):
             for j, cond in enumerate(profile.conditioners[:8]):
