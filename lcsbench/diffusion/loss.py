@@ -37,10 +37,13 @@ def edm2_loss(
     P_std: float = 1.6,  # std of ln(sigma)
     sigma_data: float = 0.5,  # data std used by lambda(sigma)
     generator: torch.Generator | None = None,
+    noise_mask: torch.Tensor | None = None,  # 1 where noise is added, 0 elsewhere (patch borders); None: all
 ) -> torch.Tensor:
     """Per-image EDM2 loss `[N]`: the uncertainty-weighted denoising error summed over C x H x W."""
     sigma = sample_training_sigma(images.shape[0], P_mean, P_std, images.device, generator)
     noise = torch.randn(images.shape, device=images.device, generator=generator) * sigma
+    if noise_mask is not None:
+        noise = noise * noise_mask
     denoised, logvar = net(images + noise, sigma, labels, return_logvar=True)
     per_element = loss_weight(sigma, sigma_data) / logvar.exp() * (denoised - images) ** 2 + logvar
     return per_element.flatten(1).sum(dim=1)

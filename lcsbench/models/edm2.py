@@ -1,0 +1,303 @@
+"""`EDM2Diffusion`: EDM2 training of a conditional denoiser on CLEVR batches (Karras et al. 2024; paper App. E.1).
+
+The procedure is EDM2's: the loss with learned uncertainty (diffusion/loss.py), Adam(0.9, 0.99, eps 1e-8) without
+weight decay, the inverse-square-root learning-rate schedule evaluated every step, non-finite gradients zeroed,
+plus the paper's one change: forced weight renormalization after every optimizer step. Mixed precision is the
+Trainer's (`precision: bf16-mixed` on GPU). Validation reports the EDM-weighted denoising error at fixed noise
+levels (1.0 = no better than returning c_skip x), as a torchmetrics Metric so multi-GPU runs report the same number.
+
+Everything downstream uses `module.denoiser(x, sigma, cond) -> D(x)`, where `cond` is the structured conditioner
+(location grid `[B, G, G]` or colour counts `[B, 8]`); `load_denoiser(ckpt)` rebuilds a module with EMA weights.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import warnings
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics import Metric
+
+from lcsbench.data.conditioning import encode_label, label_dim
+from lcsbench.diffusion.loss import denoising_error, edm2_loss
+from lcsbench.diffusion.schedule import learning_rate
+from lcsbench.nn.mp import force_weight_norm_
+
+EMA_STATE_KEY = "PowerFunctionEMA"  # callbacks/ema.py stores its averages under this checkpoint key
+CHECKPOINT_ARCH_KEY = "lcsbench_architecture"  # net + module classes and arguments, written into every checkpoint
+
+
+# --- validation metric -------------------------------------------------------------------------------------
+
+
+class NoiseLevelLoss(Metric):
+    """Mean EDM-weighted denoising error per fixed noise level, summed across ranks."""
+
+    full_state_update = False
+
+    def __init__(self, num_levels: int):
+        super().__init__()
+        self.add_state("total", default=torch.zeros(num_levels, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros(num_levels, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, level: int, per_image_error: torch.Tensor) -> None:
+        self.total[level] += per_image_error.detach().to(torch.float64).sum()
+        self.count[level] += per_image_error.numel()
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count.clamp_min(1)
+
+
+# --- the LightningModule -------------------------------------------------------------------------------------
+
+
+class EDM2Diffusion(L.LightningModule):
+    """Trains `net` (an `lcsbench.nn.edm2.Precond`, or anything with its call signature) the EDM2 way."""
+
+    def __init__(
+        self,
+        net: torch.nn.Module,  # denoiser network: net(x, sigma, labels, return_logvar) (nn/edm2.py Precond)
+        conditioning: str = "location",  # conditioner kind the labels encode: location | color
+        grid_size: int = 16,  # location grid G (label_dim = G*G); ignored for color
+        lr: float = 0.012,  # reference learning rate alpha_ref (img64-xs: 0.0120)
+        lr_decay_steps: float = 35000,  # t_ref: optimizer steps before the 1/sqrt(t) decay (img64: 35000)
+        lr_rampup_images: float = 10e6,  # linear warm-up length in images (EDM2: 10 M)
+        P_mean: float = -0.8,  # mean of ln(sigma) during training (img64 presets)
+        P_std: float = 1.6,  # std of ln(sigma)
+        val_sigmas: Sequence[float] = (0.02, 0.1, 0.5, 1.0, 2.0, 5.0, 20.0),  # validation noise levels
+        val_seed: int = 0,  # seed of the validation noise (one fixed draw per held-out image)
+        noise_seed: int = 0,  # training noise is drawn from (noise_seed, step, accumulation round, rank)
+        compile: bool = False,  # torch.compile the U-Net for training
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.conditioning = conditioning
+        self.grid_size = grid_size
+        expected = self.expected_label_dim()
+        found = getattr(net, "label_dim", None)
+        if found != expected:
+            raise ValueError(f"the network's label_dim is {found} but {conditioning!r} conditioning"
+                             f"{f' on a {grid_size}x{grid_size} grid' if conditioning == 'location' else ''} gives "
+                             f"{expected}-dim labels: set model.init_args.net.init_args.label_dim: {expected}")
+        self.val_sigmas = [float(s) for s in val_sigmas]
+        self.val_loss = NoiseLevelLoss(len(self.val_sigmas))
+        self._global_batch_size: int | None = None
+
+    def expected_label_dim(self) -> int:
+        """Label width the network must take (subclasses with other labels, e.g. patch-local, override it)."""
+        return label_dim(self.conditioning, self.grid_size)
+
+    # -- the denoiser interface (DESIGN.md) --
+
+    def encode_cond(self, cond: torch.Tensor) -> torch.Tensor:
+        """The network label vector of a structured conditioner (data/conditioning.py)."""
+        return encode_label(cond, self.conditioning)
+
+    def denoiser(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor,
+                 net: torch.nn.Module | None = None) -> torch.Tensor:
+        """D(x; sigma, cond): the denoised image; `net` defaults to this module's network."""
+        labels = self.encode_cond(cond).to(x.device)
+        return (net if net is not None else self.net)(x, sigma, labels)
+
+    # -- training --
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        for name in ("conditioning", "grid_size"):
+            theirs = getattr(datamodule, name, None)
+            if theirs is not None and not (name == "grid_size" and self.conditioning != "location"):
+                if theirs != getattr(self, name):
+                    raise ValueError(f"the data's {name} is {theirs!r} but the model's is {getattr(self, name)!r}: "
+                                     f"set model.init_args.{name}: {theirs!r} (and the net's label_dim to match)")
+        if self.hparams.compile and stage == "fit":
+            self.net.unet.compile() if hasattr(self.net, "unet") else self.net.compile()
+
+    def global_batch_size(self) -> int:
+        """Images per optimizer step over all ranks and accumulation rounds (the schedule counts images)."""
+        if self._global_batch_size is not None:
+            return self._global_batch_size
+        per_rank = getattr(getattr(self.trainer, "datamodule", None), "batch_size", None) or 1
+        return per_rank * self.trainer.world_size * self.trainer.accumulate_grad_batches
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        self._global_batch_size = (batch["image"].shape[0] * self.trainer.world_size
+                                   * self.trainer.accumulate_grad_batches)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        images = batch["image"]
+        # EDM2 re-seeds the noise every step, so a resumed run draws what the uninterrupted run would have.
+        round_in_step = batch_idx % self.trainer.accumulate_grad_batches
+        seed = ((self.hparams.noise_seed * 1_000_003 + self.global_step) * 1009 + round_in_step) * 997 + self.global_rank
+        generator = torch.Generator(device=images.device).manual_seed(seed % 2**63)
+        loss = self.per_image_loss(batch, generator).mean()  # EDM2: sum over C x H x W, mean over the batch
+        if not torch.isfinite(loss):
+            keys = batch.get("key", [])
+            raise FloatingPointError(
+                f"the training loss is {loss.item()} at global step {self.global_step} (batch {batch_idx}, first keys "
+                f"{list(keys[:4])}): the run diverged. Resume from the last checkpoint with a lower model.init_args.lr, "
+                f"check the data for NaN/Inf, or try trainer.precision=32 to rule out mixed precision")
+        numel = images[0].numel()
+        self.log("train/loss", loss / numel, prog_bar=True)  # per element, comparable across resolutions
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return loss
+
+    def per_image_loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        """EDM2 loss per image `[B]` (sum over C x H x W), noise drawn from `generator`."""
+        return edm2_loss(self.net, batch["image"], self.batch_labels(batch), self.hparams.P_mean, self.hparams.P_std,
+                         sigma_data=getattr(self.net, "sigma_data", 0.5), generator=generator)
+
+    def batch_labels(self, batch: dict) -> torch.Tensor:
+        """The batch's network labels, checked against the network's label_dim."""
+        labels = batch["label"] if "label" in batch else self.encode_cond(batch["cond"])
+        expected = getattr(self.net, "label_dim", labels.shape[-1])
+        if labels.shape[-1] != expected:
+            raise ValueError(f"the data gives {labels.shape[-1]}-dim labels but the network expects label_dim "
+                             f"{expected}: match the net's label_dim to data.init_args.conditioning/grid_size")
+        return labels
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # EDM2 force_finite: NaN/Inf gradients become 0 (an occasional bad step is skipped, not fatal).
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        force_weight_norm_(self.net)  # the paper's one change to EDM2: renormalize after every update
+
+    def configure_optimizers(self) -> dict:
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr, betas=(0.9, 0.99), eps=1e-8)
+
+        def factor(step: int) -> float:
+            return learning_rate(step, self.global_batch_size(), 1.0, self.hparams.lr_decay_steps,
+                                 self.hparams.lr_rampup_images)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- validation at fixed noise levels --
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        images, cond = batch["image"], batch["cond"]
+        noise = self.validation_noise(batch)
+        for level, sigma in enumerate(self.val_sigmas):
+            denoised = self.denoiser(images + sigma * noise, sigma, cond)  # the full-image denoiser interface
+            self.val_loss.update(level, denoising_error(denoised, images, sigma, getattr(self.net, "sigma_data", 0.5)))
+
+    def validation_noise(self, batch: dict) -> torch.Tensor:
+        """One fixed standard-normal draw per held-out image, seeded by its key (independent of ranks/batching)."""
+        images = batch["image"]
+        keys = batch.get("key") or [str(i) for i in range(images.shape[0])]
+        draws = [torch.randn(images.shape[1:], generator=torch.Generator().manual_seed(
+            self.hparams.val_seed * 1_000_003 + zlib.crc32(str(k).encode()))) for k in keys]
+        return torch.stack(draws).to(images.device, images.dtype)
+
+    def on_validation_epoch_end(self) -> None:
+        per_level = self.val_loss.compute()
+        metrics = {f"val/loss@{sigma:g}": value.float() for sigma, value in zip(self.val_sigmas, per_level)}
+        metrics["val/loss"] = per_level.mean().float()
+        self.log_dict(metrics, sync_dist=True)  # already reduced by the Metric; identical on every rank
+        self.val_loss.reset()
+
+    # -- checkpoints: record the architecture so a checkpoint rebuilds itself, and refuse a foreign one --
+
+    def describe(self) -> dict[str, Any]:
+        """Classes and arguments of this module and its network (enough to rebuild both)."""
+        config = getattr(self.net, "config", None)
+        if config is None:
+            raise TypeError(f"{type(self.net).__name__} has no `config` dict of its constructor arguments: give the "
+                            f"network one (as nn/edm2.py Precond does) so checkpoints can rebuild it")
+        return {"net_class": _class_path(type(self.net)), "net_config": dict(config),
+                "module_class": _class_path(type(self)), "module_hparams": dict(self.hparams)}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_ARCH_KEY] = self.describe()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        theirs = checkpoint.get(CHECKPOINT_ARCH_KEY)
+        ours = self.describe()
+        if theirs is None:
+            raise ValueError("this checkpoint was not written by an lcsbench diffusion model (it has no "
+                             f"'{CHECKPOINT_ARCH_KEY}' entry): resume only from checkpoints of the same experiment")
+        if theirs["net_class"] != ours["net_class"] or theirs["net_config"] != ours["net_config"]:
+            diff = {k: (theirs["net_config"].get(k), ours["net_config"].get(k))
+                    for k in set(theirs["net_config"]) | set(ours["net_config"])
+                    if theirs["net_config"].get(k) != ours["net_config"].get(k)}
+            raise ValueError(f"the checkpoint holds a different network ({theirs['net_class']}) than this run "
+                             f"({ours['net_class']}); differing arguments (checkpoint, this run): {diff}. Resume "
+                             f"with the checkpoint's own config (config.yaml next to its checkpoints/ folder)")
+
+
+# --- loading a trained denoiser ----------------------------------------------------------------------------------
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _import_class(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_from_description(description: dict[str, Any]) -> EDM2Diffusion:
+    """A fresh module + network from `EDM2Diffusion.describe()` output (weights not loaded)."""
+    net = _import_class(description["net_class"])(**description["net_config"])
+    module_cls = _import_class(description["module_class"])
+    accepted = inspect.signature(module_cls.__init__).parameters
+    hparams = {k: v for k, v in description["module_hparams"].items() if k in accepted and k != "net"}
+    hparams["compile"] = False
+    return module_cls(net=net, **hparams)
+
+
+def load_denoiser(
+    path: str | Path,  # a Lightning .ckpt from `fit`, or a .pt from the EMA callback / `reconstruct-ema`
+    ema: bool = True,  # use EMA weights (checkpoints only; EMA files hold nothing else)
+    sigma_rel: float | None = None,  # which tracked EMA; None: the first tracked (0.05 by default)
+    map_location: str | torch.device = "cpu",
+) -> EDM2Diffusion:
+    """Rebuild a trained module in eval mode; `module.denoiser(x, sigma, cond)` then uses the chosen weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: pass a checkpoint written by `python -m lcsbench fit` "
+                                f"(runs/<experiment>/.../checkpoints/last.ckpt) or an EMA file from `reconstruct-ema`")
+    payload = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path} is not an lcsbench checkpoint (found a {type(payload).__name__})")
+    description = payload.get(CHECKPOINT_ARCH_KEY)
+    if description is None:
+        raise ValueError(f"{path} is not an lcsbench diffusion checkpoint: it has no '{CHECKPOINT_ARCH_KEY}' entry "
+                         f"(keys: {sorted(payload)[:8]}). Pass a checkpoint written by `python -m lcsbench fit` with "
+                         f"an EDM2 model, or an EMA file written by `reconstruct-ema`")
+    module = build_from_description(description)
+    if "net_state" in payload:  # an EMA snapshot or reconstruction: the network weights alone
+        _load_net_state(module, payload["net_state"], path)
+    else:
+        module.load_state_dict(payload["state_dict"])
+        if ema:
+            averages = payload.get("callbacks", {}).get(EMA_STATE_KEY)
+            if averages is None:
+                warnings.warn(f"{path} holds no power-function EMA (the run had no PowerFunctionEMA callback): "
+                              f"using the raw training weights")
+            else:
+                from lcsbench.callbacks.ema import ema_net_state
+
+                _load_net_state(module, ema_net_state(averages, module.net, sigma_rel), path)
+    return module.eval()
+
+
+def _load_net_state(module: EDM2Diffusion, state: dict[str, torch.Tensor], path: Path) -> None:
+    reference = module.net.state_dict()
+    missing = sorted(set(reference) - set(state))
+    if missing:
+        raise ValueError(f"{path} lacks weights for {len(missing)} tensors of the network, e.g. {missing[:3]}: it was "
+                         f"written for another architecture")
+    module.net.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items() if k in reference})

@@ -1,0 +1,269 @@
+"""EDM2Diffusion on real tiny CLEVR shards: loss falls, exact resume, EMA, checkpoints, CLI, configs, DDP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lcsbench.callbacks.ema import PowerFunctionEMA
+from lcsbench.callbacks.samples import SampleGrid
+from lcsbench.data.datamodule import CLEVRDataModule
+from lcsbench.models.edm2 import EDM2Diffusion, load_denoiser
+from lcsbench.nn.edm2 import Precond
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def micro_net(label_dim: int = 256, model_channels: int = 16) -> Precond:
+    """A CPU-cheap EDM2 U-Net at 32x32: 2 levels, attention at 16x16 and in the bottleneck."""
+    return Precond(img_resolution=32, img_channels=3, label_dim=label_dim, model_channels=model_channels,
+                   channel_mult=[1, 2], num_blocks=1, attn_resolutions=[16], channels_per_head=16)
+
+
+def micro_module(**kwargs) -> EDM2Diffusion:
+    torch.manual_seed(0)
+    defaults = dict(lr=0.01, lr_decay_steps=1000, lr_rampup_images=16, val_sigmas=[0.2, 1.0, 5.0])
+    net = kwargs.pop("net", None) or micro_net()
+    return EDM2Diffusion(net=net, **{**defaults, **kwargs})
+
+
+def micro_data(root, **kwargs) -> CLEVRDataModule:
+    defaults = dict(counts="1-3", batch_size=4, num_workers=0, steps_per_epoch=4, shuffle_buffer=8)
+    return CLEVRDataModule(str(root), **{**defaults, **kwargs})
+
+
+def trainer(tmp_path, max_steps: int, callbacks=(), **kwargs) -> L.Trainer:
+    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                    enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                    enable_checkpointing=False, default_root_dir=str(tmp_path))
+    return L.Trainer(max_steps=max_steps, callbacks=list(callbacks), **{**defaults, **kwargs})
+
+
+def test_loss_falls_in_a_short_cpu_run(clevr_shards, tmp_path):
+    module, data = micro_module(), micro_data(clevr_shards, steps_per_epoch=60)
+    before = trainer(tmp_path, 0, limit_val_batches=None).validate(module, data, verbose=False)[0]
+    trainer(tmp_path, 60).fit(module, data)
+    after = trainer(tmp_path, 0, limit_val_batches=None).validate(module, data, verbose=False)[0]
+    assert set(before) >= {"val/loss@0.2", "val/loss@1", "val/loss@5"}
+    assert after["val/loss"] < 0.75 * before["val/loss"], (before, after)
+    # forced weight normalization: every stored MPConv row is unit-RMS after training
+    for name, weight in module.net.named_parameters():
+        if weight.ndim >= 2:
+            rms = weight.detach().flatten(1).pow(2).mean(1).sqrt()
+            assert torch.allclose(rms, torch.ones_like(rms), atol=1e-4), name
+
+
+def test_resume_continues_the_same_run(clevr_shards, tmp_path):
+    def run(max_steps, root, ckpt_path=None):
+        module = micro_module()
+        ema = PowerFunctionEMA(sigma_rels=[0.05, 0.10])
+        fit = trainer(root, max_steps, [ema])
+        fit.fit(module, micro_data(clevr_shards, steps_per_epoch=3), ckpt_path=ckpt_path)
+        fit.save_checkpoint(root / "end.ckpt")
+        return module, ema, fit
+
+    straight, straight_ema, _ = run(4, tmp_path / "straight")
+    run(3, tmp_path / "first")  # ends exactly at an epoch boundary of the training stream
+    resumed, resumed_ema, fit = run(4, tmp_path / "second", ckpt_path=tmp_path / "first" / "end.ckpt")
+    assert fit.global_step == 4 and resumed_ema.step == 4
+    assert fit.lr_scheduler_configs[0].scheduler.last_epoch == 4
+    assert {int(s["step"]) for s in fit.optimizers[0].state.values()} == {4}  # Adam moments continued
+    # same data (the epoch-1 stream), noise re-seeded from the step: the resumed step is the uninterrupted one
+    for (name, a), b in zip(straight.net.state_dict().items(), resumed.net.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    for a, b in zip(straight_ema.averages[1].values(), resumed_ema.averages[1].values()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_ema_checkpoint_and_load_denoiser(clevr_shards, tmp_path):
+    module = micro_module()
+    ema = PowerFunctionEMA(sigma_rels=[0.05, 0.10], snapshot_every_n_steps=2, snapshot_dir=str(tmp_path / "phema"))
+    fit = trainer(tmp_path, 4, [ema])
+    fit.fit(module, micro_data(clevr_shards))
+    ckpt = tmp_path / "run.ckpt"
+    fit.save_checkpoint(ckpt)
+
+    raw = load_denoiser(ckpt, ema=False)
+    for name, p in module.net.named_parameters():
+        assert torch.equal(raw.net.state_dict()[name], p.detach())
+    averaged = load_denoiser(ckpt)  # EMA (sigma_rel 0.05) by default
+    assert not averaged.training and averaged.conditioning == "location"
+    for name, value in ema.averages[0].items():
+        assert torch.equal(averaged.net.state_dict()[name], value)
+    assert not torch.equal(averaged.net.unet.out_gain, module.net.unet.out_gain)
+    wide = load_denoiser(ckpt, sigma_rel=0.10)
+    assert torch.equal(wide.net.unet.out_gain, ema.averages[1]["unet.out_gain"])
+    with pytest.raises(ValueError, match="was not tracked"):
+        load_denoiser(ckpt, sigma_rel=0.2)
+
+    # the denoiser interface takes the structured conditioner and encodes it itself
+    cond = torch.zeros(2, 16, 16, dtype=torch.long)
+    cond[0, 4, 5] = cond[1, 10, 3] = 1
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        d = averaged.denoiser(x, torch.tensor(1.0), cond)
+        labels = torch.nn.functional.normalize(cond.flatten(1).float(), dim=1)
+        assert torch.equal(d, averaged.net(x, torch.tensor(1.0), labels))
+
+    # post-hoc: reconstructing a tracked profile at a snapshot step gives that tracked EMA back
+    from lcsbench.cli import main as lcsbench
+
+    snapshots = sorted((tmp_path / "phema").glob("phema-*.pt"))
+    assert [p.name for p in snapshots] == ["phema-00000002-0.050.pt", "phema-00000002-0.100.pt",
+                                           "phema-00000004-0.050.pt", "phema-00000004-0.100.pt"]
+    out = tmp_path / "ema-0.100.pt"
+    assert lcsbench(["reconstruct-ema", "--snapshots", str(tmp_path / "phema"), "--sigma-rel", "0.1",
+                     "--out", str(out)]) == 0
+    rebuilt = load_denoiser(out)
+    for name, value in ema.averages[1].items():
+        assert torch.allclose(rebuilt.net.state_dict()[name], value, atol=2e-3, rtol=2e-3), name
+
+    grid = tmp_path / "grid.png"
+    assert lcsbench(["sample", "--ckpt", str(out), "--locations", "paper:3", "--n", "4", "--steps", "3",
+                     "--out", str(grid), "--device", "cpu"]) == 0
+    from PIL import Image
+
+    assert Image.open(grid).size == (4 + 32 * 2 + 1, 4 + 32 * 2 + 1 - 1) or Image.open(grid).size[0] > 64
+
+
+def test_sample_grid_callback_logs_ema_samples_to_tensorboard(clevr_shards, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = L.pytorch.loggers.TensorBoardLogger(str(tmp_path), name="tb")
+    fit = trainer(tmp_path, 2, [PowerFunctionEMA(), SampleGrid(every_n_steps=2, num_samples=4, num_steps=2)],
+                  logger=logger, log_every_n_steps=1)
+    fit.fit(micro_module(), micro_data(clevr_shards))
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
+    events.Reload()
+    assert {"samples/ema", "samples/real"} <= set(events.Tags()["images"])
+    assert "train/loss" in events.Tags()["scalars"]
+
+
+def test_nan_loss_stops_with_step_and_batch(clevr_shards, tmp_path):
+    module = micro_module()
+    module.net.unet.out_gain.data.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"loss is nan at global step 0 \(batch 0"):
+        trainer(tmp_path, 2).fit(module, micro_data(clevr_shards))
+
+
+def test_label_dim_must_match_the_conditioner(clevr_shards, tmp_path):
+    with pytest.raises(ValueError, match=r"label_dim is 256 but 'color' conditioning gives 8-dim labels"):
+        EDM2Diffusion(net=micro_net(label_dim=256), conditioning="color")
+    module = micro_module(net=micro_net(label_dim=8), conditioning="color")
+    with pytest.raises(ValueError, match="the data's conditioning is 'location' but the model's is 'color'"):
+        trainer(tmp_path, 1).fit(module, micro_data(clevr_shards))
+
+
+def test_checkpoint_from_another_architecture_is_refused(clevr_shards, tmp_path):
+    fit = trainer(tmp_path, 1)
+    fit.fit(micro_module(), micro_data(clevr_shards))
+    ckpt = tmp_path / "small.ckpt"
+    fit.save_checkpoint(ckpt)
+    wider = micro_module(net=micro_net(model_channels=32))
+    with pytest.raises(ValueError, match=r"different network.*model_channels.*\(16, 32\)"):
+        trainer(tmp_path, 2).fit(wider, micro_data(clevr_shards), ckpt_path=ckpt)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"judge.fc.weight": torch.zeros(2, 2)}}, foreign)
+    with pytest.raises(ValueError, match="not an lcsbench diffusion checkpoint"):
+        load_denoiser(foreign)
+
+
+# --- LightningCLI and shipped configs ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_every_shipped_config_parses_and_instantiates(config, clevr_shards, tmp_path, monkeypatch):
+    from lcsbench.trainer_cli import build_cli
+
+    monkeypatch.chdir(tmp_path)
+    cli = build_cli(["--config", str(config), "--data.init_args.root", str(clevr_shards),
+                     "--trainer.accelerator", "cpu", "--trainer.devices", "1"], run=False)
+    assert isinstance(cli.model, EDM2Diffusion)
+    assert cli.model.net.label_dim == cli.model.expected_label_dim()
+    assert cli.model.conditioning == cli.datamodule.conditioning
+    assert any(isinstance(cb, PowerFunctionEMA) for cb in cli.trainer.callbacks)
+
+
+def test_callback_presets_append_to_an_experiment(clevr_shards, tmp_path, monkeypatch):
+    from lcsbench.trainer_cli import build_cli
+
+    monkeypatch.chdir(tmp_path)
+    cli = build_cli(["--config", str(REPO / "configs" / "quickstart.yaml"), "--config",
+                     str(REPO / "callbacks" / "analyses.yaml"), "--data.init_args.root", str(clevr_shards)], run=False)
+    names = [type(cb).__name__ for cb in cli.trainer.callbacks]
+    assert {"PowerFunctionEMA", "SampleGrid", "LocalityHeatmaps", "FeatureCosine"} <= set(names)
+
+
+def test_unknown_config_key_is_rejected_at_parse_time(clevr_shards, tmp_path, monkeypatch, capsys):
+    from lcsbench.trainer_cli import build_cli
+
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO / "configs" / "quickstart.yaml").read_text().replace("    lr: 0.01", "    learning_rate: 0.01"))
+    with pytest.raises(SystemExit):
+        build_cli(["--config", str(bad), "--data.init_args.root", str(clevr_shards)], run=False)
+    assert "learning_rate" in capsys.readouterr().err
+
+
+def test_cli_fit_trains_and_writes_checkpoint_and_snapshots(clevr_shards, tmp_path, monkeypatch):
+    from lcsbench.cli import main as lcsbench
+
+    monkeypatch.chdir(tmp_path)
+    assert lcsbench(["fit", "--config", str(REPO / "configs" / "quickstart.yaml"),
+                     "--config", str(micro_config(tmp_path, clevr_shards))]) == 0
+    version = tmp_path / "runs" / "quickstart" / "lightning_logs" / "version_0"
+    assert (version / "checkpoints" / "last.ckpt").is_file() and (version / "config.yaml").is_file()
+    assert len(list((version / "phema").glob("phema-00000004-*.pt"))) == 2
+    assert torch.load(version / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+
+
+def micro_config(directory: Path, root) -> Path:
+    """A second --config shrinking the quickstart experiment to the micro net and 4 steps."""
+    path = directory / "micro.yaml"
+    path.write_text(f"""
+trainer:
+  max_steps: 4
+  limit_val_batches: 2
+  enable_progress_bar: false
+  callbacks:
+    - class_path: lcsbench.callbacks.ema.PowerFunctionEMA
+      init_args: {{snapshot_every_n_steps: 2}}
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {{every_n_train_steps: 2, save_last: true}}
+model:
+  init_args:
+    net:
+      init_args: {{model_channels: 16, channel_mult: [1, 2], attn_resolutions: [16], channels_per_head: 16}}
+data:
+  init_args: {{root: "{root}", batch_size: 4, num_workers: 0, steps_per_epoch: 4}}
+""")
+    return path
+
+
+def test_ddp_two_cpu_processes_fit(clevr_shards, tmp_path):
+    """`strategy=ddp` on 2 gloo CPU ranks, in a subprocess with a hard timeout (a DDP hang never fails by itself)."""
+    command = [sys.executable, "-m", "lcsbench", "fit", "--config", str(REPO / "configs" / "quickstart.yaml"),
+               "--config", str(micro_config(tmp_path, clevr_shards)), "--trainer.strategy", "ddp",
+               "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"2-rank DDP fit did not finish in 180 s (hang?):\n{output[-3000:]}")
+    assert process.returncode == 0, output[-3000:]
+    ckpt = tmp_path / "runs" / "quickstart" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=False)
+    assert state["global_step"] == 4
+    assert state["callbacks"]["PowerFunctionEMA"]["step"] == 4
