@@ -23,6 +23,8 @@ TOOLS: dict[str, tuple[str, str]] = {
     "sdxl": ("lcsbench.sdxl_cli", "SDXL word-ablation locality and cross-attention cosines (Figures 6, 7, 13)"),
     "locality": ("lcsbench.locality_cli", "pixel and conditional locality heatmaps and radii over noise levels"),
     "features": ("lcsbench.features_cli", "feature-space cosine matrices of the EDM2 conditioning modulation"),
+    "sample": ("lcsbench.sample_cli", "sample a PNG grid from a trained model for given locations or colours"),
+    "reconstruct-ema": ("lcsbench.reconstruct_ema_cli", "post-hoc power-function EMA for any sigma_rel from snapshots"),
 }
 
 TRAINER_MODULE = "lcsbench.trainer_cli"
