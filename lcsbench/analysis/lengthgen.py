@@ -1,0 +1,261 @@
+"""Length-generalization protocol (paper Section 2, Table 1, Appendix E.2), made automatic and counting.
+
+The paper conditions on k = 1..12 of twelve fixed locations (or k = 1..8 colours), draws 8 samples per k and
+counts objects by eye. Here a detector (the judge) returns object centres (and, for colour, object colours)
+per image, and these pure functions turn them into per-k scores:
+
+1. requests: `requested_locations(k)` (the first k of PAPER_LOCATIONS, or a random k-subset) and
+   `requested_colors(k)` (the first k of PAPER_COLORS);
+2. matching: `match_locations` pairs detections with requested centres by the Hungarian algorithm
+   (scipy.optimize.linear_sum_assignment) and keeps pairs closer than `tolerance_cells` grid cells
+   (default 1 cell = resolution / G pixels); `match_colors` matches colour multisets. Both return
+   `{"matched", "missing", "extra", "detected"}`: requested objects found, requested objects not found,
+   detections matched to no request;
+3. success (`SuccessRule`, E.2): with n the largest trained object count,
+   - all-label training (Exp. 1, colour): for k <= n exactly the requested objects (missing = extra = 0);
+     for k > n every requested object present; location conditioning still requires exactly k there
+     (the location conditioner names every object, so an extra object is an error at any k), colour
+     conditioning allows extras beyond the trained range;
+   - single-label training (Exp. 2/3): every requested object present plus at most n - 1 extra objects
+     (the paper's "k+(0-(n-1))", e.g. "1+(0-2)" for 1-3 objects), at every k;
+4. aggregation: `LengthGenTally` accumulates per-k counts (samples, successes, missing, extra, histogram
+   of detected counts) that add across processes; `summarize` gives per-k rates and
+   `k_max` = the largest k with success rate > 25% for every k' <= k (the paper's rule), `k_max_strict`
+   the same with > 50%.
+
+`lengthgen.json` (written by `python -m lcsbench lengthgen`, see `lengthgen_report`):
+
+    {
+      "protocol": {"kind", "ks", "order", "tolerance_cells", "grid_size", "resolution",
+                   "trained_counts", "label_mode", "samples_per_k", "success_rule"},
+      "rows": {
+        "model":  {"k_max", "k_max_strict", "per_k": {"<k>": {"samples", "successes", "success_rate",
+                   "mean_missing", "mean_extra", "mean_detected", "count_histogram": {"<count>": n}}}},
+        "oracle": {... same keys, the judge on Blender renders of the same requested layouts ...}
+      }
+    }
+
+The oracle row measures the judge's own error on exact renders of the requests: a model's row is
+trustworthy only up to the k where the oracle row stays near 100%.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from lcsbench.data.conditioning import PAPER_COLORS, PAPER_LOCATIONS
+
+K_MAX_THRESHOLD = 0.25  # E.2: "succeeds ... more than 25% of the time"
+K_MAX_STRICT_THRESHOLD = 0.5
+
+
+# --- requested conditioners per k (E.1, E.2) ----------------------------------------------------------
+
+
+def requested_locations(
+    k: int,  # number of requested objects
+    order: str = "paper",  # paper: the first k of PAPER_LOCATIONS; random: a random k-subset of them
+    generator: torch.Generator | None = None,  # required for order="random"
+) -> list[tuple[float, float]]:
+    """k requested locations as (x, y) image fractions (x = column, y = row), from the paper's 12."""
+    if not 1 <= k <= len(PAPER_LOCATIONS):
+        raise ValueError(f"location requests take k in 1..{len(PAPER_LOCATIONS)} (the paper's {len(PAPER_LOCATIONS)} "
+                         f"evaluation locations, Appendix E.1), got k={k}: lower the largest k")
+    if order == "paper":
+        return list(PAPER_LOCATIONS[:k])
+    if order == "random":
+        if generator is None:
+            raise ValueError("order='random' draws k-subsets: pass generator=torch.Generator().manual_seed(seed)")
+        chosen = torch.randperm(len(PAPER_LOCATIONS), generator=generator)[:k].sort().values
+        return [PAPER_LOCATIONS[i] for i in chosen.tolist()]
+    raise ValueError(f"order must be 'paper' or 'random', got {order!r}")
+
+
+def requested_colors(k: int) -> list[str]:
+    """The first k of the paper's 8 evaluation colours (E.1)."""
+    if not 1 <= k <= len(PAPER_COLORS):
+        raise ValueError(f"colour requests take k in 1..{len(PAPER_COLORS)} (the paper's {len(PAPER_COLORS)} "
+                         f"evaluation colours), got k={k}: lower the largest k")
+    return list(PAPER_COLORS[:k])
+
+
+def fractions_to_pixels(locations: Sequence[Sequence[float]], resolution: int) -> np.ndarray:
+    """`[k, 2]` float pixel centres (x, y), origin top-left, of (x, y) image fractions."""
+    return np.asarray(locations, dtype=np.float64).reshape(-1, 2) * resolution
+
+
+# --- matching detections to requests -----------------------------------------------------------------
+
+
+def match_locations(
+    requested: np.ndarray | Sequence[Sequence[float]],  # [k, 2] requested centres (x, y) in pixels
+    detected: np.ndarray | Sequence[Sequence[float]],  # [m, 2] detected centres (x, y) in pixels
+    cell_pixels: float,  # size of one conditioning-grid cell in pixels (resolution / G)
+    tolerance_cells: float = 1.0,  # a pair matches when closer than this many cells (Euclidean)
+) -> dict:
+    """Hungarian matching of detections to requested centres; pairs farther than the tolerance do not match.
+
+    Returns `{"matched", "missing", "extra", "detected", "pairs"}` with `pairs` the (request, detection)
+    index pairs. A duplicate detection of one object can match at most once: the second is extra.
+    """
+    requested = np.asarray(requested, dtype=np.float64).reshape(-1, 2)
+    detected = np.asarray(detected, dtype=np.float64).reshape(-1, 2)
+    radius = tolerance_cells * cell_pixels
+    pairs: list[tuple[int, int]] = []
+    if len(requested) and len(detected):
+        distance = np.linalg.norm(requested[:, None, :] - detected[None, :, :], axis=-1)
+        # An out-of-tolerance pair costs more than all in-tolerance pairs together, so the assignment first
+        # maximizes the number of in-tolerance pairs, then minimizes their distance; out-of-tolerance pairs drop.
+        out_of_tolerance = radius * (len(requested) + len(detected)) + 1.0
+        cost = np.where(distance <= radius, distance, out_of_tolerance)
+        rows, cols = linear_sum_assignment(cost)
+        pairs = [(int(r), int(c)) for r, c in zip(rows, cols) if distance[r, c] <= radius]
+    matched = len(pairs)
+    return {"matched": matched, "missing": len(requested) - matched, "extra": len(detected) - matched,
+            "detected": len(detected), "pairs": pairs}
+
+
+def match_colors(requested: Sequence[str], detected: Sequence[str]) -> dict:
+    """Multiset matching of requested colours with detected object colours."""
+    want, have = Counter(requested), Counter(detected)
+    matched = sum((want & have).values())
+    return {"matched": matched, "missing": len(requested) - matched, "extra": len(detected) - matched,
+            "detected": len(detected)}
+
+
+# --- success rule (E.2) ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SuccessRule:
+    """When a sample with k requested objects counts as a success (module docstring, point 3)."""
+
+    kind: str  # location | color
+    trained_counts: tuple[int, ...]  # object counts of the training data, e.g. (1, 2, 3)
+    label_mode: str = "all"  # all (Exp. 1, colour) | single (Exp. 2/3)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("location", "color"):
+            raise ValueError(f"kind must be 'location' or 'color', got {self.kind!r}")
+        if self.label_mode not in ("all", "single"):
+            raise ValueError(f"the length-generalization rule is defined for label_mode 'all' or 'single' "
+                             f"(Table 1), got {self.label_mode!r}")
+        if not self.trained_counts or min(self.trained_counts) < 1:
+            raise ValueError(f"trained_counts must list positive object counts, got {self.trained_counts!r}")
+
+    @property
+    def n(self) -> int:
+        return max(self.trained_counts)
+
+    def allowed_extra(self, k: int) -> int | float:
+        """How many unrequested objects a success may have at k."""
+        if self.label_mode == "single":
+            return self.n - 1  # "1+(0-2)": the model saw n-object scenes with one object labelled
+        if k <= self.n or self.kind == "location":
+            return 0
+        return math.inf
+
+    def success(self, k: int, missing: int, extra: int) -> bool:
+        return missing == 0 and extra <= self.allowed_extra(k)
+
+    def describe(self) -> str:
+        if self.label_mode == "single":
+            return (f"every requested object present, at most {self.n - 1} extra (single-label training on up to "
+                    f"{self.n} objects)")
+        if self.kind == "location":
+            return "exactly the requested objects at every k (the location conditioner names every object)"
+        return f"exactly the requested objects for k <= {self.n}; every requested object present beyond"
+
+
+# --- aggregation -------------------------------------------------------------------------------------
+
+
+@dataclass
+class LengthGenTally:
+    """Per-k counts of a length-generalization run; counts add across batches and processes (`merge`)."""
+
+    samples: dict[int, int] = field(default_factory=dict)
+    successes: dict[int, int] = field(default_factory=dict)
+    missing: dict[int, int] = field(default_factory=dict)
+    extra: dict[int, int] = field(default_factory=dict)
+    detected: dict[int, int] = field(default_factory=dict)
+    histogram: dict[int, Counter] = field(default_factory=dict)
+
+    def add(self, k: int, match: Mapping[str, int], rule: SuccessRule) -> bool:
+        """Record one judged sample with k requested objects; returns whether it succeeded."""
+        ok = rule.success(k, int(match["missing"]), int(match["extra"]))
+        for table, value in ((self.samples, 1), (self.successes, int(ok)), (self.missing, match["missing"]),
+                             (self.extra, match["extra"]), (self.detected, match["detected"])):
+            table[k] = table.get(k, 0) + int(value)
+        self.histogram.setdefault(k, Counter())[int(match["detected"])] += 1
+        return ok
+
+    def merge(self, other: LengthGenTally) -> LengthGenTally:
+        for name in ("samples", "successes", "missing", "extra", "detected"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            for k, value in theirs.items():
+                mine[k] = mine.get(k, 0) + value
+        for k, counts in other.histogram.items():
+            self.histogram.setdefault(k, Counter()).update(counts)
+        return self
+
+    def summarize(self) -> dict:
+        """The row of lengthgen.json: per-k rates and k_max (paper rule) / k_max_strict."""
+        per_k = {}
+        for k in sorted(self.samples):
+            n = self.samples[k]
+            per_k[str(k)] = {
+                "samples": n,
+                "successes": self.successes[k],
+                "success_rate": self.successes[k] / n,
+                "mean_missing": self.missing[k] / n,
+                "mean_extra": self.extra[k] / n,
+                "mean_detected": self.detected[k] / n,
+                "count_histogram": {str(c): v for c, v in sorted(self.histogram[k].items())},
+            }
+        rates = {int(k): row["success_rate"] for k, row in per_k.items()}
+        return {"k_max": k_max(rates, K_MAX_THRESHOLD), "k_max_strict": k_max(rates, K_MAX_STRICT_THRESHOLD),
+                "per_k": per_k}
+
+
+def k_max(success_rates: Mapping[int, float], threshold: float = K_MAX_THRESHOLD) -> int:
+    """Largest k with success rate > threshold for every k' <= k, counting up from k = 1 (E.2); 0 if k=1 fails.
+
+    A k that was not evaluated ends the run (nothing is assumed about it).
+    """
+    best = 0
+    k = 1
+    while k in success_rates and success_rates[k] > threshold:
+        best = k
+        k += 1
+    return best
+
+
+def lengthgen_report(protocol: Mapping, rows: Mapping[str, LengthGenTally]) -> dict:
+    """The lengthgen.json document (module docstring) from the protocol settings and one tally per row."""
+    return {"protocol": dict(protocol), "rows": {name: tally.summarize() for name, tally in rows.items()}}
+
+
+def table_row(name: str, report: Mapping) -> str:
+    """A Table-1-style markdown row: `| name | model k_max (strict) | oracle k_max (strict) |`."""
+    rows = report["rows"]
+    rule = report["protocol"]
+
+    def cell(row: Mapping) -> str:
+        extra = ""
+        if rule.get("label_mode") == "single" and max(rule.get("trained_counts", [1])) > 1:
+            extra = f"+(0-{max(rule['trained_counts']) - 1})"
+        return f"{row['k_max']}{extra} (strict {row['k_max_strict']})"
+
+    cells = [cell(rows[r]) if r in rows else "-" for r in ("model", "oracle")]
+    return f"| {name} | {cells[0]} | {cells[1]} |"
+
+
+TABLE_HEADER = "| model | k_max (paper rule, >25%) | oracle (judge on Blender renders) |\n|---|---|---|"
