@@ -8,6 +8,9 @@ A batch is a dict:
     label         float32 [B, label_dim], the unit-norm network label (conditioning.encode_label)
     num_objects   long [B], objects in the scene
     num_labelled  long [B], objects the conditioner names (label_mode)
+    centres       float32 [B, N, 2], object centres (x, y) in pixels (pixel_coords[:2]), N = the batch's
+                  largest object count, rows past num_objects are NaN (the judge's targets, issue 6)
+    colors        long [B, N], object colour indices in scenes.COLOR_NAMES order, -1 past num_objects
     key           list[str], sample keys, e.g. "n3_train_00000017"
 
 Training (an infinite, resampled stream; ecosystem-notes "WebDataset with DDP"): every (rank, worker)
@@ -42,7 +45,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, get_worker_info
 
 from lcsbench.data import conditioning as conditioners
-from lcsbench.data.scenes import IMAGE_EXT, SCENE_EXT
+from lcsbench.data.scenes import COLOR_NAMES, IMAGE_EXT, SCENE_EXT
 from lcsbench.data.shards import MANIFEST, ShardError, load_manifest, read_shard_members
 
 __all__ = ["CLEVRDataModule", "ShardError", "SampleDecoder", "TrainStream", "ValIndex", "collate_samples",
@@ -165,8 +168,19 @@ class SampleDecoder:
             "label": conditioners.encode_label(cond, self.kind),
             "num_objects": int(scene.get("num_objects", len(scene["objects"]))),
             "num_labelled": int(cond.sum()),
+            "centres": torch.tensor([obj["pixel_coords"][:2] for obj in scene["objects"]],
+                                    dtype=torch.float32).reshape(-1, 2),
+            "colors": torch.tensor([COLOR_NAMES.index(obj["color"]) for obj in scene["objects"]], dtype=torch.long),
             "key": key,
         }
+
+
+def pad_centres(centres: list[torch.Tensor]) -> torch.Tensor:
+    """Stack per-image `[n_i, 2]` centres into `[B, max n_i, 2]`, NaN past each image's objects."""
+    padded = torch.full((len(centres), max((len(c) for c in centres), default=0), 2), float("nan"))
+    for row, c in zip(padded, centres):
+        row[: len(c)] = c
+    return padded
 
 
 def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -177,6 +191,8 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "label": torch.stack([s["label"] for s in samples]),
         "num_objects": torch.tensor([s["num_objects"] for s in samples], dtype=torch.long),
         "num_labelled": torch.tensor([s["num_labelled"] for s in samples], dtype=torch.long),
+        "centres": pad_centres([s["centres"] for s in samples]),
+        "colors": torch.nn.utils.rnn.pad_sequence([s["colors"] for s in samples], batch_first=True, padding_value=-1),
         "key": [s["key"] for s in samples],
     }
 

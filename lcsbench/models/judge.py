@@ -1,0 +1,140 @@
+"""`JudgeModule`: trains the object judge (nn/judge.py) on renders and detects objects in any image.
+
+The renderer's exact centres and colours (`batch["centres"]`, `batch["colors"]`, CLEVRDataModule) are the
+targets. `detect(images)` returns, per image, the detected centres (x, y) in pixels, their colours
+(scenes.COLOR_NAMES) and the count; it refuses images at another resolution than the judge was trained on,
+since object sizes in pixels (and so the heatmap peaks) change with resolution.
+
+Validation reports, over the held-out renders (torchmetrics, so DDP gives the one-GPU figure):
+`val/exact_count` (detected count == true count), `val/localization` (every true object matched within
+`tolerance_cells` grid cells by the protocol's Hungarian matching, no extra detection) and `val/color`
+(fraction of matched objects whose colour is right).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+
+from lcsbench.analysis.lengthgen import match_locations
+from lcsbench.data.scenes import COLOR_NAMES
+from lcsbench.nn.judge import CentreHeatmapNet, centre_color_loss, centre_heatmap_loss, centre_targets, extract_peaks
+
+JUDGE_ARCH_KEY = "lcsbench_judge"
+
+
+class JudgeModule(L.LightningModule):
+    """Centre-heatmap object judge (module docstring)."""
+
+    def __init__(
+        self,
+        net: CentreHeatmapNet,  # the heatmap U-Net (nn/judge.py)
+        resolution: int | None = None,  # image size it judges; None: take the data's at fit time
+        grid_size: int = 16,  # conditioning grid G: the localization tolerance is counted in its cells
+        tolerance_cells: float = 1.0,  # localization tolerance (the protocol's default)
+        heatmap_sigma: float = 1.0,  # Gaussian radius of the target bumps in pixels
+        color_weight: float = 0.5,  # weight of the colour cross-entropy
+        threshold: float = 0.5,  # peak probability that counts as an object
+        lr: float = 2e-3,  # Adam learning rate
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.save_hyperparameters(ignore=["net"])
+        self.val_exact = MeanMetric()
+        self.val_localized = MeanMetric()
+        self.val_color = MeanMetric()
+
+    @property
+    def resolution(self) -> int | None:
+        return self.hparams.resolution
+
+    def setup(self, stage: str) -> None:
+        data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if data is None:
+            return
+        theirs = data.resolution
+        if self.hparams.resolution is None:
+            self.hparams.resolution = theirs
+        elif theirs != self.hparams.resolution:
+            raise ValueError(f"the judge is set up for {self.hparams.resolution}x{self.hparams.resolution} images but "
+                             f"the data is {theirs}x{theirs}: set model.init_args.resolution: {theirs}, or render the "
+                             f"judge's data at {self.hparams.resolution}")
+
+    def check_images(self, images: torch.Tensor) -> None:
+        size = self.hparams.resolution
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"the judge takes RGB images [B, 3, H, W] in [-1, 1], got shape {tuple(images.shape)}")
+        if size is not None and tuple(images.shape[-2:]) != (size, size):
+            raise ValueError(f"this judge was trained on {size}x{size} images but got {images.shape[-1]}x"
+                             f"{images.shape[-2]}: train a judge at this resolution (configs/judge.yaml with "
+                             f"data rendered at --resolution {images.shape[-1]})")
+
+    def losses(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        images = batch["image"]
+        out = self.net(images)
+        target = centre_targets(batch["centres"].to(images.device), images.shape[-2], images.shape[-1],
+                                self.hparams.heatmap_sigma)
+        heat = centre_heatmap_loss(out[:, :1], target)
+        color = centre_color_loss(out[:, 1:], batch["centres"].to(images.device), batch["colors"].to(images.device))
+        return heat, color
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        heat, color = self.losses(batch)
+        loss = heat + self.hparams.color_weight * color
+        self.log_dict({"train/loss": loss, "train/heatmap": heat, "train/color": color}, prog_bar=True)
+        return loss
+
+    @torch.no_grad()
+    def detect(self, images: torch.Tensor) -> list[dict[str, Any]]:
+        """Per image: `{"centres": [m, 2] float pixels (x, y), "colors": [m names], "count": m}`."""
+        self.check_images(images)
+        out = self.net(images.to(self.device, torch.float32))
+        heat = torch.sigmoid(out[:, 0]).float()
+        detections = []
+        for b in range(images.shape[0]):
+            centres, cells = extract_peaks(heat[b], self.hparams.threshold)
+            color_idx = out[b, 1:, cells[:, 0], cells[:, 1]].argmax(0).tolist() if len(cells) else []
+            detections.append({"centres": centres, "colors": [COLOR_NAMES[i] for i in color_idx],
+                               "count": len(centres)})
+        return detections
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        images = batch["image"]
+        cell = images.shape[-1] / self.hparams.grid_size
+        for detection, centres, colors in zip(self.detect(images), batch["centres"], batch["colors"]):
+            true = centres[~torch.isnan(centres).any(-1)].cpu()
+            match = match_locations(true.numpy(), detection["centres"].numpy(), cell, self.hparams.tolerance_cells)
+            self.val_exact.update(float(detection["count"] == len(true)))
+            self.val_localized.update(float(match["missing"] == 0 and match["extra"] == 0))
+            for r, d in match["pairs"]:
+                self.val_color.update(float(COLOR_NAMES[int(colors[r])] == detection["colors"][d]))
+        self.log_dict({"val/exact_count": self.val_exact, "val/localization": self.val_localized,
+                       "val/color": self.val_color}, batch_size=images.shape[0])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[JUDGE_ARCH_KEY] = {"net_config": dict(self.net.config), "hparams": dict(self.hparams)}
+
+
+def load_judge(path: str | Path, map_location: str | torch.device = "cpu") -> JudgeModule:
+    """Rebuild a trained judge from a `fit --config configs/judge.yaml` checkpoint, in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: pass a judge checkpoint from "
+                                f"`python -m lcsbench fit --config configs/judge.yaml` (runs/judge/.../last.ckpt)")
+    payload = torch.load(path, map_location=map_location, weights_only=False)
+    arch = payload.get(JUDGE_ARCH_KEY) if isinstance(payload, dict) else None
+    if arch is None:
+        raise ValueError(f"{path} is not a judge checkpoint (no '{JUDGE_ARCH_KEY}' entry): pass the --judge "
+                         f"checkpoint written by `python -m lcsbench fit --config configs/judge.yaml`")
+    if arch["hparams"].get("resolution") is None:
+        raise ValueError(f"{path} does not record the resolution it was trained at: retrain the judge")
+    module = JudgeModule(CentreHeatmapNet(**arch["net_config"]), **arch["hparams"])
+    module.load_state_dict(payload["state_dict"])
+    return module.eval()
