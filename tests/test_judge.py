@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -61,6 +63,15 @@ def test_judge_trains_on_renders_and_detects(clevr_shards, tmp_path):
     assert len(detections) == 2 and all(d["count"] == len(d["centres"]) == len(d["colors"]) for d in detections)
     with pytest.raises(ValueError, match="trained on 32x32 images but got 64x64"):
         loaded.detect(torch.zeros(1, 3, 64, 64))
+    # scripts/eval_judge.py: one row per object count of the held-out shards (4 images each)
+    spec = importlib.util.spec_from_file_location("eval_judge", CONFIG.parents[1] / "scripts" / "eval_judge.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "judge_eval.json"
+    assert script.main(["--judge", str(path), "--data", str(clevr_shards), "--json", str(out)]) == 0
+    table = json.loads(out.read_text())
+    assert sorted(table) == ["1", "2", "3"] and all(row["images"] == 4 for row in table.values())
+    assert all(0.0 <= row["exact_count"] <= 1.0 for row in table.values())
 
 
 def test_judge_refuses_data_at_another_resolution(clevr_shards, tmp_path):

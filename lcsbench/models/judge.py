@@ -138,3 +138,27 @@ def load_judge(path: str | Path, map_location: str | torch.device = "cpu") -> Ju
     module = JudgeModule(CentreHeatmapNet(**arch["net_config"]), **arch["hparams"])
     module.load_state_dict(payload["state_dict"])
     return module.eval()
+
+
+def judge_accuracy(judge: JudgeModule, batches, grid_size: int = 16, tolerance_cells: float = 1.0) -> dict[int, dict]:
+    """Per true object count: images, exact-count rate, localization rate (all matched, no extra), colour rate.
+
+    `batches` yields CLEVRDataModule batches (held-out renders: `val_dataloader()`).
+    """
+    tallies: dict[int, list[float]] = {}
+    for batch in batches:
+        images = batch["image"]
+        cell = images.shape[-1] / grid_size
+        for detection, centres, colors in zip(judge.detect(images), batch["centres"], batch["colors"]):
+            true = centres[~torch.isnan(centres).any(-1)]
+            match = match_locations(true.numpy(), detection["centres"].numpy(), cell, tolerance_cells)
+            right_colors = sum(COLOR_NAMES[int(colors[r])] == detection["colors"][d] for r, d in match["pairs"])
+            row = tallies.setdefault(len(true), [0, 0, 0, 0, 0])
+            row[0] += 1
+            row[1] += detection["count"] == len(true)
+            row[2] += match["missing"] == 0 and match["extra"] == 0
+            row[3] += right_colors
+            row[4] += match["matched"]
+    return {count: {"images": n, "exact_count": exact / n, "localization": loc / n,
+                    "color": (colors / matched) if matched else float("nan")}
+            for count, (n, exact, loc, colors, matched) in sorted(tallies.items())}

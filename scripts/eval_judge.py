@@ -1,0 +1,54 @@
+"""Judge accuracy per object count on held-out renders (issue 6): exact-count, localization and colour rates.
+
+    python scripts/eval_judge.py --judge runs/judge/lightning_logs/version_0/checkpoints/last.ckpt --data data/judge64
+
+Reads the `val` shards of every object count in DATA's manifest (images the judge never trained on, when it was
+fitted on the `train` shards of the same render, or a separate render). Goal: exact count >= 95% for k = 1..12.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from lcsbench.data.datamodule import CLEVRDataModule
+from lcsbench.data.shards import load_manifest
+from lcsbench.models.judge import judge_accuracy, load_judge
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--judge", required=True, help="judge checkpoint (fit --config configs/judge.yaml)")
+    parser.add_argument("--data", required=True, help="rendered dataset root with val shards")
+    parser.add_argument("--counts", default=None, help="object counts to evaluate, e.g. 1-12 (default: all)")
+    parser.add_argument("--tolerance-cells", type=float, default=1.0, help="localization tolerance in grid cells")
+    parser.add_argument("--grid-size", type=int, default=16, help="conditioning grid G")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--json", default=None, help="also write the table to this JSON file")
+    args = parser.parse_args(argv)
+
+    torch.set_grad_enabled(False)
+    judge = load_judge(args.judge)
+    counts = args.counts
+    if counts is None:
+        groups = load_manifest(Path(args.data)).get("shards", {})
+        counts = sorted(int(g[1:]) for g, splits in groups.items() if splits.get("val"))
+    data = CLEVRDataModule(args.data, counts=counts, batch_size=args.batch_size, num_workers=0,
+                           grid_size=args.grid_size, resolution=judge.resolution)
+    table = judge_accuracy(judge, data.val_dataloader(), args.grid_size, args.tolerance_cells)
+    print(f"judge {args.judge} on held-out renders of {args.data} ({judge.resolution}x{judge.resolution}), "
+          f"tolerance {args.tolerance_cells} cell(s)")
+    print("| k | images | exact count | localization | colour |\n|---|---|---|---|---|")
+    for k, row in table.items():
+        print(f"| {k} | {row['images']} | {row['exact_count']:.1%} | {row['localization']:.1%} | {row['color']:.1%} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({str(k): v for k, v in table.items()}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
