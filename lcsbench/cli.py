@@ -24,6 +24,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "locality": ("lcsbench.locality_cli", "pixel and conditional locality heatmaps and radii over noise levels"),
     "features": ("lcsbench.features_cli", "feature-space cosine matrices of the EDM2 conditioning modulation"),
     "sample": ("lcsbench.sample_cli", "sample a PNG grid from a trained model for given locations or colours"),
+    "lengthgen": ("lcsbench.lengthgen_cli", "length-generalization curve and Table-1 row, judged beside a Blender oracle"),
     "reconstruct-ema": ("lcsbench.reconstruct_ema_cli", "post-hoc power-function EMA for any sigma_rel from snapshots"),
 }
 

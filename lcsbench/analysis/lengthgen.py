@@ -259,3 +259,127 @@ def table_row(name: str, report: Mapping) -> str:
 
 
 TABLE_HEADER = "| model | k_max (paper rule, >25%) | oracle (judge on Blender renders) |\n|---|---|---|"
+
+
+# --- one protocol run: requests, oracle layouts, judging, figures --------------------------------------
+
+
+def protocol_requests(
+    kind: str,  # location | color
+    ks: Sequence[int],  # numbers of requested objects
+    samples_per_k: int,  # samples per k
+    order: str = "paper",  # location requests: paper prefix or random k-subsets (a new subset per sample)
+    seed: int = 0,  # seeds the random subsets
+) -> list[dict]:
+    """One request per sample: `{"k", "locations"}` ((x, y) fractions) or `{"k", "colors"}`, grouped by k."""
+    generator = torch.Generator().manual_seed(seed)
+    requests = []
+    for k in ks:
+        for _ in range(samples_per_k):
+            if kind == "location":
+                requests.append({"k": k, "locations": requested_locations(k, order, generator)})
+            elif kind == "color":
+                requests.append({"k": k, "colors": requested_colors(k)})
+            else:
+                raise ValueError(f"kind must be 'location' or 'color', got {kind!r}")
+    return requests
+
+
+def request_conditioner(request: Mapping, grid_size: int) -> torch.Tensor:
+    """The conditioner a request names: `[G, G]` location grid or `[8]` colour counts (conditioning.py)."""
+    from lcsbench.data.conditioning import counts_from_colors, grid_from_locations
+
+    if "locations" in request:
+        return grid_from_locations(request["locations"], grid_size)
+    return counts_from_colors(request["colors"])
+
+
+def oracle_scene(request: Mapping, resolution: int) -> list[dict]:
+    """The render_layouts scene of a request: objects at the requested pixels; a colour request puts its k
+    objects at the first k paper locations (colours as requested, other attributes random)."""
+    if "locations" in request:
+        return [{"pixel": [float(x * resolution), float(y * resolution)]} for x, y in request["locations"]]
+    return [{"pixel": [float(x * resolution), float(y * resolution)], "color": color}
+            for (x, y), color in zip(PAPER_LOCATIONS, request["colors"])]
+
+
+def judge_request(
+    request: Mapping,  # a protocol request
+    detection: Mapping,  # judge output for its image: {"centres": [m, 2] pixels, "colors": [m names]}
+    resolution: int,  # image size in pixels
+    grid_size: int,  # conditioning grid G (the tolerance is in its cells)
+    tolerance_cells: float = 1.0,
+) -> dict:
+    """Match one judged image against its request (locations: Hungarian; colours: multisets)."""
+    if "locations" in request:
+        centres = detection["centres"]
+        centres = centres.numpy() if isinstance(centres, torch.Tensor) else np.asarray(centres)
+        return match_locations(fractions_to_pixels(request["locations"], resolution), centres,
+                               resolution / grid_size, tolerance_cells)
+    return match_colors(request["colors"], detection["colors"])
+
+
+def plot_success_curves(report: Mapping, path=None, title: str = "length generalization"):
+    """Success rate vs k, one line per row (model beside oracle), with the 25% / 50% k_max thresholds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    styles = {"model": ("tab:blue", "o"), "oracle": ("tab:gray", "s")}
+    for name, row in report["rows"].items():
+        ks = [int(k) for k in row["per_k"]]
+        rates = [row["per_k"][str(k)]["success_rate"] for k in ks]
+        color, marker = styles.get(name, (None, "^"))
+        ax.plot(ks, rates, marker=marker, color=color, label=f"{name} (k_max {row['k_max']}, strict {row['k_max_strict']})")
+    ax.axhline(K_MAX_THRESHOLD, color="tab:red", lw=0.8, ls="--")
+    ax.axhline(K_MAX_STRICT_THRESHOLD, color="tab:orange", lw=0.8, ls=":")
+    ax.set_xlabel("k (requested objects)")
+    ax.set_ylabel("success rate")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def detection_grid(
+    images: np.ndarray,  # [N, H, W, 3] uint8
+    requests: Sequence[Mapping],  # their protocol requests
+    detections: Sequence[Mapping],  # their judge outputs
+    grid_size: int = 16,  # conditioning grid G (the matching tolerance is one of its cells)
+    scale: int = 4,  # upscaling so the marks are visible
+    columns: int | None = None,  # tiles per row; default: a square grid
+):
+    """A PIL image: the samples tiled, requested centres as green crosses, detections as circles
+    (yellow when matched to a request, red when extra; colour requests: circles only)."""
+    from PIL import Image, ImageDraw
+
+    n, h, w, _ = images.shape
+    columns = columns or max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / columns)
+    tile_w, tile_h = w * scale, h * scale
+    canvas = Image.new("RGB", (columns * (tile_w + 2) + 2, rows * (tile_h + 2) + 2), "white")
+    for i in range(n):
+        r, c = divmod(i, columns)
+        left, top = 2 + c * (tile_w + 2), 2 + r * (tile_h + 2)
+        canvas.paste(Image.fromarray(images[i]).resize((tile_w, tile_h), Image.NEAREST), (left, top))
+        draw = ImageDraw.Draw(canvas)
+        request, detection = requests[i], detections[i]
+        matched = set()
+        if "locations" in request:
+            match = judge_request(request, detection, w, grid_size)
+            matched = {d for _, d in match["pairs"]}
+            for x, y in request["locations"]:
+                px, py = left + x * tile_w, top + y * tile_h
+                draw.line([(px - 3, py), (px + 3, py)], fill=(0, 255, 0))
+                draw.line([(px, py - 3), (px, py + 3)], fill=(0, 255, 0))
+        centres = detection["centres"]
+        for j, (x, y) in enumerate(np.asarray(centres).reshape(-1, 2).tolist()):
+            px, py = left + x * scale, top + y * scale
+            color = (255, 220, 0) if (j in matched or "locations" not in request) else (255, 0, 0)
+            draw.ellipse([px - 5, py - 5, px + 5, py + 5], outline=color)
+    return canvas
