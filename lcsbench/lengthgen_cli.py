@@ -100,11 +100,9 @@ def main(argv: list[str]) -> int:
     if args.samples_per_k < 1 or args.steps < 2 or args.batch < 1:
         raise SystemExit("lengthgen: need --samples-per-k >= 1, --steps >= 2, --batch >= 1")
 
-    import numpy as np
     import torch
 
     from lcsbench.analysis import lengthgen as lg
-    from lcsbench.diffusion.sampler import edm_sampler
     from lcsbench.models.edm2 import load_denoiser
     from lcsbench.models.judge import load_judge
 
@@ -136,17 +134,10 @@ def main(argv: list[str]) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # --- the model row: sample every request with the paper's sampler on the EMA weights
-    generator = torch.Generator().manual_seed(args.seed)
-    shape = (model.net.img_channels, resolution, resolution)
-    noise = torch.randn((len(requests), *shape), generator=generator)
-    conds = torch.stack([lg.request_conditioner(r, grid_size) for r in requests])
-    chunks = []
-    for start in range(0, len(requests), args.batch):
-        stop = start + args.batch
-        chunks.append(edm_sampler(model.denoiser, noise[start:stop].to(device), conds[start:stop].to(device),
-                                  num_steps=args.steps).cpu())
-        print(f"lengthgen: sampled {min(stop, len(requests))}/{len(requests)} images", file=sys.stderr)
-    rows = {"model": ((torch.cat(chunks) * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())}
+    shape = (getattr(model.net, "img_channels", 3), resolution, resolution)
+    rows = {"model": lg.sample_requests(
+        model.denoiser, requests, grid_size, shape, args.steps, args.batch, args.seed, device,
+        progress=lambda done, total: print(f"lengthgen: sampled {done}/{total} images", file=sys.stderr))}
     # --- the oracle row: Blender renders of the same requested layouts
     if not args.no_oracle:
         from lcsbench.data.render import render_layouts
@@ -159,15 +150,8 @@ def main(argv: list[str]) -> int:
     # --- judge both rows, tally, write
     tallies, detections = {}, {}
     for name, images in rows.items():
-        batch = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        found = []
-        for start in range(0, len(batch), args.batch):
-            found += judge.detect(batch[start:start + args.batch].to(device))
-        tally = lg.LengthGenTally()
-        for request, detection in zip(requests, found):
-            tally.add(request["k"], lg.judge_request(request, detection, resolution, grid_size, args.tolerance_cells),
-                      rule)
-        tallies[name], detections[name] = tally, found
+        tallies[name], detections[name] = lg.judge_images(judge, images, requests, rule, grid_size,
+                                                          args.tolerance_cells, args.batch, device)
     protocol = {"kind": kind, "ks": ks, "order": args.order, "tolerance_cells": args.tolerance_cells,
                 "grid_size": grid_size, "resolution": resolution, "trained_counts": list(trained_counts),
                 "label_mode": label_mode, "samples_per_k": args.samples_per_k, "success_rule": rule.describe(),

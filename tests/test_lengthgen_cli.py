@@ -110,3 +110,31 @@ def test_oracle_renders_of_requested_layouts_pass_the_protocol(tmp_path):
         one.add(request["k"], lg.judge_request(request, {"centres": centres[:1]}, 64, 16), rule)
     assert truth.summarize()["k_max"] == 12
     assert one.summarize()["k_max"] == 1
+
+
+def test_lengthgen_curve_callback_logs_to_tensorboard(fitted, clevr_shards, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lcsbench.callbacks.ema import PowerFunctionEMA
+    from lcsbench.callbacks.lengthgen import LengthGenCurve
+    from lcsbench.models.edm2 import EDM2Diffusion
+    from lcsbench.nn.edm2 import preset
+
+    _, judge_ckpt = fitted
+    curve = LengthGenCurve(str(judge_ckpt), every_n_steps=2, ks=[1, 2], samples_per_k=1, num_steps=2)
+    module = EDM2Diffusion(net=preset("tiny", label_dim=256), conditioning="location", lr=0.01, lr_rampup_images=1)
+    data = CLEVRDataModule(str(clevr_shards), counts="1-3", batch_size=4, num_workers=0, steps_per_epoch=2,
+                           shuffle_buffer=8, resolution=32)
+    logger = L.pytorch.loggers.TensorBoardLogger(tmp_path, name="run", version=0)
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=logger, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, callbacks=[PowerFunctionEMA(sigma_rels=[0.05]), curve])
+    trainer.fit(module, data)
+    assert curve.rule.trained_counts == (1, 2, 3) and curve.rule.label_mode == "all"
+    assert sorted(curve.last_report["rows"]["model"]["per_k"]) == ["1", "2"]
+    events = EventAccumulator(logger.log_dir)
+    events.Reload()
+    assert {"lengthgen/success@k1", "lengthgen/success@k2", "lengthgen/k_max"} <= set(events.Tags()["scalars"])
+    assert "lengthgen/curve" in events.Tags()["images"]
+    with pytest.raises(ValueError, match="every_n_steps >= 1"):
+        LengthGenCurve(str(judge_ckpt), every_n_steps=0)

@@ -383,3 +383,51 @@ def detection_grid(
             color = (255, 220, 0) if (j in matched or "locations" not in request) else (255, 0, 0)
             draw.ellipse([px - 5, py - 5, px + 5, py + 5], outline=color)
     return canvas
+
+
+def sample_requests(
+    denoiser,  # denoiser(x, sigma, cond) -> D(x) (a model's `.denoiser`)
+    requests: Sequence[Mapping],  # protocol requests
+    grid_size: int,  # conditioning grid G of the model
+    shape: tuple[int, int, int],  # (C, H, W) of one image
+    num_steps: int = 32,  # Heun steps (the paper's sampler, E.1)
+    batch: int = 64,  # images per sampler call
+    seed: int = 0,  # noise seed
+    device: torch.device | str = "cpu",
+    progress=None,  # called with (done, total) after each batch
+) -> np.ndarray:
+    """Sample one image per request with the EDM sampler; `uint8 [N, H, W, 3]`."""
+    from lcsbench.diffusion.sampler import edm_sampler
+
+    noise = torch.randn((len(requests), *shape), generator=torch.Generator().manual_seed(seed))
+    conds = torch.stack([request_conditioner(r, grid_size) for r in requests])
+    chunks = []
+    for start in range(0, len(requests), batch):
+        stop = start + batch
+        chunks.append(edm_sampler(denoiser, noise[start:stop].to(device), conds[start:stop].to(device),
+                                  num_steps=num_steps).float().cpu())
+        if progress is not None:
+            progress(min(stop, len(requests)), len(requests))
+    return (torch.cat(chunks) * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def judge_images(
+    judge,  # anything with .detect(images [B, 3, H, W] in [-1, 1]) -> list of detections (models/judge.py)
+    images: np.ndarray,  # uint8 [N, H, W, 3]
+    requests: Sequence[Mapping],  # their protocol requests
+    rule: SuccessRule,  # success rule of the trained model
+    grid_size: int,  # conditioning grid G
+    tolerance_cells: float = 1.0,
+    batch: int = 64,
+    device: torch.device | str = "cpu",
+) -> tuple[LengthGenTally, list[dict]]:
+    """Judge images against their requests: the tally and the per-image detections."""
+    pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    detections: list[dict] = []
+    for start in range(0, len(pixels), batch):
+        detections += judge.detect(pixels[start:start + batch].to(device))
+    tally = LengthGenTally()
+    resolution = images.shape[2]
+    for request, detection in zip(requests, detections):
+        tally.add(request["k"], judge_request(request, detection, resolution, grid_size, tolerance_cells), rule)
+    return tally, detections
