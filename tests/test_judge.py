@@ -88,3 +88,16 @@ def test_judge_config_parses():
     cli = build_cli(["--config", str(CONFIG), "--data.init_args.root", "unused", "--trainer.logger", "false"],
                     run=False)
     assert isinstance(cli.model, JudgeModule) and cli.model.resolution == 64
+
+
+def test_flip_moves_centres_with_the_image():
+    from lcsbench.models.judge import flip_batch
+
+    image = torch.zeros(2, 3, 8, 8)
+    image[:, :, 2, 1] = 1.0  # an object at pixel (row 2, col 1): centre (1.5, 2.5)
+    centres = torch.tensor([[[1.5, 2.5]], [[1.5, 2.5]]])
+    flipped = flip_batch({"image": image, "centres": centres}, torch.tensor([True, False]))
+    assert flipped["image"][0, 0, 2, 6] == 1.0 and flipped["centres"][0, 0].tolist() == [6.5, 2.5]
+    assert torch.equal(flipped["image"][1], image[1]) and flipped["centres"][1, 0].tolist() == [1.5, 2.5]
+    target = centre_targets(flipped["centres"], 8, 8)
+    assert target[0, 0, 2, 6] == 1.0

@@ -40,6 +40,7 @@ class JudgeModule(L.LightningModule):
         color_weight: float = 0.5,  # weight of the colour cross-entropy
         threshold: float = 0.5,  # peak probability that counts as an object
         lr: float = 2e-3,  # Adam learning rate
+        flip: bool = True,  # augment training batches with random horizontal flips (centres flipped too)
     ) -> None:
         super().__init__()
         self.net = net
@@ -83,6 +84,8 @@ class JudgeModule(L.LightningModule):
         return heat, color
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.hparams.flip:
+            batch = flip_batch(batch, torch.rand(batch["image"].shape[0]) < 0.5)
         heat, color = self.losses(batch)
         loss = heat + self.hparams.color_weight * color
         self.log_dict({"train/loss": loss, "train/heatmap": heat, "train/color": color}, prog_bar=True)
@@ -120,6 +123,15 @@ class JudgeModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[JUDGE_ARCH_KEY] = {"net_config": dict(self.net.config), "hparams": dict(self.hparams)}
+
+
+def flip_batch(batch: dict, chosen: torch.Tensor) -> dict:
+    """The batch with the `chosen` images mirrored left-right and their centres' x moved with them."""
+    images, centres = batch["image"].clone(), batch["centres"].clone()
+    chosen = chosen.to(images.device)
+    images[chosen] = images[chosen].flip(-1)
+    centres[chosen.to(centres.device), :, 0] = images.shape[-1] - centres[chosen.to(centres.device), :, 0]
+    return {**batch, "image": images, "centres": centres}
 
 
 def load_judge(path: str | Path, map_location: str | torch.device = "cpu") -> JudgeModule:
