@@ -11,11 +11,13 @@ valid ones. Examples:
 
 from __future__ import annotations
 
+import sys
+
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
 
-def build_cli(argv: list[str], run: bool = True) -> LightningCLI:
+def build_cli(argv: list[str] | None, run: bool = True) -> LightningCLI:
     """The LightningCLI for `argv` (subcommand first when `run`; without a subcommand when not `run`)."""
     return LightningCLI(
         L.LightningModule,
@@ -30,5 +32,8 @@ def build_cli(argv: list[str], run: bool = True) -> LightningCLI:
 
 
 def main(argv: list[str]) -> int:
-    build_cli(list(argv))
+    argv = list(argv)
+    # LightningCLI warns when given args while sys.argv also holds arguments: let it read sys.argv itself when
+    # they are the same (python -m lcsbench fit ...).
+    build_cli(None if argv == sys.argv[1:] else argv)
     return 0
