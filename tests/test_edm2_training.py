@@ -129,6 +129,10 @@ def test_ema_checkpoint_and_load_denoiser(clevr_shards, tmp_path):
     grid = tmp_path / "grid.png"
     assert lcsbench(["sample", "--ckpt", str(out), "--locations", "paper:3", "--n", "4", "--steps", "3",
                      "--out", str(grid), "--device", "cpu"]) == 0
+    with pytest.raises(SystemExit, match="location-conditioned model but --colors was given"):
+        lcsbench(["sample", "--ckpt", str(out), "--colors", "red", "--out", str(grid), "--device", "cpu"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_denoiser(tmp_path / "missing.ckpt")
     from PIL import Image
 
     assert Image.open(grid).size == (2 * 33 + 1, 2 * 33 + 1)  # 2 x 2 tiles of 32 px with 1 px gaps
