@@ -45,31 +45,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, get_worker_info
 
 from lcsbench.data import conditioning as conditioners
-from lcsbench.data.scenes import COLOR_NAMES, IMAGE_EXT, SCENE_EXT
+from lcsbench.data.scenes import COLOR_NAMES, IMAGE_EXT, SCENE_EXT, parse_counts
 from lcsbench.data.shards import MANIFEST, ShardError, load_manifest, read_shard_members
 
 __all__ = ["CLEVRDataModule", "ShardError", "SampleDecoder", "TrainStream", "ValIndex", "collate_samples",
            "parse_counts", "read_tar_samples"]
-
-
-def parse_counts(counts: str | int | Sequence[int]) -> tuple[int, ...]:
-    """'1-3' -> (1, 2, 3); '1,2,5' -> (1, 2, 5); 4 -> (4,); [1, 3] -> (1, 3)."""
-    if isinstance(counts, int):
-        parts = [counts]
-    elif isinstance(counts, str):
-        parts = []
-        try:
-            for part in counts.split(","):
-                low, _, high = part.strip().partition("-")
-                parts.extend(range(int(low), int(high or low) + 1))
-        except ValueError:
-            parts = []
-    else:
-        parts = [int(c) for c in counts]
-    if not parts or min(parts) < 1 or len(set(parts)) != len(parts):
-        raise ValueError(f"invalid object counts {counts!r}: expected a range like '1-3', a list like '1,2,5' "
-                         f"or a list of distinct positive integers")
-    return tuple(sorted(parts))
 
 
 def rerender_hint(root: Path, settings: dict) -> str:

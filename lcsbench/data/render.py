@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lcsbench import __version__
-from lcsbench.data.scenes import IMAGE_EXT, MASK_EXT, SCENE_EXT
+from lcsbench.data.scenes import COLORS, IMAGE_EXT, MASK_EXT, MATERIALS, SCENE_EXT, SHAPES, SIZES, parse_counts
 from lcsbench.data.shards import (
     MANIFEST,
     ShardError,
@@ -72,6 +72,8 @@ class RenderSettings:
             "min_visible_fraction": self.min_visible_fraction, "max_retries": self.max_retries,
             "max_layout_attempts": self.max_layout_attempts, "camera_jitter": self.camera_jitter,
             "light_jitter": self.light_jitter,
+            # CLEVR's vocabulary, from its one source (scenes.py): Blender's Python cannot import lcsbench
+            "colors": COLORS, "shapes": list(SHAPES), "materials": list(MATERIALS), "sizes": SIZES,
         }
 
 
@@ -94,21 +96,6 @@ class ShardPlan:
 
 
 # ---- planning -----------------------------------------------------------------------------------
-
-
-def parse_counts(text: str) -> tuple[int, ...]:
-    """'1-3' -> (1, 2, 3); '1,2,5' -> (1, 2, 5); '4' -> (4,)."""
-    counts: list[int] = []
-    try:
-        for part in text.split(","):
-            low, _, high = part.strip().partition("-")
-            counts.extend(range(int(low), int(high or low) + 1))
-    except ValueError:
-        counts = []
-    if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
-        raise ValueError(f"invalid object counts {text!r}: expected a range like '1-3' or a list like "
-                         f"'1,2,5' of distinct positive integers")
-    return tuple(sorted(counts))
 
 
 def parse_shard_range(text: str) -> slice:
@@ -419,7 +406,7 @@ def render_dataset(out: str | Path, counts=(1, 2, 3), per_count: int = 1000, val
     `options`: RenderSettings placement fields (fov, min_dist, ...), and `shards`, `node_rank`,
     `num_nodes`, `workers`, `repair`, `blender`, `progress`, `images_per_process` of `render`.
     """
-    counts = parse_counts(counts) if isinstance(counts, str) else tuple(sorted(counts))
+    counts = parse_counts(counts)
     if val_per_count is None:
         val_per_count = math.ceil(per_count / 50)
     if per_count < 1 or val_per_count < 0 or shard_size < 1 or resolution < 8 or samples < 1:

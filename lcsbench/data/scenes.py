@@ -19,6 +19,8 @@ Instance masks are 8-bit grayscale PNGs: 0 = background, `mask_id` = that object
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 # CLEVR's palette (properties.json), 0-255 sRGB-coded values used directly as linear RGB, as CLEVR
 # does. This order is lcsbench's one colour order: colour-count conditioners index it.
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -45,3 +47,23 @@ def sample_key(num_objects: int | None, split: str, index: int) -> str:
     """The WebDataset key of one rendered image, e.g. `n3_train_00000017`."""
     prefix = "layout" if num_objects is None else f"n{num_objects}"
     return f"{prefix}_{split}_{index:08d}" if num_objects is not None else f"{prefix}_{index:08d}"
+
+
+def parse_counts(counts: str | int | Sequence[int]) -> tuple[int, ...]:
+    """'1-3' -> (1, 2, 3); '1,2,5' -> (1, 2, 5); 4 -> (4,); [1, 3] -> (1, 3)."""
+    if isinstance(counts, int):
+        parts = [counts]
+    elif isinstance(counts, str):
+        parts = []
+        try:
+            for part in counts.split(","):
+                low, _, high = part.strip().partition("-")
+                parts.extend(range(int(low), int(high or low) + 1))
+        except ValueError:
+            parts = []
+    else:
+        parts = [int(c) for c in counts]
+    if not parts or min(parts) < 1 or len(set(parts)) != len(parts):
+        raise ValueError(f"invalid object counts {counts!r}: expected a range like '1-3', a list like '1,2,5' "
+                         f"or a list of distinct positive integers")
+    return tuple(sorted(parts))

@@ -5,7 +5,7 @@ numpy). Invoked by `lcsbench.data.render` as
 
     blender -b --factory-startup --python-exit-code 1 -P clevr_scene.py -- --jobs JOBS.json --threads 1
 
-JOBS.json holds `settings` (resolution, samples, placement rules, jitter) and `images`, each with a
+JOBS.json holds `settings` (resolution, samples, placement rules, jitter, CLEVR vocabulary) and `images`, each with a
 `key`, a staging `dir`, a `scene_seed` string and either `num_objects` (random CLEVR layout) or
 `layout` (requested objects at given pixel positions). For every image the script writes
 `<key>.png`, `<key>.mask.png` and, last, `<key>.json` (its presence marks the image complete), then
@@ -36,19 +36,9 @@ from mathutils import Vector
 
 # ---- CLEVR constants (clevr-facts.md section 1) -------------------------------------------------
 
-COLORS = {
-    "gray": (87, 87, 87),
-    "red": (173, 35, 35),
-    "blue": (42, 75, 215),
-    "green": (29, 105, 20),
-    "brown": (129, 74, 25),
-    "purple": (129, 38, 192),
-    "cyan": (41, 208, 208),
-    "yellow": (255, 238, 51),
-}
-SHAPES = ("cube", "sphere", "cylinder")
-MATERIALS = ("rubber", "metal")
-SIZES = {"large": 0.7, "small": 0.35}
+# CLEVR's vocabulary (colours as 0-255 RGB, shapes, materials, sizes as half-extents) arrives in the
+# jobs file from lcsbench/data/scenes.py, its one source: this script cannot import lcsbench.
+COLORS, SHAPES, MATERIALS, SIZES = {}, (), (), {}
 CAMERA_BASE = (7.48, -6.51, 5.34)
 LIGHTS = (  # name, base position, size (m), power (W), colour
     ("key", (6.45, -2.91, 4.26), 0.5, 100.0, (1.0, 0.93, 0.82)),
@@ -493,6 +483,10 @@ def main(argv):
     args = parser.parse_args(argv)
     with open(args.jobs) as handle:
         jobs = json.load(handle)
+    global COLORS, SHAPES, MATERIALS, SIZES
+    settings = jobs["settings"]
+    COLORS, SIZES = settings["colors"], settings["sizes"]
+    SHAPES, MATERIALS = tuple(settings["shapes"]), tuple(settings["materials"])
     builder = SceneBuilder(jobs["settings"])
     builder.scene.render.threads_mode = "FIXED"
     builder.scene.render.threads = args.threads
