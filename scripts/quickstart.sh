@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quickstart on a fresh machine (CPU is enough): installs everything (scripts/setup.sh), renders a
 # small CLEVR dataset with Blender (32x32, 1-3 objects), trains the tiny EDM2 model of
-# configs/quickstart.yaml for a few minutes, and prints where the TensorBoard logs and figures are.
+# configs/quickstart.yaml for a few minutes, draws samples and the locality figures (Figure 2 style)
+# from its EMA weights, and prints where the TensorBoard logs and figures are.
 # Rerunning resumes the render and starts a new training version.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,10 +12,14 @@ $PY -m lcsbench render --out data/quickstart --counts 1-3 --per-count 400 --val-
     --resolution 32 --samples 16 --shard-size 100
 $PY -m lcsbench fit --config configs/quickstart.yaml "$@"
 LOGDIR=runs/quickstart
-VERSION=$(ls -d "$LOGDIR"/lightning_logs/version_* 2>/dev/null | sort -V | tail -n 1)
+VERSION=$(ls -d "$LOGDIR"/lightning_logs/version_* | sort -V | tail -n 1)
+CKPT="$VERSION/checkpoints/last.ckpt"
+REPORTS=reports/quickstart
+$PY -m lcsbench sample --ckpt "$CKPT" --locations paper:3 --n 16 --out "$REPORTS/samples_paper3.png" --device cpu
+$PY -m lcsbench locality --ckpt "$CKPT" --out "$REPORTS" --device cpu
 echo
 echo "quickstart done."
-echo "  dataset:         data/quickstart (manifest.json, n1..n3/*.tar)"
-echo "  TensorBoard:     .venv/bin/tensorboard --logdir $LOGDIR   (run: ${VERSION:-$LOGDIR})"
-echo "  checkpoints:     ${VERSION:-$LOGDIR}/checkpoints"
-echo "  figures:         logged to TensorBoard (IMAGES tab: samples, locality heatmaps)"
+echo "  dataset:      data/quickstart (manifest.json, n1..n3/*.tar)"
+echo "  TensorBoard:  .venv/bin/tensorboard --logdir $LOGDIR   (this run: $VERSION; losses, sample grids)"
+echo "  checkpoint:   $CKPT"
+echo "  figures:      $REPORTS/ (samples_paper3.png, locality_grid_t*.png, locality_radius.png, locality.json)"
