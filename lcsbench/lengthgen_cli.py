@@ -29,7 +29,7 @@ from pathlib import Path
 
 
 def parse_ks(text: str) -> list[int]:
-    from lcsbench.data.datamodule import parse_counts
+    from lcsbench.data.scenes import parse_counts
 
     try:
         return list(parse_counts(text))
@@ -39,7 +39,7 @@ def parse_ks(text: str) -> list[int]:
 
 def training_setup(payload: dict, args) -> tuple[tuple[int, ...], str]:
     """Trained object counts and label mode: flags first, then the checkpoint's DataModule hyperparameters."""
-    from lcsbench.data.datamodule import parse_counts
+    from lcsbench.data.scenes import parse_counts
 
     data = payload.get("datamodule_hyper_parameters", {}) if isinstance(payload, dict) else {}
     counts = args.trained_counts or data.get("counts")
