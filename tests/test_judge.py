@@ -59,6 +59,10 @@ def test_judge_trains_on_renders_and_detects(clevr_shards, tmp_path):
     path = tmp_path / "judge.ckpt"
     trainer.save_checkpoint(path)
     loaded = load_judge(path)
+    payload = torch.load(path, weights_only=False)  # LightningCLI records `_class_path` among the hparams
+    payload["lcsbench_judge"]["hparams"]["_class_path"] = "lcsbench.models.judge.JudgeModule"
+    torch.save(payload, tmp_path / "cli_judge.ckpt")
+    assert load_judge(tmp_path / "cli_judge.ckpt").resolution == 32
     detections = loaded.detect(batch["image"][:2])
     assert len(detections) == 2 and all(d["count"] == len(d["centres"]) == len(d["colors"]) for d in detections)
     with pytest.raises(ValueError, match="trained on 32x32 images but got 64x64"):

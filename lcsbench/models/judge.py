@@ -13,6 +13,7 @@ Validation reports, over the held-out renders (torchmetrics, so DDP gives the on
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,9 @@ def load_judge(path: str | Path, map_location: str | torch.device = "cpu") -> Ju
                          f"checkpoint written by `python -m lcsbench fit --config configs/judge.yaml`")
     if arch["hparams"].get("resolution") is None:
         raise ValueError(f"{path} does not record the resolution it was trained at: retrain the judge")
-    module = JudgeModule(CentreHeatmapNet(**arch["net_config"]), **arch["hparams"])
+    accepted = inspect.signature(JudgeModule.__init__).parameters  # LightningCLI adds e.g. `_class_path`
+    hparams = {k: v for k, v in arch["hparams"].items() if k in accepted and k != "net"}
+    module = JudgeModule(CentreHeatmapNet(**arch["net_config"]), **hparams)
     module.load_state_dict(payload["state_dict"])
     return module.eval()
 
