@@ -296,10 +296,13 @@ def request_conditioner(request: Mapping, grid_size: int) -> torch.Tensor:
 
 def oracle_scene(request: Mapping, resolution: int) -> list[dict]:
     """The render_layouts scene of a request: objects at the requested pixels; a colour request puts its k
-    objects at the first k paper locations (colours as requested, other attributes random)."""
+    objects at the first k paper locations (colours as requested). Objects are small: the paper's locations
+    lie 0.1 image widths apart, where large CLEVR objects intersect and hide each other from k ~ 9 on, and
+    the oracle row should measure the judge, not a physically impossible layout. Other attributes random."""
     if "locations" in request:
-        return [{"pixel": [float(x * resolution), float(y * resolution)]} for x, y in request["locations"]]
-    return [{"pixel": [float(x * resolution), float(y * resolution)], "color": color}
+        return [{"pixel": [float(x * resolution), float(y * resolution)], "size": "small"}
+                for x, y in request["locations"]]
+    return [{"pixel": [float(x * resolution), float(y * resolution)], "color": color, "size": "small"}
             for (x, y), color in zip(PAPER_LOCATIONS, request["colors"])]
 
 

@@ -1,0 +1,62 @@
+"""The oracle check of the length-generalization protocol (issue 6): Blender renders of the requested layouts,
+judged by a trained judge, should succeed at every k (k_max = 12 for locations, 8 for colours).
+
+    python scripts/oracle_check.py --judge runs/judge/.../last.ckpt --out reports/oracle64 --samples-per-k 8
+
+Renders (or reuses) OUT/oracle_render, judges it and writes OUT/lengthgen.json (one row, "oracle"), the curve
+and detection grids per k. The rule is the strict one (exactly the requested objects at every k).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from lcsbench.analysis import lengthgen as lg
+from lcsbench.data.render import render_layouts
+from lcsbench.lengthgen_cli import read_layout_images
+from lcsbench.models.judge import load_judge
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--judge", required=True, help="judge checkpoint")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--kind", choices=("location", "color"), default="location")
+    parser.add_argument("--samples-per-k", type=int, default=8)
+    parser.add_argument("--oracle-samples", type=int, default=16, help="Cycles samples per pixel")
+    parser.add_argument("--grid-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    judge = load_judge(args.judge)
+    resolution = judge.resolution
+    ks = list(range(1, 13 if args.kind == "location" else 9))
+    requests = lg.protocol_requests(args.kind, ks, args.samples_per_k, seed=args.seed)
+    out = Path(args.out)
+    render_layouts(out / "oracle_render", [lg.oracle_scene(r, resolution) for r in requests], resolution=resolution,
+                   samples=args.oracle_samples, seed=args.seed)
+    images = read_layout_images(out / "oracle_render", len(requests))
+    rule = lg.SuccessRule(args.kind, (max(ks),), "all")  # exactly the requested objects at every k
+    tally, detections = lg.judge_images(judge, images, requests, rule, args.grid_size)
+    report = lg.lengthgen_report({"kind": args.kind, "ks": ks, "resolution": resolution, "judge": args.judge,
+                                  "samples_per_k": args.samples_per_k, "success_rule": rule.describe()},
+                                 {"oracle": tally})
+    (out / "lengthgen.json").write_text(json.dumps(report, indent=2))
+    lg.plot_success_curves(report, out / "lengthgen.png", title="oracle: judge on Blender renders")
+    for k in ks:
+        index = [i for i, r in enumerate(requests) if r["k"] == k]
+        lg.detection_grid(images[index], [requests[i] for i in index], [detections[i] for i in index],
+                          args.grid_size).save(out / f"oracle_k{k}.png")
+    row = report["rows"]["oracle"]
+    print("| k | success | mean missing | mean extra |\n|---|---|---|---|")
+    for k, v in row["per_k"].items():
+        print(f"| {k} | {v['success_rate']:.0%} | {v['mean_missing']:.2f} | {v['mean_extra']:.2f} |")
+    print(f"oracle k_max {row['k_max']} (strict {row['k_max_strict']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
