@@ -14,6 +14,7 @@ Validation reports, over the held-out renders (torchmetrics, so DDP gives the on
 from __future__ import annotations
 
 import inspect
+import math
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ class JudgeModule(L.LightningModule):
         threshold: float = 0.5,  # peak probability that counts as an object
         lr: float = 2e-3,  # Adam learning rate
         flip: bool = True,  # augment training batches with random horizontal flips (centres flipped too)
+        lr_final_fraction: float = 0.05,  # cosine decay of the learning rate to this fraction at max_steps
     ) -> None:
         super().__init__()
         self.net = net
@@ -119,8 +121,17 @@ class JudgeModule(L.LightningModule):
         self.log_dict({"val/exact_count": self.val_exact, "val/localization": self.val_localized,
                        "val/color": self.val_color}, batch_size=images.shape[0])
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr)
+    def configure_optimizers(self) -> dict:
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr)
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
+        final = self.hparams.lr_final_fraction
+
+        def factor(step: int) -> float:  # cosine from 1 to `final` over the run
+            progress = min(step / total, 1.0)
+            return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[JUDGE_ARCH_KEY] = {"net_config": dict(self.net.config), "hparams": dict(self.hparams)}
