@@ -1,7 +1,5 @@
 """Magnitude-preserving primitives (EDM2 Sec. 3): each op keeps unit RMS on unit-RMS inputs."""
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F

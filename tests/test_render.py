@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lcsbench.data.render import RenderError, parse_counts, render_dataset, render_layouts
+from lcsbench.data.render import RenderError, parse_counts, render_dataset
 from lcsbench.data.shards import ShardError, read_shard_samples
 from tests.conftest import TINY_DATASET
 
