@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import tarfile
 from pathlib import Path
 
@@ -89,7 +90,8 @@ def read_shard_samples(path: Path) -> list[dict[str, bytes | str]]:
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
-    partial = path.with_name(path.name + ".partial")
+    """Write-then-rename; the partial name is unique per process, as machines may share `path`."""
+    partial = path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}.partial")
     partial.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     os.replace(partial, path)
 
