@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from lcsbench.locality_cli import load_analysis_model, parse_floats
+from lcsbench.locality_cli import add_model_arguments, load_analysis_model, parse_floats
 
 DEFAULT_SIGMAS = "0.1,0.5,2,10"
 
@@ -26,8 +26,7 @@ DEFAULT_SIGMAS = "0.1,0.5,2,10"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lcsbench features", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", required=True, help="trained checkpoint (.ckpt)")
-    parser.add_argument("--out", required=True, help="output folder for features.json and feature_cosines.png")
+    add_model_arguments(parser, out_help="output folder for features.json and feature_cosines.png")
     parser.add_argument("--sigmas", default=DEFAULT_SIGMAS, help="noise levels averaged over (comma list)")
     parser.add_argument("--samples", type=int, default=4, help="noisy images per noise level")
     parser.add_argument("--layers", nargs="*", default=None, metavar="NAME", help="modulation layers to measure "
@@ -36,9 +35,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="layers averaged into the 'feature-space' matrix (default: the encoder)")
     parser.add_argument("--list-layers", action="store_true", help="print the layer names and exit")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-ema", action="store_true", help="use the raw training weights, not the EMA")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
     from lcsbench.analysis.features import (feature_cosines, mean_difference_vectors, modulation_layers,

@@ -51,6 +51,15 @@ def load_analysis_model(ckpt: str, ema: bool, device: str) -> AnalysisModel:
                          grid_size=getattr(module, "grid_size", 16))
 
 
+def add_model_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
+    """The checkpoint, output and weight options every analysis command shares."""
+    parser.add_argument("--ckpt", required=True, help="trained checkpoint (.ckpt)")
+    parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-ema", action="store_true", help="use the raw training weights, not the EMA")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
 def parse_floats(text: str, what: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
@@ -91,8 +100,7 @@ def build_conditioner(model: AnalysisModel, locations: int, colors: int) -> tupl
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lcsbench locality", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", required=True, help="trained checkpoint (.ckpt)")
-    parser.add_argument("--out", required=True, help="output folder for locality.json and the PNGs")
+    add_model_arguments(parser, out_help="output folder for locality.json and the PNGs")
     parser.add_argument("--sigmas", default=DEFAULT_SIGMAS, help="noise levels (comma list)")
     parser.add_argument("--locations", type=int, default=3, help="location models: condition on the first k "
                         "of the paper's 12 locations")
@@ -104,9 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fraction", type=float, default=0.9, help="energy fraction of the locality radius")
     parser.add_argument("--chunk-size", type=int, default=None, help="cotangents per batched backward")
     parser.add_argument("--memory-budget-gib", type=float, default=2.0, help="memory per batched backward")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-ema", action="store_true", help="use the raw training weights, not the EMA")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
     from lcsbench.analysis.locality import check_pixels, grid_cell_center, locality_profile

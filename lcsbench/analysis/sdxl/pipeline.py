@@ -141,6 +141,13 @@ def image_size(pipe) -> tuple[int, int]:
     return int(side), int(side)
 
 
+def image_and_latent_size(pipe, height: int | None, width: int | None) -> tuple[int, int, tuple[int, int]]:
+    """Requested image size (the native one where None) and the latent size it maps to."""
+    native = image_size(pipe)
+    height, width = height or native[0], width or native[1]
+    return height, width, (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+
+
 @torch.no_grad()
 def encode_prompts(
     pipe,                                   # an SDXL pipeline

@@ -28,7 +28,7 @@ from lcsbench.analysis.sdxl.attention import (AttentionMaps, capture_cross_atten
 from lcsbench.analysis.sdxl.cosines import (average_matrix, compositional_similarity, cosine_matrices,
                                             difference_vectors, off_diagonal_mean)
 from lcsbench.analysis.sdxl.denoiser import SDXLDenoiser, check_steps, sample_euler
-from lcsbench.analysis.sdxl.pipeline import (decode_latents, encode_prompts, image_size,
+from lcsbench.analysis.sdxl.pipeline import (decode_latents, encode_prompts, image_and_latent_size,
                                              unconditional_condition)
 from lcsbench.analysis.sdxl.prompts import ATTENTION_PROMPTS, LOCALITY_PROMPT, ConceptPrompt
 
@@ -115,9 +115,7 @@ def locality_study(
     memory_budget: int = 2 * 2**30,         # bytes per batched backward of pixel_jacobian
     log=print,
 ) -> LocalityStudy:
-    native = image_size(pipe)
-    height, width = height or native[0], width or native[1]
-    latent_size = (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    height, width, latent_size = image_and_latent_size(pipe, height, width)
     stops = check_steps(stop_steps, num_inference_steps)
     pixels = [tuple(p) for p in (pixels or default_pixels(latent_size))]
     encode = partial(encode_prompts, pipe, height=height, width=width)
@@ -268,9 +266,7 @@ def attention_study(
     device_budget: int = 512 * 2**20,       # bytes of maps kept on the accelerator before CPU offload
     log=print,
 ) -> AttentionStudy:
-    native = image_size(pipe)
-    height, width = height or native[0], width or native[1]
-    latent_size = (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    height, width, latent_size = image_and_latent_size(pipe, height, width)
     steps = check_steps(steps, num_inference_steps)
     names = resolve_layers(pipe.unet, layers)
     labels = [p.label for p in prompts]
