@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import threading
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -180,8 +181,7 @@ def usable_cores() -> int:
 # ---- manifest -----------------------------------------------------------------------------------
 
 
-def manifest_for(settings: RenderSettings, plans: list[ShardPlan], mode: str, blender_ver: str,
-                 created: str | None) -> dict:
+def manifest_for(settings: RenderSettings, plans: list[ShardPlan], mode: str, blender_ver: str) -> dict:
     shards: dict[str, dict[str, list[str]]] = {}
     images: dict[str, dict[str, int]] = {}
     for plan in plans:
@@ -207,7 +207,7 @@ def manifest_for(settings: RenderSettings, plans: list[ShardPlan], mode: str, bl
             "blender": blender_ver,
             "engine": "CYCLES",
         },
-        "created": created or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
@@ -334,8 +334,8 @@ def run_plans(out: Path, plans: list[ShardPlan], settings: RenderSettings, blend
     tasks = make_tasks(out, plans, workers, images_per_process)
     if not tasks:
         return 0
-    owner = {job["key"]: plan for plan in plans for job in plan.jobs}
-    remaining = {plan.relpath: sum(not image_done(out, plan, job) for job in plan.jobs) for plan in plans}
+    owner = {job["key"]: plan for task in tasks for plan, job in task}
+    remaining = Counter(plan.relpath for task in tasks for plan, _ in task)  # images still to render per shard
     threads = max(1, usable_cores() // workers)
     pool = _BlenderPool(blender, out, settings, threads, tag)
     total = sum(len(task) for task in tasks)
@@ -386,7 +386,7 @@ def render(out: str | Path, settings: RenderSettings, plans: list[ShardPlan], mo
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
     out.mkdir(parents=True, exist_ok=True)
-    reconcile_manifest(out, manifest_for(settings, plans, mode, blender_version(blender_path), None))
+    reconcile_manifest(out, manifest_for(settings, plans, mode, blender_version(blender_path)))
     mine = select_shards(plans, shards, node_rank, num_nodes)
     todo = check_existing_shards(out, mine, repair)
     rendered = run_plans(out, todo, settings, blender_path, workers, progress, tag=f"node{node_rank}",
