@@ -6,7 +6,9 @@
 For each model it prints
 - the per-pixel reference: one forward, then one `torch.autograd.grad` per (target pixel, output channel)
   (retain_graph), over `--loop-pixels` target pixels;
-- `pixel_jacobian` (vmap over one-hot cotangents, chunked) on the same pixels, and the ratio (goal >= 10x);
+- `pixel_jacobian` on the same pixels, with method "vmap" (one forward, vmapped VJPs over one-hot cotangents)
+  and "replicate" (the batch repeated per cotangent, one forward and backward per chunk), and the ratios
+  against the loop (goal >= 10x);
 - `pixel_jacobian` on every pixel of a 64x64 image (`--all-pixels`, default on a GPU; on CPU the time is
   extrapolated from the measured pixels unless --all-pixels is given).
 Models: `toy` (a small conv net, no dependency), `quickstart` (EDM2 preset `tiny` of the quickstart config,
@@ -149,16 +151,19 @@ def main(argv: list[str] | None = None) -> int:
         pixel_jacobian(model, x, sigma, cond, pixels[:1], chunk_size=args.chunk_size, memory_budget=budget)  # warm
         loop_jacobian(model, x, sigma, cond, pixels[:1])
         reference, loop_s, loop_cpu = timed(lambda: loop_jacobian(model, x, sigma, cond, pixels))
-        batched, batched_s, batched_cpu = timed(lambda: pixel_jacobian(
-            model, x, sigma, cond, pixels, chunk_size=args.chunk_size, memory_budget=budget))
-        error = (batched - reference).abs().max().item() / reference.abs().max().clamp_min(1e-30).item()
         print(f"[{name}] {params / 1e6:.2f}M params, {resolution}x{resolution}, batch {args.batch}, "
               f"{len(pixels)} pixels x 3 channels")
-        print(f"  per-pixel loop   {loop_s:8.3f} s wall {loop_cpu:8.3f} s cpu  "
+        print(f"  per-pixel loop     {loop_s:8.3f} s wall {loop_cpu:8.3f} s cpu  "
               f"({loop_s / len(pixels) * 1e3:8.1f} ms/pixel)")
-        print(f"  batched (vmap)   {batched_s:8.3f} s wall {batched_cpu:8.3f} s cpu  "
-              f"({batched_s / len(pixels) * 1e3:8.1f} ms/pixel)  ratio {loop_s / batched_s:5.1f}x wall, "
-              f"{loop_cpu / batched_cpu:5.1f}x cpu  (max rel. diff {error:.1e})")
+        for method in ("vmap", "replicate"):
+            batched, batched_s, batched_cpu = timed(lambda: pixel_jacobian(
+                model, x, sigma, cond, pixels, chunk_size=args.chunk_size, memory_budget=budget, method=method))
+            error = (batched - reference).abs().max().item() / reference.abs().max().clamp_min(1e-30).item()
+            print(f"  batched {method:<10} {batched_s:8.3f} s wall {batched_cpu:8.3f} s cpu  "
+                  f"({batched_s / len(pixels) * 1e3:8.1f} ms/pixel)  ratio {loop_s / batched_s:5.1f}x wall, "
+                  f"{loop_cpu / batched_cpu:5.1f}x cpu  (max rel. diff {error:.1e})")
+            if method == "vmap":
+                vmap_s = batched_s
         every = [(r, c) for r in range(resolution) for c in range(resolution)]
         if all_pixels:
             if device.type == "cuda":
@@ -171,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 else ""
             print(f"  all {len(every)} pixels: {seconds:.1f} s measured{peak} (heat {tuple(heat.shape)})")
         else:
-            print(f"  all {len(every)} pixels: ~{batched_s / len(pixels) * len(every):.0f} s extrapolated "
+            print(f"  all {len(every)} pixels: ~{vmap_s / len(pixels) * len(every):.0f} s extrapolated (vmap) "
                   f"(--all-pixels to measure)")
         del model
         if device.type == "cuda":

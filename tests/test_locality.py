@@ -106,6 +106,63 @@ def test_batched_jacobian_matches_a_per_pixel_autograd_loop_on_a_nonlinear_net()
         torch.testing.assert_close(heat[p].double(), torch.stack(per_channel).mean(0), rtol=1e-10, atol=1e-12)
 
 
+class OldStyleSquare(torch.autograd.Function):
+    """A custom autograd function without setup_context: torch.func (vmap, vjp) refuses it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+
+def per_sample_denoiser():
+    """A nonlinear net whose output depends on a per-sample sigma [B] and conditioner [B, 8]."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.SiLU(), nn.Conv2d(8, 3, 3, padding=1)).double()
+
+    def denoiser(x, sigma, cond):
+        scale = sigma.view(-1, 1, 1, 1) * (1 + cond.sum(1)).view(-1, 1, 1, 1)
+        return x + scale * net(x)
+
+    return net, denoiser
+
+
+def test_replicated_jacobian_equals_the_vmapped_one_with_per_sample_sigma_and_cond():
+    _, denoiser = per_sample_denoiser()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    sigma = torch.tensor([0.3, 2.0], dtype=torch.float64)
+    cond = torch.tensor([[0.0] * 8, [1.0] * 8], dtype=torch.float64)
+    pixels = [(0, 7), (3, 4), (7, 0)]
+    vmapped = pixel_jacobian(denoiser, x, sigma, cond, pixels, method="vmap")
+    for chunk_size in (1, 4, None):
+        replicated = pixel_jacobian(denoiser, x, sigma, cond, pixels, chunk_size=chunk_size, method="replicate")
+        torch.testing.assert_close(replicated, vmapped, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="'auto', 'vmap' or 'replicate'"):
+        pixel_jacobian(denoiser, x, sigma, cond, pixels, method="loop")
+
+
+def test_auto_falls_back_to_replication_when_vmap_refuses_the_denoiser():
+    net, _ = per_sample_denoiser()
+
+    def denoiser(x, sigma, cond):
+        return OldStyleSquare.apply(net(x))
+
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    with pytest.raises(RuntimeError):
+        pixel_jacobian(denoiser, x, 1.0, torch.zeros(1, 8), [(2, 2)], method="vmap")
+    with pytest.warns(UserWarning, match="method='replicate'"):
+        heat = pixel_jacobian(denoiser, x, 1.0, torch.zeros(1, 8), [(2, 2)])
+    x_req = x.clone().requires_grad_(True)
+    out = denoiser(x_req, 1.0, None)
+    rows = [torch.autograd.grad(out[0, ch, 2, 2], x_req, retain_graph=True)[0].abs().sum(1).mean(0) for ch in range(3)]
+    torch.testing.assert_close(heat[0], torch.stack(rows).mean(0), rtol=1e-12, atol=1e-14)
+
+
 def test_kernel_radius_is_recovered_from_the_heatmap():
     # Mass 0.5 at the centre, 0.3 on the ring at distance 1, 0.2 on the ring at distance 2 of a 5x5 kernel.
     kernel = torch.zeros(5, 5, dtype=torch.float64)

@@ -18,6 +18,7 @@ The denoiser must be in eval mode (the caller's job): the analyses never change 
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -103,17 +104,25 @@ def pixel_jacobian(
     pixels: Sequence[Sequence[int]],        # target pixels as (row, col)
     chunk_size: int | None = None,          # cotangents per batched backward; None: from memory_budget
     memory_budget: int = DEFAULT_MEMORY_BUDGET,  # bytes one chunk may use when chunk_size is None
+    method: str = "auto",                   # "vmap", "replicate", or "auto" (vmap, else replicate)
 ) -> Tensor:
     """Eq. 9 heat maps `[P, H, W]`: how strongly each input pixel moves D at each target pixel.
 
     `heat[p, h, w] = mean over output channels c of sum over input channels c' of |dD[b, c, p] / dx[b, c',
-    h, w]|`, averaged over the batch b. One forward, then one vector-Jacobian product per (target pixel,
-    output channel) with a one-hot cotangent, `torch.func.vmap`-batched in chunks. A cotangent is one-hot in
-    every sample at once: this assumes, as every diffusion denoiser does, that samples do not interact
-    (no batch statistics), so each sample's gradient lands in its own slot of x.
+    h, w]|`, averaged over the batch b. One vector-Jacobian product per (target pixel, output channel) with
+    a one-hot cotangent, batched in chunks, in one of two ways:
+    - "vmap": one forward, then the VJPs `torch.func.vmap`-batched over the cotangents;
+    - "replicate": per chunk, the batch repeated once per cotangent, one forward and one backward. It costs
+      a forward per cotangent but needs no vmap support, so it runs denoisers with custom autograd
+      functions or Python-side data-dependent code that `torch.func` refuses.
+    "auto" tries vmap and falls back to replicate (with a warning) if vmap raises.
+    A cotangent is one-hot in every sample at once: this assumes, as every diffusion denoiser does, that
+    samples do not interact (no batch statistics), so each sample's gradient lands in its own slot of x.
     """
     _check_image_batch(x)
     targets = check_pixels(pixels, x.shape[2], x.shape[3])
+    if method not in ("auto", "vmap", "replicate"):
+        raise ValueError(f"method must be 'auto', 'vmap' or 'replicate'; found {method!r}")
     x = x.detach()
 
     def forward(inputs: Tensor) -> Tensor:
@@ -126,8 +135,18 @@ def pixel_jacobian(
         return out
 
     with frozen_parameters(_module_of(denoiser)):
-        heat = _batched_heat(forward_measured, holder, x, targets, chunk_size, memory_budget)
-    return heat
+        if method == "replicate":
+            return _replicated_heat(denoiser, x, sigma, cond, targets, chunk_size, memory_budget)
+        try:
+            return _batched_heat(forward_measured, holder, x, targets, chunk_size, memory_budget)
+        except (RuntimeError, NotImplementedError) as error:
+            if method == "vmap" or "out of memory" in str(error).lower():
+                raise
+            heat = _replicated_heat(denoiser, x, sigma, cond, targets, chunk_size, memory_budget)  # a denoiser
+            # that is itself broken raises again here, before any warning
+            warnings.warn(f"pixel_jacobian: torch.func.vmap failed on this denoiser ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0][:200]}); used method='replicate' instead", stacklevel=2)
+            return heat
 
 
 @contextmanager
@@ -144,36 +163,82 @@ def frozen_parameters(module: nn.Module | None):
             param.requires_grad_(True)
 
 
+def _check_output_shape(out: Tensor, x: Tensor) -> None:
+    if out.ndim != 4 or out.shape[0] != x.shape[0] or out.shape[2:] != x.shape[2:]:
+        raise ValueError(f"the denoiser returned shape {tuple(out.shape)} for input {tuple(x.shape)}: "
+                         f"expected D with the input's batch and spatial size")
+
+
 def _batched_heat(forward_measured, holder, x, targets, chunk_size, memory_budget) -> Tensor:
     """Eq. 9 rows for every (target, output channel): one forward, vmapped VJPs over one-hot cotangents."""
     batch, channels, height, width = x.shape
     out, vjp_fn = torch.func.vjp(forward_measured, x)
     out_channels = out.shape[1]
-    if out.shape[0] != batch or out.shape[2:] != x.shape[2:]:
-        raise ValueError(f"the denoiser returned shape {tuple(out.shape)} for input {tuple(x.shape)}: "
-                         f"expected D with the input's batch and spatial size")
+    _check_output_shape(out, x)
     if chunk_size is None:
         per_cotangent = holder["bytes"] + 2 * x.numel() * x.element_size() + out.numel() * out.element_size()
         chunk_size = max(1, int(memory_budget // per_cotangent))
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of cotangents; found {chunk_size}")
 
-    # Row i of the cotangent list is (target pixel, output channel) = divmod(i, out_channels).
-    rows = torch.tensor([t[0] for t in targets], device=x.device).repeat_interleave(out_channels)
-    cols = torch.tensor([t[1] for t in targets], device=x.device).repeat_interleave(out_channels)
-    chans = torch.arange(out_channels, device=x.device).repeat(len(targets))
     batched_vjp = torch.func.vmap(vjp_fn)
     heat_rows = []
-    for start in range(0, rows.numel(), chunk_size):
-        stop = min(start + chunk_size, rows.numel())
-        count = stop - start
-        cotangents = torch.zeros((count, *out.shape), dtype=out.dtype, device=out.device)
-        index = torch.arange(count, device=x.device)
-        cotangents[index, :, chans[start:stop], rows[start:stop], cols[start:stop]] = 1
+    total = len(targets) * out_channels
+    for start in range(0, total, chunk_size):
+        stop = min(start + chunk_size, total)
+        cotangents = _one_hot_cotangents(tuple(out.shape), targets, start, stop, out.dtype, out.device)
         (grads,) = batched_vjp(cotangents)  # [count, B, C, H, W]
         grads = grads.to(torch.promote_types(grads.dtype, torch.float32))  # fp16/bf16 nets reduce in fp32
         heat_rows.append(grads.abs().sum(dim=2).mean(dim=1))  # sum over input channels c', mean over samples
         del grads, cotangents
+    return torch.cat(heat_rows).view(len(targets), out_channels, height, width).mean(dim=1).detach()
+
+
+def _one_hot_cotangents(out_shape, targets, start, stop, dtype, device) -> Tensor:
+    """`[stop - start, *out_shape]` one-hot cotangents for rows start..stop of the (target, output channel)
+    list; row i is (target pixel, output channel) = divmod(i, out_channels), one-hot in every sample."""
+    out_channels = out_shape[1]
+    index = torch.arange(start, stop, device=device)
+    pixel, chans = index // out_channels, index % out_channels
+    rows = torch.tensor([t[0] for t in targets], device=device)[pixel]
+    cols = torch.tensor([t[1] for t in targets], device=device)[pixel]
+    cotangents = torch.zeros((stop - start, *out_shape), dtype=dtype, device=device)
+    cotangents[torch.arange(stop - start, device=device), :, chans, rows, cols] = 1
+    return cotangents
+
+
+def _repeat_batch(value, copies: int, batch: int):
+    """A per-sample tensor `[B, ...]` repeated `copies` times along the batch; anything else unchanged."""
+    if isinstance(value, Tensor) and value.ndim >= 1 and value.shape[0] == batch:
+        return value.repeat(copies, *([1] * (value.ndim - 1)))
+    return value
+
+
+def _replicated_heat(denoiser, x, sigma, cond, targets, chunk_size, memory_budget) -> Tensor:
+    """Eq. 9 rows by replication: per chunk of n cotangents, D on the batch repeated n times, one backward."""
+    batch, channels, height, width = x.shape
+    probe, activation_bytes = _activation_bytes(denoiser, lambda: denoiser(x, sigma, cond).detach())
+    _check_output_shape(probe, x)
+    out_shape, out_channels = tuple(probe.shape), probe.shape[1]
+    if chunk_size is None:  # a copy holds its activations for the backward, plus x, D and their gradients
+        per_copy = activation_bytes + 2 * x.numel() * x.element_size() + 2 * probe.numel() * probe.element_size()
+        chunk_size = max(1, int(memory_budget // per_copy))
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of cotangents; found {chunk_size}")
+    total = len(targets) * out_channels
+    heat_rows = []
+    for start in range(0, total, chunk_size):
+        stop = min(start + chunk_size, total)
+        copies = stop - start
+        inputs = x.repeat(copies, 1, 1, 1).requires_grad_(True)
+        with torch.enable_grad():
+            out = denoiser(inputs, _repeat_batch(sigma, copies, batch), _repeat_batch(cond, copies, batch))
+            cotangents = _one_hot_cotangents(out_shape, targets, start, stop, out.dtype, out.device)
+            (grads,) = torch.autograd.grad(out, inputs, cotangents.view_as(out))
+        grads = grads.view(copies, batch, channels, height, width)
+        grads = grads.to(torch.promote_types(grads.dtype, torch.float32))
+        heat_rows.append(grads.abs().sum(dim=2).mean(dim=1))
+        del grads, out, inputs
     return torch.cat(heat_rows).view(len(targets), out_channels, height, width).mean(dim=1).detach()
 
 
