@@ -14,6 +14,7 @@ from torch import nn
 from lcsbench.analysis.features import feature_cosines, mean_difference_vectors
 from lcsbench.analysis.locality import grid_cell_center, locality_profile
 from lcsbench.analysis.plots import cosine_matrices, locality_grid, radius_curves, save_figure
+from lcsbench.callbacks.lengthgen import LengthGenCurve
 from lcsbench.callbacks.locality import FeatureCosine, LocalityHeatmaps
 from lcsbench.cli import main as cli_main
 
@@ -155,7 +156,8 @@ def test_callback_presets_append_to_an_experiments_callbacks(preset, tmp_path):
     config = parser.parse_args(["--config", str(experiment), "--config", str(preset)])
     callbacks = parser.instantiate(config).trainer.callbacks
     assert type(callbacks[0]).__name__ == "LearningRateMonitor"
-    assert len(callbacks) > 1 and all(isinstance(c, (LocalityHeatmaps, FeatureCosine)) for c in callbacks[1:])
+    analyses = (LocalityHeatmaps, FeatureCosine, LengthGenCurve)
+    assert len(callbacks) > 1 and all(isinstance(c, analyses) for c in callbacks[1:])
 
 
 @pytest.fixture(scope="module")
