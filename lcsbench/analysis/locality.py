@@ -171,7 +171,7 @@ def _check_output_shape(out: Tensor, x: Tensor) -> None:
 
 def _batched_heat(forward_measured, holder, x, targets, chunk_size, memory_budget) -> Tensor:
     """Eq. 9 rows for every (target, output channel): one forward, vmapped VJPs over one-hot cotangents."""
-    batch, channels, height, width = x.shape
+    height, width = x.shape[2:]
     out, vjp_fn = torch.func.vjp(forward_measured, x)
     out_channels = out.shape[1]
     _check_output_shape(out, x)
