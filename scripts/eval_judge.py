@@ -42,9 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     table = judge_accuracy(judge, data.val_dataloader(), args.grid_size, args.tolerance_cells)
     print(f"judge {args.judge} on held-out renders of {args.data} ({judge.resolution}x{judge.resolution}), "
           f"tolerance {args.tolerance_cells} cell(s)")
-    print("| k | images | exact count | localization | colour |\n|---|---|---|---|---|")
+    print("| k | images | exact count | localization | colour | undercount | overcount |\n|---|---|---|---|---|---|---|")
     for k, row in table.items():
-        print(f"| {k} | {row['images']} | {row['exact_count']:.1%} | {row['localization']:.1%} | {row['color']:.1%} |")
+        print(f"| {k} | {row['images']} | {row['exact_count']:.1%} | {row['localization']:.1%} | {row['color']:.1%} "
+              f"| {row['undercount']:.1%} | {row['overcount']:.1%} |")
     if args.json:
         Path(args.json).write_text(json.dumps({str(k): v for k, v in table.items()}, indent=2))
     return 0

@@ -76,6 +76,7 @@ def test_judge_trains_on_renders_and_detects(clevr_shards, tmp_path):
     table = json.loads(out.read_text())
     assert sorted(table) == ["1", "2", "3"] and all(row["images"] == 4 for row in table.values())
     assert all(0.0 <= row["exact_count"] <= 1.0 for row in table.values())
+    assert all(row["exact_count"] + row["undercount"] + row["overcount"] == pytest.approx(1.0) for row in table.values())
 
 
 def test_judge_refuses_data_at_another_resolution(clevr_shards, tmp_path):

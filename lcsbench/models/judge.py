@@ -167,7 +167,8 @@ def load_judge(path: str | Path, map_location: str | torch.device = "cpu") -> Ju
 
 
 def judge_accuracy(judge: JudgeModule, batches, grid_size: int = 16, tolerance_cells: float = 1.0) -> dict[int, dict]:
-    """Per true object count: images, exact-count rate, localization rate (all matched, no extra), colour rate.
+    """Per true object count: images, exact-count rate, localization rate (all matched, no extra), colour rate,
+    and the rates of undercounting and overcounting (they say whether the errors are missed or invented objects).
 
     `batches` yields CLEVRDataModule batches (held-out renders: `val_dataloader()`).
     """
@@ -179,12 +180,15 @@ def judge_accuracy(judge: JudgeModule, batches, grid_size: int = 16, tolerance_c
             true = centres[~torch.isnan(centres).any(-1)]
             match = match_locations(true.numpy(), detection["centres"].numpy(), cell, tolerance_cells)
             right_colors = sum(COLOR_NAMES[int(colors[r])] == detection["colors"][d] for r, d in match["pairs"])
-            row = tallies.setdefault(len(true), [0, 0, 0, 0, 0])
+            row = tallies.setdefault(len(true), [0, 0, 0, 0, 0, 0, 0])
             row[0] += 1
             row[1] += detection["count"] == len(true)
             row[2] += match["missing"] == 0 and match["extra"] == 0
             row[3] += right_colors
             row[4] += match["matched"]
+            row[5] += detection["count"] < len(true)
+            row[6] += detection["count"] > len(true)
     return {count: {"images": n, "exact_count": exact / n, "localization": loc / n,
-                    "color": (colors / matched) if matched else float("nan")}
-            for count, (n, exact, loc, colors, matched) in sorted(tallies.items())}
+                    "color": (colors / matched) if matched else float("nan"), "undercount": under / n,
+                    "overcount": over / n}
+            for count, (n, exact, loc, colors, matched, under, over) in sorted(tallies.items())}
