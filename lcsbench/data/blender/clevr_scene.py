@@ -206,33 +206,40 @@ def ground_directions(camera):
 
 
 def sample_positions(rng, num_objects, directions, settings):
-    """Sizes and (x, y) by rejection; restart the whole layout after max_retries for one object."""
+    """Sizes and (x, y) by rejection; restart the whole layout after max_retries for one object.
+
+    CLEVR's rule: a new object keeps min_dist between surfaces to every placed one, and a margin along the
+    left/right/front/behind directions. right = -left and front = -behind, so the four margin tests are
+    two: 0 < |offset . left| < margin and 0 < |offset . behind| < margin (exact in floating point). This
+    loop is the hot path of many-object scenes (millions of tests at 12 objects), hence the inlining; it
+    draws the same random numbers in the same order as the plain rule, so a seed gives the same layout.
+    """
+    lx, ly = directions["left"].x, directions["left"].y
+    bx, by = directions["behind"].x, directions["behind"].y
+    min_dist, margin, retries = settings["min_dist"], settings["margin"], settings["max_retries"]
+    size_names = sorted(SIZES)
+    random, hypot = rng.random, math.hypot  # -3 + 6 * random() is rng.uniform(-3, 3), bit for bit
     while True:
-        placed = []
+        placed = []  # (x, y, radius, size name)
         for _ in range(num_objects):
-            size_name = rng.choice(sorted(SIZES))
+            size_name = rng.choice(size_names)
             radius = SIZES[size_name]
-            for _ in range(settings["max_retries"]):
-                x, y = rng.uniform(-3.0, 3.0), rng.uniform(-3.0, 3.0)
-                if all(position_ok(x, y, radius, other, directions, settings) for other in placed):
-                    placed.append({"size": size_name, "radius": radius, "x": x, "y": y})
+            for _ in range(retries):
+                x, y = -3.0 + 6.0 * random(), -3.0 + 6.0 * random()
+                for other_x, other_y, other_radius, _ in placed:
+                    dx, dy = x - other_x, y - other_y
+                    if hypot(dx, dy) - radius - other_radius < min_dist:
+                        break
+                    side, depth = abs(dx * lx + dy * ly), abs(dx * bx + dy * by)
+                    if 0.0 < side < margin or 0.0 < depth < margin:
+                        break
+                else:
+                    placed.append((x, y, radius, size_name))
                     break
             else:
                 break
         if len(placed) == num_objects:
-            return placed
-
-
-def position_ok(x, y, radius, other, directions, settings):
-    dx, dy = x - other["x"], y - other["y"]
-    if math.hypot(dx, dy) - radius - other["radius"] < settings["min_dist"]:
-        return False
-    for name in ("left", "right", "front", "behind"):
-        d = directions[name]
-        margin = dx * d.x + dy * d.y
-        if 0.0 < margin < settings["margin"]:
-            return False
-    return True
+            return [{"size": name, "radius": radius, "x": x, "y": y} for x, y, radius, name in placed]
 
 
 def draw_attributes(rng, positions):
