@@ -217,7 +217,8 @@ def _repeat_batch(value, copies: int, batch: int):
 def _replicated_heat(denoiser, x, sigma, cond, targets, chunk_size, memory_budget) -> Tensor:
     """Eq. 9 rows by replication: per chunk of n cotangents, D on the batch repeated n times, one backward."""
     batch, channels, height, width = x.shape
-    probe, activation_bytes = _activation_bytes(denoiser, lambda: denoiser(x, sigma, cond).detach())
+    with torch.no_grad():  # the probe only sizes D and the activations
+        probe, activation_bytes = _activation_bytes(denoiser, lambda: denoiser(x, sigma, cond))
     _check_output_shape(probe, x)
     out_shape, out_channels = tuple(probe.shape), probe.shape[1]
     if chunk_size is None:  # a copy holds its activations for the backward, plus x, D and their gradients
