@@ -169,29 +169,36 @@ def _check_output_shape(out: Tensor, x: Tensor) -> None:
                          f"expected D with the input's batch and spatial size")
 
 
+def _heat_from_chunks(vjp_chunk, targets, out_channels: int, chunk_size: int, height: int, width: int) -> Tensor:
+    """The Eq. 9 reduction both methods share: `vjp_chunk(start, stop)` returns the input gradients
+    `[stop - start, B, C, H, W]` of rows start..stop of the (target pixel, output channel) list; the rows
+    are reduced chunk by chunk (sum over input channels c', mean over samples, then over output channels)."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of cotangents; found {chunk_size}")
+    total = len(targets) * out_channels
+    heat_rows = []
+    for start in range(0, total, chunk_size):
+        grads = vjp_chunk(start, min(start + chunk_size, total))
+        grads = grads.to(torch.promote_types(grads.dtype, torch.float32))  # fp16/bf16 nets reduce in fp32
+        heat_rows.append(grads.abs().sum(dim=2).mean(dim=1))
+        del grads
+    return torch.cat(heat_rows).view(len(targets), out_channels, height, width).mean(dim=1).detach()
+
+
 def _batched_heat(forward_measured, holder, x, targets, chunk_size, memory_budget) -> Tensor:
     """Eq. 9 rows for every (target, output channel): one forward, vmapped VJPs over one-hot cotangents."""
-    height, width = x.shape[2:]
     out, vjp_fn = torch.func.vjp(forward_measured, x)
-    out_channels = out.shape[1]
     _check_output_shape(out, x)
     if chunk_size is None:
         per_cotangent = holder["bytes"] + 2 * x.numel() * x.element_size() + out.numel() * out.element_size()
         chunk_size = max(1, int(memory_budget // per_cotangent))
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive number of cotangents; found {chunk_size}")
-
     batched_vjp = torch.func.vmap(vjp_fn)
-    heat_rows = []
-    total = len(targets) * out_channels
-    for start in range(0, total, chunk_size):
-        stop = min(start + chunk_size, total)
+
+    def vjp_chunk(start: int, stop: int) -> Tensor:
         cotangents = _one_hot_cotangents(tuple(out.shape), targets, start, stop, out.dtype, out.device)
-        (grads,) = batched_vjp(cotangents)  # [count, B, C, H, W]
-        grads = grads.to(torch.promote_types(grads.dtype, torch.float32))  # fp16/bf16 nets reduce in fp32
-        heat_rows.append(grads.abs().sum(dim=2).mean(dim=1))  # sum over input channels c', mean over samples
-        del grads, cotangents
-    return torch.cat(heat_rows).view(len(targets), out_channels, height, width).mean(dim=1).detach()
+        return batched_vjp(cotangents)[0]
+
+    return _heat_from_chunks(vjp_chunk, targets, out.shape[1], chunk_size, *x.shape[2:])
 
 
 def _one_hot_cotangents(out_shape, targets, start, stop, dtype, device) -> Tensor:
@@ -216,31 +223,24 @@ def _repeat_batch(value, copies: int, batch: int):
 
 def _replicated_heat(denoiser, x, sigma, cond, targets, chunk_size, memory_budget) -> Tensor:
     """Eq. 9 rows by replication: per chunk of n cotangents, D on the batch repeated n times, one backward."""
-    batch, channels, height, width = x.shape
+    batch = x.shape[0]
     with torch.no_grad():  # the probe only sizes D and the activations
         probe, activation_bytes = _activation_bytes(denoiser, lambda: denoiser(x, sigma, cond))
     _check_output_shape(probe, x)
-    out_shape, out_channels = tuple(probe.shape), probe.shape[1]
     if chunk_size is None:  # a copy holds its activations for the backward, plus x, D and their gradients
         per_copy = activation_bytes + 2 * x.numel() * x.element_size() + 2 * probe.numel() * probe.element_size()
         chunk_size = max(1, int(memory_budget // per_copy))
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive number of cotangents; found {chunk_size}")
-    total = len(targets) * out_channels
-    heat_rows = []
-    for start in range(0, total, chunk_size):
-        stop = min(start + chunk_size, total)
+
+    def vjp_chunk(start: int, stop: int) -> Tensor:
         copies = stop - start
         inputs = x.repeat(copies, 1, 1, 1).requires_grad_(True)
         with torch.enable_grad():
             out = denoiser(inputs, _repeat_batch(sigma, copies, batch), _repeat_batch(cond, copies, batch))
-            cotangents = _one_hot_cotangents(out_shape, targets, start, stop, out.dtype, out.device)
+            cotangents = _one_hot_cotangents(tuple(probe.shape), targets, start, stop, out.dtype, out.device)
             (grads,) = torch.autograd.grad(out, inputs, cotangents.view_as(out))
-        grads = grads.view(copies, batch, channels, height, width)
-        grads = grads.to(torch.promote_types(grads.dtype, torch.float32))
-        heat_rows.append(grads.abs().sum(dim=2).mean(dim=1))
-        del grads, out, inputs
-    return torch.cat(heat_rows).view(len(targets), out_channels, height, width).mean(dim=1).detach()
+        return grads.view(copies, *x.shape)
+
+    return _heat_from_chunks(vjp_chunk, targets, probe.shape[1], chunk_size, *x.shape[2:])
 
 
 # ---------------------------------------------------------------------------------------------------------------
