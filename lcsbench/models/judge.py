@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -112,12 +113,11 @@ class JudgeModule(L.LightningModule):
         images = batch["image"]
         cell = images.shape[-1] / self.hparams.grid_size
         for detection, centres, colors in zip(self.detect(images), batch["centres"], batch["colors"]):
-            true = centres[~torch.isnan(centres).any(-1)].cpu()
-            match = match_locations(true.numpy(), detection["centres"].numpy(), cell, self.hparams.tolerance_cells)
-            self.val_exact.update(float(detection["count"] == len(true)))
-            self.val_localized.update(float(match["missing"] == 0 and match["extra"] == 0))
-            for r, d in match["pairs"]:
-                self.val_color.update(float(COLOR_NAMES[int(colors[r])] == detection["colors"][d]))
+            score = score_detection(detection, centres, colors, cell, self.hparams.tolerance_cells)
+            self.val_exact.update(float(score["exact"]))
+            self.val_localized.update(float(score["localized"]))
+            if score["matched"]:
+                self.val_color.update(score["right_colors"] / score["matched"], weight=score["matched"])
         self.log_dict({"val/exact_count": self.val_exact, "val/localization": self.val_localized,
                        "val/color": self.val_color}, batch_size=images.shape[0])
 
@@ -172,23 +172,31 @@ def judge_accuracy(judge: JudgeModule, batches, grid_size: int = 16, tolerance_c
 
     `batches` yields CLEVRDataModule batches (held-out renders: `val_dataloader()`).
     """
-    tallies: dict[int, list[float]] = {}
+    tallies: dict[int, Counter] = {}
     for batch in batches:
         images = batch["image"]
         cell = images.shape[-1] / grid_size
         for detection, centres, colors in zip(judge.detect(images), batch["centres"], batch["colors"]):
-            true = centres[~torch.isnan(centres).any(-1)]
-            match = match_locations(true.numpy(), detection["centres"].numpy(), cell, tolerance_cells)
-            right_colors = sum(COLOR_NAMES[int(colors[r])] == detection["colors"][d] for r, d in match["pairs"])
-            row = tallies.setdefault(len(true), [0, 0, 0, 0, 0, 0, 0])
-            row[0] += 1
-            row[1] += detection["count"] == len(true)
-            row[2] += match["missing"] == 0 and match["extra"] == 0
-            row[3] += right_colors
-            row[4] += match["matched"]
-            row[5] += detection["count"] < len(true)
-            row[6] += detection["count"] > len(true)
-    return {count: {"images": n, "exact_count": exact / n, "localization": loc / n,
-                    "color": (colors / matched) if matched else float("nan"), "undercount": under / n,
-                    "overcount": over / n}
-            for count, (n, exact, loc, colors, matched, under, over) in sorted(tallies.items())}
+            score = score_detection(detection, centres, colors, cell, tolerance_cells)
+            tallies.setdefault(score["true_count"], Counter()).update(
+                {key: int(score[key]) for key in ("exact", "localized", "matched", "right_colors", "under", "over")},
+                images=1)
+    return {count: {"images": t["images"], "exact_count": t["exact"] / t["images"],
+                    "localization": t["localized"] / t["images"],
+                    "color": t["right_colors"] / t["matched"] if t["matched"] else float("nan"),
+                    "undercount": t["under"] / t["images"], "overcount": t["over"] / t["images"]}
+            for count, t in sorted(tallies.items())}
+
+
+def score_detection(detection: dict, centres: torch.Tensor, colors: torch.Tensor, cell: float,
+                    tolerance_cells: float) -> dict:
+    """One image's judgement against its truth (`centres` [N, 2] with NaN padding, `colors` [N]): the true
+    count, exact count, under/over count, localized (every object matched, no extra), matched objects and
+    how many of them have the right colour. Shared by validation and `judge_accuracy`."""
+    true = centres[~torch.isnan(centres).any(-1)].cpu()
+    match = match_locations(true.numpy(), detection["centres"].numpy(), cell, tolerance_cells)
+    right = sum(COLOR_NAMES[int(colors[r])] == detection["colors"][d] for r, d in match["pairs"])
+    return {"true_count": len(true), "exact": detection["count"] == len(true),
+            "under": detection["count"] < len(true), "over": detection["count"] > len(true),
+            "localized": match["missing"] == 0 and match["extra"] == 0, "matched": match["matched"],
+            "right_colors": right}
