@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--counts", default=None, help="object counts to evaluate, e.g. 1-12 (default: all)")
     parser.add_argument("--tolerance-cells", type=float, default=1.0, help="localization tolerance in grid cells")
     parser.add_argument("--grid-size", type=int, default=16, help="conditioning grid G")
+    parser.add_argument("--clear-pixels", type=int, default=20,
+                        help="also report exact count on images whose every object shows at least this many pixels")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--json", default=None, help="also write the table to this JSON file")
     args = parser.parse_args(argv)
@@ -39,13 +41,16 @@ def main(argv: list[str] | None = None) -> int:
         counts = sorted(int(g[1:]) for g, splits in groups.items() if splits.get("val"))
     data = CLEVRDataModule(args.data, counts=counts, batch_size=args.batch_size, num_workers=0,
                            grid_size=args.grid_size, resolution=judge.resolution)
-    table = judge_accuracy(judge, data.val_dataloader(), args.grid_size, args.tolerance_cells)
+    table = judge_accuracy(judge, data.val_dataloader(), args.grid_size, args.tolerance_cells, args.clear_pixels)
     print(f"judge {args.judge} on held-out renders of {args.data} ({judge.resolution}x{judge.resolution}), "
           f"tolerance {args.tolerance_cells} cell(s)")
-    print("| k | images | exact count | localization | colour | undercount | overcount |\n|---|---|---|---|---|---|---|")
+    clear = f"exact, objects >= {args.clear_pixels} px (images)"
+    print(f"| k | images | exact count | localization | colour | undercount | overcount | {clear} "
+          f"| least visible px in undercounted images (median) |\n|---|---|---|---|---|---|---|---|---|")
     for k, row in table.items():
         print(f"| {k} | {row['images']} | {row['exact_count']:.1%} | {row['localization']:.1%} | {row['color']:.1%} "
-              f"| {row['undercount']:.1%} | {row['overcount']:.1%} |")
+              f"| {row['undercount']:.1%} | {row['overcount']:.1%} | {row['clear_exact_count']:.1%} "
+              f"({row['clear_images']}) | {row['least_visible_missed']:g} |")
     if args.json:
         Path(args.json).write_text(json.dumps({str(k): v for k, v in table.items()}, indent=2))
     return 0

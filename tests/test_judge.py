@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lcsbench.data.datamodule import CLEVRDataModule
-from lcsbench.models.judge import JudgeModule, load_judge
+from lcsbench.models.judge import JudgeModule, judge_accuracy, load_judge
 from lcsbench.nn.judge import CentreHeatmapNet, centre_targets, extract_peaks
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "judge.yaml"
@@ -48,6 +48,7 @@ def test_judge_trains_on_renders_and_detects(clevr_shards, tmp_path):
     batch = next(iter(data.train_dataloader()))
     assert batch["centres"].shape[0] == 6 and batch["colors"].shape == batch["centres"].shape[:2]
     assert (~torch.isnan(batch["centres"][..., 0])).sum(1).tolist() == batch["num_objects"].tolist()
+    assert batch["visible"].ge(1).sum(1).tolist() == batch["num_objects"].tolist()  # renders record every object
     judge = tiny_judge()
     first = judge.losses(batch)[0].item()
     trainer = L.Trainer(max_steps=12, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -77,6 +78,12 @@ def test_judge_trains_on_renders_and_detects(clevr_shards, tmp_path):
     assert sorted(table) == ["1", "2", "3"] and all(row["images"] == 4 for row in table.values())
     assert all(0.0 <= row["exact_count"] <= 1.0 for row in table.values())
     assert all(row["exact_count"] + row["undercount"] + row["overcount"] == pytest.approx(1.0) for row in table.values())
+    # the visibility breakdown: every image is clear at 0 px, none at a million
+    assert script.main(["--judge", str(path), "--data", str(clevr_shards), "--json", str(out), "--clear-pixels", "0"]) == 0
+    table = json.loads(out.read_text())
+    assert all(row["clear_images"] == 4 and row["clear_exact_count"] == row["exact_count"] for row in table.values())
+    by_count = judge_accuracy(loaded, data.val_dataloader(), clear_pixels=10**6)
+    assert all(row["clear_images"] == 0 and math.isnan(row["clear_exact_count"]) for row in by_count.values())
 
 
 def test_judge_refuses_data_at_another_resolution(clevr_shards, tmp_path):

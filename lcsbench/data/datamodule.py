@@ -11,6 +11,8 @@ A batch is a dict:
     centres       float32 [B, N, 2], object centres (x, y) in pixels (pixel_coords[:2]), N = the batch's
                   largest object count, rows past num_objects are NaN (the judge's targets, issue 6)
     colors        long [B, N], object colour indices in scenes.COLOR_NAMES order, -1 past num_objects
+    visible       long [B, N], each object's visible pixels in the render (scene JSON visible_pixels), -1
+                  past num_objects or where the scene does not record it (the judge's error analysis)
     key           list[str], sample keys, e.g. "n3_train_00000017"
 
 Training (an infinite, resampled stream; ecosystem-notes "WebDataset with DDP"): every (rank, worker)
@@ -151,6 +153,7 @@ class SampleDecoder:
             "centres": torch.tensor([obj["pixel_coords"][:2] for obj in scene["objects"]],
                                     dtype=torch.float32).reshape(-1, 2),
             "colors": torch.tensor([COLOR_NAMES.index(obj["color"]) for obj in scene["objects"]], dtype=torch.long),
+            "visible": torch.tensor([obj.get("visible_pixels", -1) for obj in scene["objects"]], dtype=torch.long),
             "key": key,
         }
 
@@ -173,6 +176,7 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "num_labelled": torch.tensor([s["num_labelled"] for s in samples], dtype=torch.long),
         "centres": pad_centres([s["centres"] for s in samples]),
         "colors": torch.nn.utils.rnn.pad_sequence([s["colors"] for s in samples], batch_first=True, padding_value=-1),
+        "visible": torch.nn.utils.rnn.pad_sequence([s["visible"] for s in samples], batch_first=True, padding_value=-1),
         "key": [s["key"] for s in samples],
     }
 
