@@ -7,6 +7,7 @@ usage: python tests/ddp_datamodule_run.py ROOT OUT
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import sys
 from pathlib import Path
@@ -51,6 +52,9 @@ class KeyRecorder(L.LightningModule):
 
 def main() -> None:
     root, out = sys.argv[1], Path(sys.argv[2])
+    # A full-suite run once hung here (killed by the test at 240 s, not reproduced in 7 reruns): if it hangs
+    # again, every rank prints where its threads wait before the test kills it.
+    faulthandler.dump_traceback_later(200, exit=False)
     out.mkdir(parents=True, exist_ok=True)
     data = CLEVRDataModule(root, counts="1-3", batch_size=BATCH_SIZE, num_workers=NUM_WORKERS,
                            steps_per_epoch=STEPS_PER_EPOCH, shuffle_buffer=8, val_batch_size=2, seed=0)
