@@ -1,7 +1,7 @@
 """`python -m lcsbench <command>`: Trainer commands go to LightningCLI, tools to plain functions.
 
-Each tool lives in its own module exposing `main(argv: list[str]) -> int`; modules are imported only
-when their command runs, so `--help` stays fast and a tool never pays for Lightning's import.
+Each command lives in its own module of `lcsbench/commands/` exposing `main(argv: list[str]) -> int`; modules are
+imported only when their command runs, so `--help` stays fast and a tool never pays for Lightning's import.
 """
 
 from __future__ import annotations
@@ -16,19 +16,21 @@ TRAINER_COMMANDS = {
     "predict": "run the predict loop of a checkpoint (LightningCLI)",
 }
 
-# command -> (module with main(argv), one-line description)
+# command -> (module with main(argv), one-line description); every module is in lcsbench/commands/
 TOOLS: dict[str, tuple[str, str]] = {
-    "render": ("lcsbench.data.render_cli", "render CLEVR scenes with Blender into WebDataset shards"),
-    "import-clevr": ("lcsbench.data.import_clevr", "convert official CLEVR renders into lcsbench shards"),
-    "sdxl": ("lcsbench.sdxl_cli", "SDXL word-ablation locality and cross-attention cosines (Figures 6, 7, 13)"),
-    "locality": ("lcsbench.locality_cli", "pixel and conditional locality heatmaps and radii over noise levels"),
-    "features": ("lcsbench.features_cli", "feature-space cosine matrices of the EDM2 conditioning modulation"),
-    "sample": ("lcsbench.sample_cli", "sample a PNG grid from a trained model for given locations or colours"),
-    "lengthgen": ("lcsbench.lengthgen_cli", "length-generalization curve and Table-1 row, judged beside a Blender oracle"),
-    "reconstruct-ema": ("lcsbench.reconstruct_ema_cli", "post-hoc power-function EMA for any sigma_rel from snapshots"),
+    "render": ("lcsbench.commands.render", "render CLEVR scenes with Blender into WebDataset shards"),
+    "import-clevr": ("lcsbench.commands.import_clevr", "convert official CLEVR renders into lcsbench shards"),
+    "sdxl": ("lcsbench.commands.sdxl", "SDXL word-ablation locality and cross-attention cosines (Figures 6, 7, 13)"),
+    "locality": ("lcsbench.commands.locality", "pixel and conditional locality heatmaps and radii over noise levels"),
+    "features": ("lcsbench.commands.features", "feature-space cosine matrices of the EDM2 conditioning modulation"),
+    "sample": ("lcsbench.commands.sample", "sample a PNG grid from a trained model for given locations or colours"),
+    "lengthgen": ("lcsbench.commands.lengthgen", "length-generalization curve and Table-1 row, judged beside a Blender oracle"),
+    "eval-judge": ("lcsbench.commands.eval_judge", "the object judge's accuracy per object count on held-out renders"),
+    "oracle-check": ("lcsbench.commands.oracle_check", "the judge on Blender renders of the protocol's own layouts"),
+    "reconstruct-ema": ("lcsbench.commands.reconstruct_ema", "post-hoc power-function EMA for any sigma_rel from snapshots"),
 }
 
-TRAINER_MODULE = "lcsbench.trainer_cli"
+TRAINER_MODULE = "lcsbench.commands.trainer"
 
 
 def usage() -> str:

@@ -185,7 +185,7 @@ def test_checkpoint_from_another_architecture_is_refused(clevr_shards, tmp_path)
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
 def test_every_shipped_config_parses_and_instantiates(config, clevr_shards, tmp_path, monkeypatch):
-    from lcsbench.trainer_cli import build_cli
+    from lcsbench.commands.trainer import build_cli
 
     monkeypatch.chdir(tmp_path)
     cli = build_cli(["--config", str(config), "--data.init_args.root", str(clevr_shards),
@@ -198,7 +198,7 @@ def test_every_shipped_config_parses_and_instantiates(config, clevr_shards, tmp_
 
 
 def test_callback_presets_append_to_an_experiment(clevr_shards, tmp_path, monkeypatch):
-    from lcsbench.trainer_cli import build_cli
+    from lcsbench.commands.trainer import build_cli
 
     monkeypatch.chdir(tmp_path)
     cli = build_cli(["--config", str(REPO / "configs" / "quickstart.yaml"), "--config",
@@ -208,7 +208,7 @@ def test_callback_presets_append_to_an_experiment(clevr_shards, tmp_path, monkey
 
 
 def test_unknown_config_key_is_rejected_at_parse_time(clevr_shards, tmp_path, monkeypatch, capsys):
-    from lcsbench.trainer_cli import build_cli
+    from lcsbench.commands.trainer import build_cli
 
     monkeypatch.chdir(tmp_path)
     bad = tmp_path / "bad.yaml"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -68,10 +67,9 @@ def test_judge_trains_on_renders_and_detects(clevr_shards, tmp_path):
     assert len(detections) == 2 and all(d["count"] == len(d["centres"]) == len(d["colors"]) for d in detections)
     with pytest.raises(ValueError, match="trained on 32x32 images but got 64x64"):
         loaded.detect(torch.zeros(1, 3, 64, 64))
-    # scripts/eval_judge.py: one row per object count of the held-out shards (4 images each)
-    spec = importlib.util.spec_from_file_location("eval_judge", CONFIG.parents[1] / "scripts" / "eval_judge.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    # `lcsbench eval-judge`: one row per object count of the held-out shards (4 images each)
+    from lcsbench.commands import eval_judge as script
+
     out = tmp_path / "judge_eval.json"
     assert script.main(["--judge", str(path), "--data", str(clevr_shards), "--json", str(out)]) == 0
     table = json.loads(out.read_text())
@@ -95,7 +93,7 @@ def test_judge_refuses_data_at_another_resolution(clevr_shards, tmp_path):
 
 
 def test_judge_config_parses():
-    from lcsbench.trainer_cli import build_cli
+    from lcsbench.commands.trainer import build_cli
 
     cli = build_cli(["--config", str(CONFIG), "--data.init_args.root", "unused", "--trainer.logger", "false"],
                     run=False)

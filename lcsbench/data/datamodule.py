@@ -33,7 +33,6 @@ from __future__ import annotations
 import io
 import json
 import random
-import tarfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,7 +47,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDa
 
 from lcsbench.data import conditioning as conditioners
 from lcsbench.data.scenes import COLOR_NAMES, IMAGE_EXT, SCENE_EXT, parse_counts
-from lcsbench.data.shards import MANIFEST, ShardError, load_manifest, read_shard_members
+from lcsbench.data.shards import MANIFEST, ShardError, iter_shard_samples, load_manifest, read_shard_members
 
 __all__ = ["CLEVRDataModule", "ShardError", "SampleDecoder", "TrainStream", "ValIndex", "collate_samples",
            "parse_counts", "read_tar_samples"]
@@ -68,29 +67,9 @@ def rerender_hint(root: Path, settings: dict) -> str:
 
 
 def read_tar_samples(path: str, fix: str) -> Iterator[dict[str, Any]]:
-    """Stream the samples of one shard: dicts of raw bytes per extension plus `__key__`, `__shard__`.
-
-    A truncated or corrupt tar raises ShardError naming the shard and the last key read; `fix` says what to do.
-    """
-    sample: dict[str, Any] | None = None
-    try:
-        with tarfile.open(path, "r|") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, _, ext = Path(member.name).name.partition(".")
-                if sample is not None and sample["__key__"] != key:
-                    yield sample
-                    sample = None
-                if sample is None:
-                    sample = {"__key__": key, "__shard__": path}
-                handle = tar.extractfile(member)
-                sample[ext] = handle.read() if handle is not None else b""
-    except (tarfile.TarError, OSError, EOFError) as error:
-        at = f"after sample {sample['__key__']}" if sample else "at its first sample"
-        raise ShardError(f"shard {path} is truncated or corrupt {at}: {error}; {fix}") from error
-    if sample is not None:
-        yield sample
+    """Stream the samples of one shard (shards.iter_shard_samples), each also naming its `__shard__`."""
+    for sample in iter_shard_samples(path, fix):
+        yield {**sample, "__shard__": path}
 
 
 def sample_generator(seed: int, key: str) -> torch.Generator:

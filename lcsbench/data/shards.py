@@ -13,9 +13,12 @@ import json
 import os
 import socket
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import webdataset as wds
+from PIL import Image
 
 from lcsbench.data.scenes import IMAGE_EXT, MASK_EXT, SCENE_EXT
 
@@ -77,16 +80,51 @@ def check_shard(path: Path, expected_samples: int, fix: str, exts: tuple[str, ..
             f"{incomplete[:3]}) where {expected_samples} complete samples were expected: {fix}")
 
 
-def read_shard_samples(path: Path) -> list[dict[str, bytes | str]]:
-    """Every sample of a shard as a dict of raw bytes per extension plus `__key__`, in tar order."""
-    samples: dict[str, dict[str, bytes | str]] = {}
-    with tarfile.open(path, "r:") as tar:
-        for member in tar:
-            key, _, ext = member.name.partition(".")
-            handle = tar.extractfile(member)
-            assert handle is not None, f"{path}: member {member.name} is not a regular file"
-            samples.setdefault(key, {"__key__": key})[ext] = handle.read()
-    return list(samples.values())
+def iter_shard_samples(path: Path | str, fix: str = "") -> Iterator[dict[str, bytes | str]]:
+    """Stream the samples of one shard in tar order: dicts of raw bytes per extension plus `__key__`.
+
+    The one reader of shard contents (training stream, layout renders, tests). A truncated or corrupt tar
+    raises ShardError naming the shard and the last key read; `fix` says what to do about it.
+    """
+    sample: dict[str, bytes | str] | None = None
+    try:
+        with tarfile.open(path, "r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = Path(member.name).name.partition(".")
+                if sample is not None and sample["__key__"] != key:
+                    yield sample
+                    sample = None
+                if sample is None:
+                    sample = {"__key__": key}
+                handle = tar.extractfile(member)
+                sample[ext] = handle.read() if handle is not None else b""
+    except (tarfile.TarError, OSError, EOFError) as error:
+        at = f"after sample {sample['__key__']}" if sample else "at its first sample"
+        raise ShardError(f"shard {path} is truncated or corrupt {at}: {error}" + (f"; {fix}" if fix else "")
+                         ) from error
+    if sample is not None:
+        yield sample
+
+
+def read_shard_samples(path: Path | str) -> list[dict[str, bytes | str]]:
+    """Every sample of a shard (`iter_shard_samples`), as a list."""
+    return list(iter_shard_samples(path))
+
+
+def read_layout_images(root: Path, count: int) -> np.ndarray:
+    """The renders of a `render --layout` run (OUT/layout/eval-*.tar), in scene order, as uint8 [N, H, W, 3]."""
+    manifest = load_manifest(root)
+    images: dict[str, np.ndarray] = {}
+    for rel in manifest["shards"]["layout"]["eval"]:
+        for sample in iter_shard_samples(root / rel):
+            with Image.open(io.BytesIO(sample[IMAGE_EXT])) as png:
+                images[str(sample["__key__"])] = np.array(png.convert("RGB"))
+    if len(images) != count:
+        raise ShardError(f"the layout render {root} holds {len(images)} images where {count} were requested: "
+                         f"delete {root} and run again")
+    return np.stack([images[k] for k in sorted(images)])
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from lcsbench.commands._common import default_device
+
 
 def _int_list(text: str) -> list[int]:
     try:
@@ -89,7 +91,7 @@ def main(argv: list[str]) -> int:
 
     from lcsbench.analysis.sdxl.pipeline import NotAPipelineError, load_sdxl_pipeline
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     dtype_name = args.dtype or ("float16" if device.startswith("cuda") else "float32")
     out = Path(args.out)
     try:

@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from lcsbench.commands._common import default_device
+
 
 def parse_locations(items: list[str]) -> list[tuple[float, float]]:
     from lcsbench.data.conditioning import PAPER_LOCATIONS
@@ -80,7 +82,7 @@ def main(argv: list[str]) -> int:
     from lcsbench.diffusion.sampler import edm_sampler
     from lcsbench.models.edm2 import load_denoiser
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     try:
         module = load_denoiser(args.ckpt, ema=not args.no_ema, sigma_rel=args.sigma_rel, map_location=device)
     except (FileNotFoundError, ValueError) as error:

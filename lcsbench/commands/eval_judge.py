@@ -1,6 +1,7 @@
-"""Judge accuracy per object count on held-out renders (issue 6): exact-count, localization and colour rates.
+"""`python -m lcsbench eval-judge`: judge accuracy per object count on held-out renders (exact-count,
+localization and colour rates).
 
-    python scripts/eval_judge.py --judge runs/judge/lightning_logs/version_0/checkpoints/last.ckpt --data data/judge64
+    python -m lcsbench eval-judge --judge runs/judge/lightning_logs/version_0/checkpoints/last.ckpt --data data/judge64
 
 Reads the `val` shards of every object count in DATA's manifest (images the judge never trained on, when it was
 fitted on the `train` shards of the same render, or a separate render). Goal: exact count >= 95% for k = 1..12.
@@ -10,18 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
-
-import torch
-
-from lcsbench.data.datamodule import CLEVRDataModule
-from lcsbench.data.shards import load_manifest
-from lcsbench.models.judge import judge_accuracy, load_judge
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m lcsbench eval-judge", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--judge", required=True, help="judge checkpoint (fit --config configs/judge.yaml)")
     parser.add_argument("--data", required=True, help="rendered dataset root with val shards")
     parser.add_argument("--counts", default=None, help="object counts to evaluate, e.g. 1-12 (default: all)")
@@ -32,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--json", default=None, help="also write the table to this JSON file")
     args = parser.parse_args(argv)
+
+    import torch
+
+    from lcsbench.data.datamodule import CLEVRDataModule
+    from lcsbench.data.shards import load_manifest
+    from lcsbench.models.judge import judge_accuracy, load_judge
 
     torch.set_grad_enabled(False)
     judge = load_judge(args.judge)
@@ -55,6 +56,3 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps({str(k): v for k, v in table.items()}, indent=2))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,11 +21,11 @@ label mode are read from the checkpoint's DataModule settings, or given with --t
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
-import tarfile
 from pathlib import Path
+
+from lcsbench.commands._common import default_device
 
 
 def parse_ks(text: str) -> list[int]:
@@ -48,27 +48,6 @@ def training_setup(payload: dict, args) -> tuple[tuple[int, ...], str]:
         raise SystemExit(f"lengthgen: {args.ckpt} does not record its training data (an EMA file, or a run without "
                          f"a CLEVRDataModule): pass --trained-counts (e.g. 1-3) and --label-mode (all | single)")
     return parse_counts(counts), label_mode
-
-
-def read_layout_images(root: Path, count: int):
-    """The oracle renders of a render_layouts run, in scene order, as uint8 [N, H, W, 3]."""
-    import numpy as np
-    from PIL import Image
-
-    manifest = json.loads((root / "manifest.json").read_text())
-    images: dict[str, np.ndarray] = {}
-    for rel in manifest["shards"]["layout"]["eval"]:
-        with tarfile.open(root / rel) as tar:
-            for member in tar:
-                if member.name.endswith(".png") and not member.name.endswith(".mask.png"):
-                    key = Path(member.name).name.split(".")[0]
-                    with Image.open(io.BytesIO(tar.extractfile(member).read())) as png:
-                        images[key] = np.array(png.convert("RGB"))
-    keys = sorted(images)
-    if len(keys) != count:
-        raise SystemExit(f"lengthgen: the oracle render {root} holds {len(keys)} images where {count} were requested: "
-                         f"delete {root} and run again")
-    return np.stack([images[k] for k in keys])
 
 
 def main(argv: list[str]) -> int:
@@ -106,7 +85,7 @@ def main(argv: list[str]) -> int:
     from lcsbench.models.edm2 import load_denoiser
     from lcsbench.models.judge import load_judge
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     try:
         model = load_denoiser(args.ckpt, ema=True, map_location=device).to(device)
         judge = load_judge(args.judge, map_location=device).to(device)
@@ -141,11 +120,15 @@ def main(argv: list[str]) -> int:
     # --- the oracle row: Blender renders of the same requested layouts
     if not args.no_oracle:
         from lcsbench.data.render import render_layouts
+        from lcsbench.data.shards import ShardError, read_layout_images
 
         scenes = [lg.oracle_scene(r, resolution) for r in requests]
         oracle_root = out / "oracle_render"
         render_layouts(oracle_root, scenes, resolution=resolution, samples=args.oracle_samples, seed=args.seed)
-        rows["oracle"] = read_layout_images(oracle_root, len(requests))
+        try:
+            rows["oracle"] = read_layout_images(oracle_root, len(requests))
+        except ShardError as error:
+            raise SystemExit(f"lengthgen: {error}") from None
 
     # --- judge both rows, tally, write
     tallies, detections = {}, {}

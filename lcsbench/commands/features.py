@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from lcsbench.locality_cli import add_model_arguments, load_analysis_model, parse_floats
+from lcsbench.commands._common import add_model_arguments, load_analysis_model, parse_floats
 
 DEFAULT_SIGMAS = "0.1,0.5,2,10"
 
@@ -75,6 +74,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {out / 'features.json'} and {out / 'feature_cosines.png'} in {summary['seconds']} s")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,8 @@
-"""The oracle check of the length-generalization protocol (issue 6): Blender renders of the requested layouts,
-judged by a trained judge, should succeed at every k (k_max = 12 for locations, 8 for colours).
+"""`python -m lcsbench oracle-check`: the oracle row of the length-generalization protocol alone. Blender
+renders of the requested layouts, judged by a trained judge, should succeed at every k (k_max = 12 for
+locations, 8 for colours).
 
-    python scripts/oracle_check.py --judge runs/judge/.../last.ckpt --out reports/oracle64 --samples-per-k 8
+    python -m lcsbench oracle-check --judge runs/judge/.../last.ckpt --out reports/oracle64 --samples-per-k 8
 
 Renders (or reuses) OUT/oracle_render, judges it and writes OUT/lengthgen.json (one row, "oracle"), the curve
 and detection grids per k. The rule is the strict one (exactly the requested objects at every k).
@@ -11,17 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
-
-from lcsbench.analysis import lengthgen as lg
-from lcsbench.data.render import render_layouts
-from lcsbench.lengthgen_cli import read_layout_images
-from lcsbench.models.judge import load_judge
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m lcsbench oracle-check", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--judge", required=True, help="judge checkpoint")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--kind", choices=("location", "color"), default="location")
@@ -30,6 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+
+    from lcsbench.analysis import lengthgen as lg
+    from lcsbench.data.render import render_layouts
+    from lcsbench.data.shards import read_layout_images
+    from lcsbench.models.judge import load_judge
 
     judge = load_judge(args.judge)
     resolution = judge.resolution
@@ -57,6 +58,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"oracle k_max {row['k_max']} (strict {row['k_max_strict']})")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
