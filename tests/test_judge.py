@@ -60,7 +60,7 @@ def test_judge_trains_on_renders_and_detects(clevr_shards, tmp_path):
     trainer.save_checkpoint(path)
     loaded = load_judge(path)
     payload = torch.load(path, weights_only=False)  # LightningCLI records `_class_path` among the hparams
-    payload["lcsbench_judge"]["hparams"]["_class_path"] = "lcsbench.models.judge.JudgeModule"
+    payload["lcsbench_judge"]["module_hparams"]["_class_path"] = "lcsbench.models.judge.JudgeModule"
     torch.save(payload, tmp_path / "cli_judge.ckpt")
     assert load_judge(tmp_path / "cli_judge.ckpt").resolution == 32
     detections = loaded.detect(batch["image"][:2])

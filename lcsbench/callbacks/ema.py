@@ -6,7 +6,8 @@ buffers (the frozen Fourier features) are copied from the network when weights a
 
 DDP: every rank holds the same network after a step, so every rank updates its own copy identically and no
 collective is needed; only global rank 0 writes snapshot files. The averages live in the callback's checkpoint
-state (key "PowerFunctionEMA"), so a resumed run continues them, and `models.edm2.load_denoiser` reads them.
+state (key "PowerFunctionEMA", checkpoints.EMA_STATE_KEY), so a resumed run continues them, and
+`models.edm2.load_denoiser` reads them.
 
 Snapshots (every `snapshot_every_n_steps` steps, fp16, self-describing) go to `<log_dir>/phema/`; from them
 `python -m lcsbench reconstruct-ema` builds the average for any sigma_rel (Alg. 3).
@@ -23,10 +24,9 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from lcsbench.diffusion.phema import power_ema_beta, sigma_rel_to_gamma
+from lcsbench.checkpoints import ARCH_KEY, EMA_STATE_KEY, SNAPSHOT_KIND
+from lcsbench.diffusion.phema import ema_net_state, power_ema_beta, sigma_rel_to_gamma, tracked_index
 
-STATE_KEY = "PowerFunctionEMA"
-SNAPSHOT_KIND = "lcsbench-phema-snapshot"
 
 
 class PowerFunctionEMA(L.Callback):
@@ -52,7 +52,7 @@ class PowerFunctionEMA(L.Callback):
 
     @property
     def state_key(self) -> str:
-        return STATE_KEY
+        return EMA_STATE_KEY
 
     # -- tracking --
 
@@ -97,7 +97,7 @@ class PowerFunctionEMA(L.Callback):
         if self.averages is None:
             yield
             return
-        index = self._index(sigma_rel)
+        index = tracked_index(self.sigma_rels, sigma_rel)
         params = dict(pl_module.net.named_parameters())
         saved = {k: p.detach().clone() for k, p in params.items()}
         with torch.no_grad():
@@ -109,15 +109,6 @@ class PowerFunctionEMA(L.Callback):
             with torch.no_grad():
                 for k, p in params.items():
                     p.copy_(saved[k])
-
-    def _index(self, sigma_rel: float | None) -> int:
-        if sigma_rel is None:
-            return 0
-        for i, s in enumerate(self.sigma_rels):
-            if abs(s - sigma_rel) < 1e-9:
-                return i
-        raise ValueError(f"sigma_rel {sigma_rel} is not tracked (tracked: {self.sigma_rels}): reconstruct it from "
-                         f"snapshots with `python -m lcsbench reconstruct-ema`")
 
     # -- snapshots for post-hoc reconstruction --
 
@@ -132,9 +123,7 @@ class PowerFunctionEMA(L.Callback):
             payload = {"kind": SNAPSHOT_KIND, "step": self.step, "sigma_rel": sigma_rel, "gamma": gamma,
                        "net_state": state}
             if callable(describe):
-                from lcsbench.models.edm2 import CHECKPOINT_ARCH_KEY
-
-                payload[CHECKPOINT_ARCH_KEY] = describe()
+                payload[ARCH_KEY] = describe()
             tmp = path.with_suffix(".pt.tmp")
             torch.save(payload, tmp)
             tmp.replace(path)
@@ -155,27 +144,3 @@ class PowerFunctionEMA(L.Callback):
         self.step = int(state_dict["step"])
         self.averages = state_dict["averages"]
 
-
-def ema_net_state(ema_state: dict[str, Any], net: torch.nn.Module, sigma_rel: float | None = None
-                  ) -> dict[str, torch.Tensor]:
-    """A full state_dict of `net` with the parameters of one tracked EMA (from `PowerFunctionEMA.state_dict()`)."""
-    sigma_rels = [float(s) for s in ema_state["sigma_rels"]]
-    if sigma_rel is None:
-        index = 0
-    else:
-        matches = [i for i, s in enumerate(sigma_rels) if abs(s - sigma_rel) < 1e-9]
-        if not matches:
-            raise ValueError(f"sigma_rel {sigma_rel} was not tracked (tracked: {sigma_rels}): reconstruct it from the "
-                             f"run's snapshots with `python -m lcsbench reconstruct-ema --sigma-rel {sigma_rel}`")
-        index = matches[0]
-    averages = ema_state["averages"]
-    if averages is None:
-        raise ValueError("the EMA has not been initialised yet (no training step was taken)")
-    state = net.state_dict()
-    missing = sorted(set(averages[index]) - set(state))
-    if missing:
-        raise ValueError(f"the EMA holds parameters {missing[:3]} that this network lacks: it was tracked for "
-                         f"another architecture")
-    for name, value in averages[index].items():
-        state[name] = value.to(device=state[name].device, dtype=state[name].dtype)
-    return state

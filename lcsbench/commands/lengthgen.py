@@ -79,9 +79,8 @@ def main(argv: list[str]) -> int:
     if args.samples_per_k < 1 or args.steps < 2 or args.batch < 1:
         raise SystemExit("lengthgen: need --samples-per-k >= 1, --steps >= 2, --batch >= 1")
 
-    import torch
-
     from lcsbench.analysis import lengthgen as lg
+    from lcsbench.checkpoints import read_checkpoint
     from lcsbench.models.edm2 import load_denoiser
     from lcsbench.models.judge import load_judge
 
@@ -100,7 +99,7 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"lengthgen: the judge {args.judge} was trained on {judge.resolution}x{judge.resolution} "
                          f"images but the model draws {resolution}x{resolution}: train a judge at {resolution} "
                          f"(configs/judge.yaml with data rendered at --resolution {resolution})")
-    payload = torch.load(args.ckpt, map_location="cpu", weights_only=False)
+    payload = read_checkpoint(args.ckpt, "pass the checkpoint written by `python -m lcsbench fit`")
     trained_counts, label_mode = training_setup(payload, args)
     del payload
     ks = parse_ks(args.ks) if args.ks else list(range(1, 13 if kind == "location" else 9))

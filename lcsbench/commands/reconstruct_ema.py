@@ -32,7 +32,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     from lcsbench.diffusion.phema import sigma_rel_to_gamma, solve_posthoc_coefficients, weighted_state_sum
-    from lcsbench.models.edm2 import CHECKPOINT_ARCH_KEY
+    from lcsbench.checkpoints import ARCH_KEY, RECONSTRUCTION_KIND, read_checkpoint
 
     try:
         target_gamma = sigma_rel_to_gamma(args.sigma_rel)
@@ -50,21 +50,21 @@ def main(argv: list[str]) -> int:
 
     headers = []
     for path, _ in usable:  # read the small fields first; weights are streamed in the sum below
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = read_checkpoint(path, "a snapshot vanished while reading: rerun")
         headers.append((path, payload["step"], payload["gamma"]))
-        description = payload.get(CHECKPOINT_ARCH_KEY)
+        description = payload.get(ARCH_KEY)
         del payload
     coefficients = solve_posthoc_coefficients([h[1] for h in headers], [h[2] for h in headers],
                                               [target_step], [target_gamma])[:, 0]
     print(f"reconstruct-ema: sigma_rel {args.sigma_rel} (gamma {target_gamma:.3f}) at step {target_step} from "
           f"{len(headers)} snapshots; coefficients in [{coefficients.min():.3f}, {coefficients.max():.3f}]",
           file=sys.stderr)
-    states = (torch.load(path, map_location="cpu", weights_only=False)["net_state"] for path, _, _ in headers)
+    states = (read_checkpoint(path, "a snapshot vanished while reading: rerun")["net_state"] for path, _, _ in headers)
     combined = weighted_state_sum(states, coefficients)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"kind": "lcsbench-phema-reconstruction", "step": target_step, "sigma_rel": args.sigma_rel,
-                "gamma": target_gamma, "net_state": combined, CHECKPOINT_ARCH_KEY: description,
+    torch.save({"kind": RECONSTRUCTION_KIND, "step": target_step, "sigma_rel": args.sigma_rel,
+                "gamma": target_gamma, "net_state": combined, ARCH_KEY: description,
                 "sources": [str(h[0]) for h in headers], "coefficients": coefficients.tolist()}, out)
     print(f"reconstruct-ema: wrote {out}")
     return 0

@@ -106,3 +106,38 @@ def weighted_state_sum(
     if count == 0:
         raise ValueError("no snapshots to combine")
     return result
+
+
+# --- reading a tracked EMA out of the training state -----------------------------------------------------------
+
+
+def tracked_index(sigma_rels: Sequence[float], sigma_rel: float | None) -> int:
+    """Position of `sigma_rel` among the tracked widths (None: the first tracked)."""
+    if sigma_rel is None:
+        return 0
+    for i, tracked in enumerate(sigma_rels):
+        if abs(float(tracked) - sigma_rel) < 1e-9:
+            return i
+    raise ValueError(f"sigma_rel {sigma_rel} was not tracked (tracked: {[float(s) for s in sigma_rels]}): reconstruct "
+                     f"it from the run's snapshots with `python -m lcsbench reconstruct-ema --sigma-rel {sigma_rel}`")
+
+
+def ema_net_state(ema_state: Mapping, net: torch.nn.Module, sigma_rel: float | None = None
+                  ) -> dict[str, torch.Tensor]:
+    """A full state_dict of `net` with the parameters of one tracked EMA.
+
+    `ema_state` is the power-function EMA's training state (`{"sigma_rels": [...], "averages": [{name: tensor}]}`,
+    the PowerFunctionEMA callback's `state_dict()`); buffers come from `net`.
+    """
+    index = tracked_index(ema_state["sigma_rels"], sigma_rel)
+    averages = ema_state["averages"]
+    if averages is None:
+        raise ValueError("the EMA has not been initialised yet (no training step was taken)")
+    state = net.state_dict()
+    missing = sorted(set(averages[index]) - set(state))
+    if missing:
+        raise ValueError(f"the EMA holds parameters {missing[:3]} that this network lacks: it was tracked for "
+                         f"another architecture")
+    for name, value in averages[index].items():
+        state[name] = value.to(device=state[name].device, dtype=state[name].dtype)
+    return state

@@ -12,8 +12,6 @@ Everything downstream uses `module.denoiser(x, sigma, cond) -> D(x)`, where `con
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import warnings
 import zlib
 from collections.abc import Sequence
@@ -24,13 +22,13 @@ import lightning as L
 import torch
 from torchmetrics import Metric
 
+from lcsbench.checkpoints import (ARCH_KEY, EMA_STATE_KEY, architecture_record, load_net_state, network_differences,
+                                  read_checkpoint, read_record, rebuild)
 from lcsbench.data.conditioning import encode_label, label_dim
 from lcsbench.diffusion.loss import denoising_error, edm2_loss
+from lcsbench.diffusion.phema import ema_net_state
 from lcsbench.diffusion.schedule import learning_rate
 from lcsbench.nn.mp import force_weight_norm_
-
-EMA_STATE_KEY = "PowerFunctionEMA"  # callbacks/ema.py stores its averages under this checkpoint key
-CHECKPOINT_ARCH_KEY = "lcsbench_architecture"  # net + module classes and arguments, written into every checkpoint
 
 
 # --- validation metric -------------------------------------------------------------------------------------
@@ -100,11 +98,10 @@ class EDM2Diffusion(L.LightningModule):
         """The network label vector of a structured conditioner (data/conditioning.py)."""
         return encode_label(cond, self.conditioning)
 
-    def denoiser(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor,
-                 net: torch.nn.Module | None = None) -> torch.Tensor:
-        """D(x; sigma, cond): the denoised image; `net` defaults to this module's network."""
+    def denoiser(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor) -> torch.Tensor:
+        """D(x; sigma, cond): the denoised image."""
         labels = self.encode_cond(cond).to(x.device)
-        return (net if net is not None else self.net)(x, sigma, labels)
+        return self.net(x, sigma, labels)
 
     # -- training --
 
@@ -210,52 +207,26 @@ class EDM2Diffusion(L.LightningModule):
     # -- checkpoints: record the architecture so a checkpoint rebuilds itself, and refuse a foreign one --
 
     def describe(self) -> dict[str, Any]:
-        """Classes and arguments of this module and its network (enough to rebuild both)."""
-        config = getattr(self.net, "config", None)
-        if config is None:
-            raise TypeError(f"{type(self.net).__name__} has no `config` dict of its constructor arguments: give the "
-                            f"network one (as nn/edm2.py Precond does) so checkpoints can rebuild it")
-        return {"net_class": _class_path(type(self.net)), "net_config": dict(config),
-                "module_class": _class_path(type(self)), "module_hparams": dict(self.hparams)}
+        """Classes and arguments of this module and its network (checkpoints.architecture_record)."""
+        return architecture_record(self.net, self)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[CHECKPOINT_ARCH_KEY] = self.describe()
+        checkpoint[ARCH_KEY] = self.describe()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        theirs = checkpoint.get(CHECKPOINT_ARCH_KEY)
+        theirs = checkpoint.get(ARCH_KEY)
         ours = self.describe()
         if theirs is None:
             raise ValueError("this checkpoint was not written by an lcsbench diffusion model (it has no "
-                             f"'{CHECKPOINT_ARCH_KEY}' entry): resume only from checkpoints of the same experiment")
-        if theirs["net_class"] != ours["net_class"] or theirs["net_config"] != ours["net_config"]:
-            diff = {k: (theirs["net_config"].get(k), ours["net_config"].get(k))
-                    for k in set(theirs["net_config"]) | set(ours["net_config"])
-                    if theirs["net_config"].get(k) != ours["net_config"].get(k)}
+                             f"'{ARCH_KEY}' entry): resume only from checkpoints of the same experiment")
+        diff = network_differences(theirs, ours)
+        if diff is not None:
             raise ValueError(f"the checkpoint holds a different network ({theirs['net_class']}) than this run "
                              f"({ours['net_class']}); differing arguments (checkpoint, this run): {diff}. Resume "
                              f"with the checkpoint's own config (config.yaml next to its checkpoints/ folder)")
 
 
 # --- loading a trained denoiser ----------------------------------------------------------------------------------
-
-
-def _class_path(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _import_class(path: str) -> type:
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
-
-def build_from_description(description: dict[str, Any]) -> EDM2Diffusion:
-    """A fresh module + network from `EDM2Diffusion.describe()` output (weights not loaded)."""
-    net = _import_class(description["net_class"])(**description["net_config"])
-    module_cls = _import_class(description["module_class"])
-    accepted = inspect.signature(module_cls.__init__).parameters
-    hparams = {k: v for k, v in description["module_hparams"].items() if k in accepted and k != "net"}
-    hparams["compile"] = False
-    return module_cls(net=net, **hparams)
 
 
 def load_denoiser(
@@ -265,21 +236,14 @@ def load_denoiser(
     map_location: str | torch.device = "cpu",
 ) -> EDM2Diffusion:
     """Rebuild a trained module in eval mode; `module.denoiser(x, sigma, cond)` then uses the chosen weights."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: pass a checkpoint written by `python -m lcsbench fit` "
-                                f"(runs/<experiment>/.../checkpoints/last.ckpt) or an EMA file from `reconstruct-ema`")
-    payload = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(payload, dict):
-        raise ValueError(f"{path} is not an lcsbench checkpoint (found a {type(payload).__name__})")
-    description = payload.get(CHECKPOINT_ARCH_KEY)
-    if description is None:
-        raise ValueError(f"{path} is not an lcsbench diffusion checkpoint: it has no '{CHECKPOINT_ARCH_KEY}' entry "
-                         f"(keys: {sorted(payload)[:8]}). Pass a checkpoint written by `python -m lcsbench fit` with "
-                         f"an EDM2 model, or an EMA file written by `reconstruct-ema`")
-    module = build_from_description(description)
+    payload = read_checkpoint(path, "pass a checkpoint written by `python -m lcsbench fit` (runs/<experiment>/.../"
+                                    "checkpoints/last.ckpt) or an EMA file from `reconstruct-ema`", map_location)
+    record = read_record(payload, ARCH_KEY, path, "an lcsbench diffusion checkpoint",
+                         "Pass a checkpoint written by `python -m lcsbench fit` with an EDM2 model, or an EMA file "
+                         "written by `reconstruct-ema`")
+    module = rebuild(record, compile=False)
     if "net_state" in payload:  # an EMA snapshot or reconstruction: the network weights alone
-        _load_net_state(module, payload["net_state"], path)
+        load_net_state(module.net, payload["net_state"], path)
     else:
         module.load_state_dict(payload["state_dict"])
         if ema:
@@ -288,16 +252,5 @@ def load_denoiser(
                 warnings.warn(f"{path} holds no power-function EMA (the run had no PowerFunctionEMA callback): "
                               f"using the raw training weights")
             else:
-                from lcsbench.callbacks.ema import ema_net_state
-
-                _load_net_state(module, ema_net_state(averages, module.net, sigma_rel), path)
+                load_net_state(module.net, ema_net_state(averages, module.net, sigma_rel), path)
     return module.eval()
-
-
-def _load_net_state(module: EDM2Diffusion, state: dict[str, torch.Tensor], path: Path) -> None:
-    reference = module.net.state_dict()
-    missing = sorted(set(reference) - set(state))
-    if missing:
-        raise ValueError(f"{path} lacks weights for {len(missing)} tensors of the network, e.g. {missing[:3]}: it was "
-                         f"written for another architecture")
-    module.net.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items() if k in reference})

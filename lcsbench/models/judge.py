@@ -13,7 +13,6 @@ Validation reports, over the held-out renders (torchmetrics, so DDP gives the on
 
 from __future__ import annotations
 
-import inspect
 import math
 import statistics
 from collections import Counter
@@ -25,11 +24,9 @@ import torch
 from torchmetrics import MeanMetric
 
 from lcsbench.analysis.lengthgen import match_locations
+from lcsbench.checkpoints import JUDGE_ARCH_KEY, architecture_record, class_path, read_checkpoint, read_record, rebuild
 from lcsbench.data.scenes import COLOR_NAMES
 from lcsbench.nn.judge import CentreHeatmapNet, centre_color_loss, centre_heatmap_loss, centre_targets, extract_peaks
-
-JUDGE_ARCH_KEY = "lcsbench_judge"
-
 
 class JudgeModule(L.LightningModule):
     """Centre-heatmap object judge (module docstring)."""
@@ -135,7 +132,7 @@ class JudgeModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[JUDGE_ARCH_KEY] = {"net_config": dict(self.net.config), "hparams": dict(self.hparams)}
+        checkpoint[JUDGE_ARCH_KEY] = architecture_record(self.net, self)
 
 
 def flip_batch(batch: dict, chosen: torch.Tensor) -> dict:
@@ -149,20 +146,16 @@ def flip_batch(batch: dict, chosen: torch.Tensor) -> dict:
 
 def load_judge(path: str | Path, map_location: str | torch.device = "cpu") -> JudgeModule:
     """Rebuild a trained judge from a `fit --config configs/judge.yaml` checkpoint, in eval mode."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: pass a judge checkpoint from "
-                                f"`python -m lcsbench fit --config configs/judge.yaml` (runs/judge/.../last.ckpt)")
-    payload = torch.load(path, map_location=map_location, weights_only=False)
-    arch = payload.get(JUDGE_ARCH_KEY) if isinstance(payload, dict) else None
-    if arch is None:
-        raise ValueError(f"{path} is not a judge checkpoint (no '{JUDGE_ARCH_KEY}' entry): pass the --judge "
-                         f"checkpoint written by `python -m lcsbench fit --config configs/judge.yaml`")
-    if arch["hparams"].get("resolution") is None:
+    payload = read_checkpoint(path, "pass a judge checkpoint from `python -m lcsbench fit --config configs/judge.yaml` "
+                                    "(runs/judge/.../last.ckpt)", map_location)
+    record = read_record(payload, JUDGE_ARCH_KEY, path, "a judge checkpoint",
+                         "Pass the --judge checkpoint written by `python -m lcsbench fit --config configs/judge.yaml`")
+    if "net_class" not in record:  # judges written before the shared record: {"net_config", "hparams"}
+        record = {"net_class": class_path(CentreHeatmapNet), "net_config": record["net_config"],
+                  "module_class": class_path(JudgeModule), "module_hparams": record["hparams"]}
+    if record["module_hparams"].get("resolution") is None:
         raise ValueError(f"{path} does not record the resolution it was trained at: retrain the judge")
-    accepted = inspect.signature(JudgeModule.__init__).parameters  # LightningCLI adds e.g. `_class_path`
-    hparams = {k: v for k, v in arch["hparams"].items() if k in accepted and k != "net"}
-    module = JudgeModule(CentreHeatmapNet(**arch["net_config"]), **hparams)
+    module = rebuild(record)
     module.load_state_dict(payload["state_dict"])
     return module.eval()
 

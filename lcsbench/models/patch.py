@@ -46,12 +46,9 @@ class PatchLocalDiffusion(EDM2Diffusion):
     def expected_label_dim(self) -> int:
         return patch_label_dim(self._radius)
 
-    def denoiser(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor,
-                 net: torch.nn.Module | None = None) -> torch.Tensor:
+    def denoiser(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor) -> torch.Tensor:
         """D(x; sigma, cond) of the full image; `cond` is the [B, G, G] location grid."""
-        local = self.local if net is None else PatchLocal(net, self.local.grid_size, self.local.radius,
-                                                          self.local.max_patches)
-        return local(x, sigma, cond.to(x.device))
+        return self.local(x, sigma, cond.to(x.device))
 
     def training_patches(self, batch: dict, generator: torch.Generator
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
