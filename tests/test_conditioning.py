@@ -116,21 +116,57 @@ def test_random_modes_require_a_generator_and_modes_are_checked():
 def test_encode_label_unit_norm_flattened_and_zero_when_empty():
     grids = torch.stack([C.location_grid(SCENE3), torch.zeros(16, 16, dtype=torch.long)])
     grids[0, 2, 8] = 2  # a cell with two centres
-    labels = C.encode_label(grids, "location")
+    labels = C.encode_label(grids, "location", "unit")
     assert labels.shape == (2, 256) and labels.dtype == torch.float32
     assert torch.allclose(labels[0].norm(), torch.tensor(1.0))
     assert torch.equal(labels[1], torch.zeros(256))
     # Flattening is row-major: cell (row, col) -> index row * G + col; magnitudes keep their ratios.
     assert abs(labels[0, 2 * 16 + 8].item() - 2 / 6**0.5) < 1e-6
     assert abs(labels[0, 15 * 16 + 1].item() - 1 / 6**0.5) < 1e-6
-    colors = C.encode_label(torch.tensor([[0, 2, 0, 0, 0, 0, 1, 0]]), "color")
+    colors = C.encode_label(torch.tensor([[0, 2, 0, 0, 0, 0, 1, 0]]), "color", "unit")
     assert colors.shape == (1, 8)
     assert torch.allclose(colors, torch.tensor([[0, 2, 0, 0, 0, 0, 1, 0]]) / 5**0.5)
-    assert C.encode_label(torch.zeros(8), "color").abs().sum() == 0
+    assert C.encode_label(torch.zeros(8), "color", "unit").abs().sum() == 0
     with pytest.raises(ValueError, match=r"\[\.\.\., G, G\]"):
         C.encode_label(torch.zeros(2, 16, 8), "location")
     with pytest.raises(ValueError, match=r"\[\.\.\., 8\]"):
         C.encode_label(torch.zeros(2, 7), "color")
+
+
+def test_encode_label_counts_is_the_integer_grid_as_it_is():
+    grid = C.location_grid(SCENE3)
+    grid[2, 8] = 2
+    labels = C.encode_label(grid, "location")  # the default: the paper's "2d integer array" (App. E.1)
+    assert labels.dtype == torch.float32 and torch.equal(labels, grid.flatten().float())
+    one = torch.zeros(16, 16, dtype=torch.long)
+    one[4, 9] = 1  # one object: EDM2's one-hot class label
+    assert torch.equal(C.encode_label(one, "location", "counts"), torch.nn.functional.one_hot(
+        torch.tensor(4 * 16 + 9), 256).float())
+    with pytest.raises(ValueError, match="label_scale must be one of"):
+        C.encode_label(grid, "location", "sqrt")
+
+
+def test_counts_scale_ablating_one_conditioner_leaves_the_others_embedding_unchanged():
+    """Eq. 10 ablates one conditioner; under `counts` the label embedding is linear in the counts, so the
+    others' contribution does not move (under `unit` every other weight rescales)."""
+    from lcsbench.nn.edm2 import preset
+
+    torch.manual_seed(0)
+    unet = preset("tiny", label_dim=256).unet
+    locations = [(0.2, 0.3), (0.7, 0.6), (0.45, 0.85)]
+    full = C.grid_from_locations(locations)
+    without_first = C.grid_from_locations(locations[1:])
+    alone = C.grid_from_locations(locations[:1])
+
+    def embedding(grid, scale):
+        label = C.encode_label(grid[None], "location", scale)
+        return unet.emb_label(label * 256 ** 0.5)
+
+    with torch.no_grad():
+        removed = embedding(full, "counts") - embedding(without_first, "counts")
+        assert torch.allclose(removed, embedding(alone, "counts"), atol=1e-6)  # exactly the ablated object's part
+        removed_unit = embedding(full, "unit") - embedding(without_first, "unit")
+        assert not torch.allclose(removed_unit, embedding(alone, "unit") / 3 ** 0.5, atol=1e-3)
 
 
 def test_label_dim():

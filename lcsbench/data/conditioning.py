@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from lcsbench.data.scenes import COLOR_NAMES
+from lcsbench.nn.edm2 import scale_label
 
 KINDS: tuple[str, ...] = ("location", "color")
 LABEL_MODES: tuple[str, ...] = ("all", "single", "random", "drop_one")
@@ -219,12 +220,12 @@ def counts_from_colors(colors: Sequence[str]) -> torch.Tensor:
 # --- the network label vector (EDM2 label path, edm2-facts 3.3) --------------------------------------
 
 
-def encode_label(cond: torch.Tensor, kind: str) -> torch.Tensor:
-    """Flatten a conditioner into the network label and scale it to unit L2 norm.
+def encode_label(cond: torch.Tensor, kind: str, label_scale: str = "counts") -> torch.Tensor:
+    """Flatten a conditioner into the network label under `label_scale` (nn.edm2.scale_label, App. E.1).
 
-    location: `[..., G, G]` -> `[..., G*G]`; color: `[..., 8]` -> `[..., 8]`; float32. EDM2 multiplies the
-    label by sqrt(label_dim) before a unit-RMS linear layer, so a unit-norm label keeps the embedding at
-    unit RMS whatever the object count. An empty conditioner maps to the zero vector.
+    location: `[..., G, G]` -> `[..., G*G]`; color: `[..., 8]` -> `[..., 8]`; float32. `counts`: the counts as
+    they are (one object gives EDM2's one-hot class label); `unit`: scaled to unit L2 norm, which keeps the label
+    embedding at unit RMS whatever the object count. An empty conditioner maps to the zero vector.
     """
     check_kind(kind)
     if kind == "location":
@@ -235,6 +236,4 @@ def encode_label(cond: torch.Tensor, kind: str) -> torch.Tensor:
         if cond.dim() < 1 or cond.shape[-1] != len(COLOR_NAMES):
             raise ValueError(f"a color conditioner is [..., {len(COLOR_NAMES)}], got shape {tuple(cond.shape)}")
         flat = cond
-    flat = flat.to(torch.float32)
-    norm = flat.norm(dim=-1, keepdim=True)
-    return flat / norm.clamp_min(torch.finfo(torch.float32).tiny)
+    return scale_label(flat, label_scale)

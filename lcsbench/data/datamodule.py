@@ -5,7 +5,8 @@ A batch is a dict:
 
     image         float32 [B, 3, H, W] in [-1, 1]
     cond          location: long [B, G, G] object-centre counts; color: long [B, 8] (conditioning.py)
-    label         float32 [B, label_dim], the unit-norm network label (conditioning.encode_label)
+    label         float32 [B, label_dim], the flattened counts (conditioning.encode_label's default `counts`
+                  scale); lcsbench's models encode their own label from `cond` under their `label_scale`
     num_objects   long [B], objects in the scene
     num_labelled  long [B], objects the conditioner names (label_mode)
     centres       float32 [B, N, 2], object centres (x, y) in pixels (pixel_coords[:2]), N = the batch's

@@ -28,6 +28,7 @@ from lcsbench.data.conditioning import encode_label, label_dim
 from lcsbench.diffusion.loss import denoising_error, edm2_loss
 from lcsbench.diffusion.phema import ema_net_state
 from lcsbench.diffusion.schedule import learning_rate
+from lcsbench.nn.edm2 import scale_label
 from lcsbench.nn.mp import force_weight_norm_
 
 
@@ -63,6 +64,7 @@ class EDM2Diffusion(L.LightningModule):
         net: torch.nn.Module,  # denoiser network: net(x, sigma, labels, return_logvar) (nn/edm2.py Precond)
         conditioning: str = "location",  # conditioner kind the labels encode: location | color
         grid_size: int = 16,  # location grid G (label_dim = G*G); ignored for color
+        label_scale: str = "counts",  # counts as they are (the paper's integer array) | unit L2 norm (App. E.1)
         lr: float = 0.012,  # reference learning rate alpha_ref (img64-xs: 0.0120)
         lr_decay_steps: float = 35000,  # t_ref: optimizer steps before the 1/sqrt(t) decay (img64: 35000)
         lr_rampup_images: float = 10e6,  # linear warm-up length in images (EDM2: 10 M)
@@ -78,6 +80,8 @@ class EDM2Diffusion(L.LightningModule):
         self.net = net
         self.conditioning = conditioning
         self.grid_size = grid_size
+        self.label_scale = label_scale
+        scale_label(torch.zeros(1), label_scale)  # refuse an unknown scale at construction (parse time in the CLI)
         expected = self.expected_label_dim()
         found = getattr(net, "label_dim", None)
         if found != expected:
@@ -95,8 +99,8 @@ class EDM2Diffusion(L.LightningModule):
     # -- the denoiser interface (DESIGN.md) --
 
     def encode_cond(self, cond: torch.Tensor) -> torch.Tensor:
-        """The network label vector of a structured conditioner (data/conditioning.py)."""
-        return encode_label(cond, self.conditioning)
+        """The network label vector of a structured conditioner (data/conditioning.py) under `label_scale`."""
+        return encode_label(cond, self.conditioning, self.label_scale)
 
     def denoiser(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor) -> torch.Tensor:
         """D(x; sigma, cond): the denoised image."""
@@ -151,8 +155,9 @@ class EDM2Diffusion(L.LightningModule):
                          sigma_data=getattr(self.net, "sigma_data", 0.5), generator=generator)
 
     def batch_labels(self, batch: dict) -> torch.Tensor:
-        """The batch's network labels, checked against the network's label_dim."""
-        labels = batch["label"] if "label" in batch else self.encode_cond(batch["cond"])
+        """The batch's network labels (encoded here from `cond`, under this model's label_scale), checked against
+        the network's label_dim."""
+        labels = self.encode_cond(batch["cond"])
         expected = getattr(self.net, "label_dim", labels.shape[-1])
         if labels.shape[-1] != expected:
             raise ValueError(f"the data gives {labels.shape[-1]}-dim labels but the network expects label_dim "
@@ -241,6 +246,8 @@ def load_denoiser(
     record = read_record(payload, ARCH_KEY, path, "an lcsbench diffusion checkpoint",
                          "Pass a checkpoint written by `python -m lcsbench fit` with an EDM2 model, or an EMA file "
                          "written by `reconstruct-ema`")
+    if "label_scale" not in record["module_hparams"]:  # written before the option: labels were unit-norm
+        record = {**record, "module_hparams": {**record["module_hparams"], "label_scale": "unit"}}
     module = rebuild(record, compile=False)
     if "net_state" in payload:  # an EMA snapshot or reconstruction: the network weights alone
         load_net_state(module.net, payload["net_state"], path)

@@ -27,6 +27,7 @@ class PatchLocalDiffusion(EDM2Diffusion):
         grid_size: int = 16,  # G: cells per side, the location-conditioning grid
         radius: int = 2,  # r: a patch spans (2r+1) x (2r+1) cells
         max_patches: int = 4096,  # memory budget of full-image denoising: patches per network call
+        label_scale: str = "counts",  # subgrid counts as they are | unit L2 norm (nn.edm2.scale_label, App. E.1)
         lr: float = 0.012,  # reference learning rate (EDM2 img64-xs)
         lr_decay_steps: float = 35000,  # optimizer steps before the 1/sqrt(t) decay
         lr_rampup_images: float = 10e6,  # linear warm-up length in images
@@ -38,10 +39,11 @@ class PatchLocalDiffusion(EDM2Diffusion):
         compile: bool = False,  # torch.compile the patch U-Net for training
     ):
         self._radius = radius  # read by expected_label_dim during EDM2Diffusion.__init__
-        super().__init__(net, conditioning="location", grid_size=grid_size, lr=lr, lr_decay_steps=lr_decay_steps,
+        super().__init__(net, conditioning="location", grid_size=grid_size, label_scale=label_scale, lr=lr, lr_decay_steps=lr_decay_steps,
                          lr_rampup_images=lr_rampup_images, P_mean=P_mean, P_std=P_std, val_sigmas=val_sigmas,
                          val_seed=val_seed, noise_seed=noise_seed, compile=compile)
-        self.local = PatchLocal(net, grid_size=grid_size, radius=radius, max_patches=max_patches)
+        self.local = PatchLocal(net, grid_size=grid_size, radius=radius, max_patches=max_patches,
+                                label_scale=label_scale)
 
     def expected_label_dim(self) -> int:
         return patch_label_dim(self._radius)

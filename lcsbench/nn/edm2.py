@@ -18,6 +18,28 @@ import torch.nn.functional as F
 
 from lcsbench.nn.mp import MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize, pixel_norm, resample
 
+# --- Label scale: how a count vector enters EDM2's label path (paper App. E.1) ------------------------------
+# EDM2 embeds its label as `emb_label(labels * sqrt(label_dim))`, a linear map, so the scale of the count vector
+# is a modelling choice. `counts` (the paper's "2d integer array"): the counts go in as they are, exactly as
+# EDM2 takes a one-hot class vector, so each object adds the same embedding whatever else is in the scene and
+# removing one conditioner (Eq. 10) leaves the others' contributions unchanged. `unit`: the vector is scaled to
+# unit L2 norm, so each of k objects enters with weight 1/sqrt(k) (0.33 at k = 9, below the >= 0.58 seen when
+# training on 1-3 objects). An empty vector stays zero either way.
+
+LABEL_SCALES = ("counts", "unit")
+
+
+def scale_label(flat: torch.Tensor, label_scale: str) -> torch.Tensor:
+    """A float32 count vector `[..., L]` as EDM2's label path takes it under `label_scale` (counts | unit)."""
+    flat = flat.to(torch.float32)
+    if label_scale == "counts":
+        return flat
+    if label_scale == "unit":
+        norm = flat.norm(dim=-1, keepdim=True)
+        return flat / norm.clamp_min(torch.finfo(torch.float32).tiny)
+    raise ValueError(f"label_scale must be one of {LABEL_SCALES} (counts: the integer counts as they are, the "
+                     f"paper's reading; unit: scaled to unit L2 norm), got {label_scale!r}")
+
 # --- Block: residual unit with per-channel embedding scale and optional cosine attention ------------
 
 

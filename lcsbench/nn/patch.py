@@ -10,10 +10,10 @@ Border policy: the patch of a cell near the border reaches outside the image; pi
 in the noisy input (and in the training target), and conditioner cells there are empty. The
 network knows where it is from the coordinates, so it learns the border like any other region.
 
-Label vector of a patch (length (2r+1)^2 + 2): the flattened subgrid scaled to unit L2 norm (as
-`lcsbench.data.conditioning.encode_label` does for the full grid; an empty subgrid stays zero),
-followed by the patch centre (x, y) in [-1, 1] divided by sqrt(2), so the whole vector has norm
-at most sqrt(2), the magnitude EDM2's label path expects.
+Label vector of a patch (length (2r+1)^2 + 2): the flattened subgrid under the label scale
+(`nn.edm2.scale_label`, as `lcsbench.data.conditioning.encode_label` does for the full grid: the
+counts as they are, or scaled to unit L2 norm; an empty subgrid stays zero), followed by the patch
+centre (x, y) in [-1, 1] divided by sqrt(2) (norm at most 1).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from lcsbench.nn.edm2 import scale_label
 
 
 def patch_label_dim(radius: int) -> int:
@@ -61,11 +63,9 @@ def all_subgrids(cond: torch.Tensor, radius: int) -> torch.Tensor:
     return padded.unfold(1, 2 * radius + 1, 1).unfold(2, 2 * radius + 1, 1)
 
 
-def patch_labels(subgrids: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+def patch_labels(subgrids: torch.Tensor, centres: torch.Tensor, label_scale: str = "counts") -> torch.Tensor:
     """[..., k, k] subgrids and [..., 2] centres -> [..., k*k + 2] label vectors (module docstring)."""
-    flat = subgrids.flatten(-2)
-    norm = flat.norm(dim=-1, keepdim=True)
-    flat = torch.where(norm > 0, flat / norm.clamp_min(1e-12), flat)
+    flat = scale_label(subgrids.flatten(-2), label_scale)
     return torch.cat([flat, centres / math.sqrt(2)], dim=-1)
 
 
@@ -83,9 +83,11 @@ class PatchLocal(torch.nn.Module):
         grid_size: int = 16,  # G: cells per side, the location-conditioning grid
         radius: int = 1,  # r: a patch spans (2r+1) x (2r+1) cells
         max_patches: int = 4096,  # memory budget: patches per network call
+        label_scale: str = "counts",  # subgrid counts as they are, or unit L2 norm (nn.edm2.scale_label)
     ):
         super().__init__()
         check_geometry(grid_size, radius)
+        scale_label(torch.zeros(1), label_scale)  # refuse an unknown scale now, not at the first call
         window = 2 * radius + 1
         patch_size = getattr(net, "img_resolution", None)
         if patch_size is None or patch_size % window:
@@ -104,6 +106,7 @@ class PatchLocal(torch.nn.Module):
         self.patch_size = patch_size
         self.img_resolution = grid_size * self.cell_size
         self.max_patches = max_patches
+        self.label_scale = label_scale
 
     def check_inputs(self, x: torch.Tensor, cond: torch.Tensor) -> None:
         g = self.grid_size
@@ -117,7 +120,7 @@ class PatchLocal(torch.nn.Module):
     def cell_labels(self, cond: torch.Tensor) -> torch.Tensor:
         """[B, G, G] -> [B, G, G, label_dim]: the label of every cell's patch."""
         centres = cell_centres(self.grid_size, cond.device).expand(cond.shape[0], -1, -1, -1)
-        return patch_labels(all_subgrids(cond, self.radius), centres)
+        return patch_labels(all_subgrids(cond, self.radius), centres, self.label_scale)
 
     def denoise_patches(self, patches: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Run `net` on [N, C, P, P] patches in chunks of `max_patches`; sigma is [N]."""
