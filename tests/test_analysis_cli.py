@@ -14,8 +14,9 @@ from torch import nn
 from lcsbench.analysis.features import feature_cosines, mean_difference_vectors
 from lcsbench.analysis.locality import grid_cell_center, locality_profile
 from lcsbench.analysis.plots import cosine_matrices, locality_grid, radius_curves, save_figure
+from lcsbench.callbacks.features import FeatureCosine
 from lcsbench.callbacks.lengthgen import LengthGenCurve
-from lcsbench.callbacks.locality import FeatureCosine, LocalityHeatmaps
+from lcsbench.callbacks.locality import LocalityHeatmaps
 from lcsbench.cli import main as cli_main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -324,12 +324,10 @@ def judge_request(
 
 def plot_success_curves(report: Mapping, path=None, title: str = "length generalization"):
     """Success rate vs k, one line per row (model beside oracle), with the 25% / 50% k_max thresholds."""
-    import matplotlib
+    from matplotlib.figure import Figure  # object API: no pyplot state, no backend switch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig = Figure(figsize=(5.5, 3.6))
+    ax = fig.subplots()
     styles = {"model": ("tab:blue", "o"), "oracle": ("tab:gray", "s")}
     for name, row in report["rows"].items():
         ks = [int(k) for k in row["per_k"]]

@@ -1,7 +1,9 @@
-"""Figures of the locality and feature analyses (paper Figures 2, 5, 10, 11), matplotlib Agg, no pyplot state.
+"""Figures and image grids of the analyses (paper Figures 2, 5, 10, 11), on matplotlib's object API.
 
-Each function returns a `matplotlib.figure.Figure`; `save_figure` writes a PNG, and callbacks hand the same
-figure to TensorBoard's `add_figure`.
+Each figure function returns a `matplotlib.figure.Figure` built without pyplot, so importing or calling this
+module never selects a backend or touches a notebook's figures; `save_figure` writes a PNG (`Figure.savefig`
+renders through Agg), and callbacks hand the same figure to TensorBoard's `add_figure`. `image_grid` tiles
+sample images into one uint8 picture (pure torch) for TensorBoard's `add_image` and `lcsbench sample`.
 """
 
 from __future__ import annotations
@@ -10,15 +12,26 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
 
-matplotlib.use("Agg")
-from matplotlib.figure import Figure  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
+from lcsbench.analysis.features import FeatureCosines
+from lcsbench.analysis.locality import LocalityProfile
 
-from lcsbench.analysis.features import FeatureCosines  # noqa: E402
-from lcsbench.analysis.locality import LocalityProfile  # noqa: E402
+
+def image_grid(images: torch.Tensor, columns: int | None = None, padding: int = 1) -> torch.Tensor:
+    """Tile `[N, C, H, W]` images in [-1, 1] into one `uint8 [H', W', C]` image (white gaps)."""
+    n, c, h, w = images.shape
+    columns = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    pixels = ((images.detach().float().cpu() * 127.5 + 128).clamp(0, 255)).to(torch.uint8)
+    grid = torch.full((c, rows * (h + padding) + padding, columns * (w + padding) + padding), 255, dtype=torch.uint8)
+    for i in range(n):
+        r, col = divmod(i, columns)
+        top, left = padding + r * (h + padding), padding + col * (w + padding)
+        grid[:, top:top + h, left:left + w] = pixels[i]
+    return grid.permute(1, 2, 0).contiguous()
 
 
 def _image(tensor: Tensor) -> Tensor:

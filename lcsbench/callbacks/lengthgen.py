@@ -1,8 +1,8 @@
 """`LengthGenCurve`: a small length-generalization protocol during training (paper Table 1, App. E.2; issue 6).
 
 Every `every_n_steps` optimizer steps, on global rank 0 only, with the EMA weights (when a PowerFunctionEMA
-callback is present) and the module in eval mode: samples `samples_per_k` images for each k, judges them with a
-trained judge (models/judge.py) and logs to TensorBoard `lengthgen/success@k{K}`, `lengthgen/k_max`,
+callback is present) and the module in eval mode (callbacks/base.py decides when): samples `samples_per_k`
+images for each k, judges them with a trained judge (models/judge.py) and logs to TensorBoard `lengthgen/success@k{K}`, `lengthgen/k_max`,
 `lengthgen/k_max_strict` and the success-vs-k figure `lengthgen/curve`. No oracle row here (no Blender during
 training): `python -m lcsbench lengthgen` gives the full report. Nothing in the rank-0 branch communicates
 across ranks (no `self.log`, no barrier), so the other ranks carry on.
@@ -19,10 +19,10 @@ import lightning as L
 import torch
 
 from lcsbench.analysis import lengthgen as lg
-from lcsbench.callbacks.locality import ema_weights, eval_mode, tensorboard_writer
+from lcsbench.callbacks.base import EveryNSteps, tensorboard_writer
 
 
-class LengthGenCurve(L.Callback):
+class LengthGenCurve(EveryNSteps):
     """Logs the length-generalization curve of the EMA model every N steps (module docstring)."""
 
     def __init__(
@@ -37,11 +37,11 @@ class LengthGenCurve(L.Callback):
         tolerance_cells: float = 1.0,  # matching tolerance in grid cells
         seed: int = 0,  # noise seed (the same noise every evaluation, so curves compare over training)
     ) -> None:
-        super().__init__()
         if every_n_steps < 1 or samples_per_k < 1 or num_steps < 2:
             raise ValueError(f"need every_n_steps >= 1, samples_per_k >= 1, num_steps >= 2; got {every_n_steps}, "
                              f"{samples_per_k}, {num_steps}")
-        self.judge_path, self.every_n_steps, self.ks = judge, every_n_steps, list(ks) if ks else None
+        super().__init__(every_n_steps)
+        self.judge_path, self.ks = judge, list(ks) if ks else None
         self.samples_per_k, self.num_steps, self.tolerance_cells, self.seed = samples_per_k, num_steps, tolerance_cells, seed
         self.trained_counts, self.label_mode = trained_counts, label_mode
         self._judge = None
@@ -65,22 +65,19 @@ class LengthGenCurve(L.Callback):
         self.ks = self.ks or list(range(1, 13 if pl_module.conditioning == "location" else 9))
         self.requests = lg.protocol_requests(pl_module.conditioning, self.ks, self.samples_per_k, seed=self.seed)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        step = trainer.global_step
-        if step == 0 or step % self.every_n_steps or not trainer.is_global_zero:
-            return
-        self.evaluate(trainer, pl_module, step)
+    def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, writer) -> None:
+        self.evaluate(trainer, pl_module, trainer.global_step)
 
     @torch.no_grad()
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> dict:
+        """Sample, judge and log the protocol at `step` with the module's current weights (`analyse` calls it
+        inside `ema_weights` and `eval_mode`); returns the report, also kept as `last_report`."""
         device = pl_module.device
         judge = self._judge.to(device)
         resolution = pl_module.net.img_resolution
         shape = (getattr(pl_module.net, "img_channels", 3), resolution, resolution)
-        with ema_weights(trainer, pl_module), eval_mode(pl_module):
-            images = lg.sample_requests(pl_module.denoiser, self.requests, pl_module.grid_size, shape, self.num_steps,
-                                        seed=self.seed, device=device)
+        images = lg.sample_requests(pl_module.denoiser, self.requests, pl_module.grid_size, shape, self.num_steps,
+                                    seed=self.seed, device=device)
         tally, _ = lg.judge_images(judge, images, self.requests, self.rule, pl_module.grid_size,
                                    self.tolerance_cells, device=device)
         report = lg.lengthgen_report({"kind": pl_module.conditioning, "ks": self.ks}, {"model": tally})

@@ -77,7 +77,7 @@ def main(argv: list[str]) -> int:
     import torch
     from PIL import Image
 
-    from lcsbench.callbacks.samples import image_grid
+    from lcsbench.analysis.plots import image_grid
     from lcsbench.data.conditioning import counts_from_colors, grid_from_locations
     from lcsbench.diffusion.sampler import edm_sampler
     from lcsbench.models.edm2 import load_denoiser

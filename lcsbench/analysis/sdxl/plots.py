@@ -1,18 +1,19 @@
-"""Figures of the SDXL studies (paper Figures 6, 7 and 13), as matplotlib figures the caller saves."""
+"""Figures of the SDXL studies (paper Figures 6, 7 and 13), as matplotlib figures the caller saves.
+
+Built on matplotlib's object API (`Figure`, no pyplot), so importing this module never switches a backend.
+"""
 
 from __future__ import annotations
 
 from typing import Sequence
 
 import matplotlib
+import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.patches import Patch, Rectangle  # noqa: E402
-
-from lcsbench.analysis.sdxl.studies import AttentionStudy, LocalityStudy  # noqa: E402
+from lcsbench.analysis.sdxl.studies import AttentionStudy, LocalityStudy
 
 
 def _image(tensor) -> np.ndarray:
@@ -23,11 +24,12 @@ def locality_figure(study: LocalityStudy):
     """Figure 6: per stop step (rows) the decoded denoised estimate, the per-pixel dominant word (grey where
     no set of words dominates), and the Eq. 9 heat map of each target pixel with its locality-radius square."""
     words = study.steps[0].influence.words
-    palette = plt.get_cmap("tab10" if len(words) <= 10 else "tab20")
+    palette = matplotlib.colormaps["tab10" if len(words) <= 10 else "tab20"]
     colors = ["#d0d0d0"] + [palette(i % palette.N) for i in range(len(words))]
     cmap = ListedColormap(colors)
     rows, cols = len(study.steps), 2 + len(study.pixels)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.4 * rows + 0.8), squeeze=False)
+    fig = Figure(figsize=(2.4 * cols, 2.4 * rows + 0.8))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for r, at in enumerate(study.steps):
         axes[r, 0].imshow(_image(at.denoised_image))
         axes[r, 0].set_ylabel(f"step {at.step}\nsigma {at.sigma:.2f}")
@@ -65,8 +67,8 @@ def locality_figure(study: LocalityStudy):
 def word_influence_figure(study: LocalityStudy):
     """The word-ablation maps themselves: rows are stop steps, columns words, one colour scale per row."""
     words = study.steps[0].influence.words
-    fig, axes = plt.subplots(len(study.steps), len(words), figsize=(1.8 * len(words), 1.9 * len(study.steps)),
-                             squeeze=False)
+    fig = Figure(figsize=(1.8 * len(words), 1.9 * len(study.steps)))
+    axes = fig.subplots(len(study.steps), len(words), squeeze=False)
     for r, at in enumerate(study.steps):
         vmax = float(at.influence.maps.max())
         for c, word in enumerate(words):
@@ -96,8 +98,8 @@ def _matrix(ax, matrix, labels: Sequence[str], title: str, annotate: bool) -> No
 def cosine_groups_figure(study: AttentionStudy, analysis: dict):
     """Figure 7: Eq. 3 cosine matrices averaged over each layer group (rows) at each captured step (columns)."""
     groups = list(analysis["averages"])
-    fig, axes = plt.subplots(len(groups), len(study.steps), figsize=(3.4 * len(study.steps), 3.4 * len(groups)),
-                             squeeze=False)
+    fig = Figure(figsize=(3.4 * len(study.steps), 3.4 * len(groups)))
+    axes = fig.subplots(len(groups), len(study.steps), squeeze=False)
     for r, group in enumerate(groups):
         for c, step in enumerate(study.steps):
             _matrix(axes[r, c], analysis["averages"][group][step], analysis["labels"],
@@ -111,7 +113,8 @@ def cosine_layers_figure(study: AttentionStudy, analysis: dict, step: int):
     layers = study.layers
     cols = min(5, len(layers))
     rows = -(-len(layers) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols, 2.9 * rows), squeeze=False)
+    fig = Figure(figsize=(2.8 * cols, 2.9 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for index, layer in enumerate(layers):
         short = layer.replace(".transformer_blocks.", ".tb").replace(".attentions.", ".a").replace(".attn2", "")
         _matrix(axes.flat[index], analysis["matrices"][(layer, step)], analysis["labels"], short, annotate=False)
@@ -127,7 +130,8 @@ def composition_figure(study: AttentionStudy, analysis: dict):
     averaged over each layer group, one bar group per composite entry and one bar per step."""
     pairs = analysis["pairs"]
     groups = list(analysis["groups"])
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.6), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(groups), 3.6))
+    axes = fig.subplots(1, len(groups), squeeze=False)
     width = 0.8 / len(study.steps)
     for g, group in enumerate(groups):
         ax = axes[0, g]

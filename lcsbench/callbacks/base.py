@@ -1,0 +1,96 @@
+"""The one base of lcsbench's analysis callbacks: decide WHEN an analysis runs, and on which weights.
+
+`EveryNSteps` runs its `analyse(trainer, pl_module, batch, writer)` hook every `every_n_steps` optimizer steps
+(step > 0, not while sanity checking, once per optimizer step also with gradient accumulation), on global rank 0
+only and only when a TensorBoard writer is there to log to, with the EMA weights swapped in (when an EMA callback
+is present: the weights the paper analyses) and the module in eval mode. Nothing in the rank-0 branch
+communicates across ranks (no `self.log`, no `sync_dist`, no barrier), so the other ranks simply carry on.
+
+`tensorboard_writer`, `ema_weights` and `eval_mode` are the pieces, for callbacks that need them on their own;
+`conditioning_kind` tells the two conditioner layouts apart for the analyses that draw them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+
+def tensorboard_writer(trainer: L.Trainer):
+    """The SummaryWriter of the first TensorBoard logger, or None."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+@contextlib.contextmanager
+def ema_weights(trainer: L.Trainer, pl_module: L.LightningModule) -> Iterator[None]:
+    """Swap the EMA weights into the module for the duration, if an EMA callback offers them.
+
+    Looks for a callback with a context manager `average_weights(pl_module)` (lcsbench's power-function EMA);
+    without one, the current weights are used.
+    """
+    for callback in trainer.callbacks:
+        swap = getattr(callback, "average_weights", None)
+        if callable(swap):
+            with swap(pl_module):
+                yield
+            return
+    yield
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    """The module in eval mode for the duration; its train/eval mode is restored afterwards."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def conditioning_kind(cond: torch.Tensor) -> str:
+    """`location` for a `[B, G, G]` grid, `color` for `[B, 8]` counts (the documented layouts)."""
+    return "location" if cond.ndim == 3 else "color"
+
+
+class EveryNSteps(L.Callback):
+    """Calls `analyse` every `every_n_steps` optimizer steps on rank 0, on the EMA weights in eval mode."""
+
+    def __init__(
+        self,
+        every_n_steps: int,  # optimizer steps between analyses
+    ):
+        super().__init__()
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be a positive number of steps; found {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self._last_step = -1  # the optimizer step last analysed (batches of one step share global_step)
+
+    def due(self, trainer: L.Trainer) -> bool:
+        step = trainer.global_step
+        return (step > 0 and step % self.every_n_steps == 0 and step != self._last_step
+                and not trainer.sanity_checking)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch: dict,
+                           batch_idx: int) -> None:
+        if not self.due(trainer):
+            return
+        self._last_step = trainer.global_step  # once per step, also with gradient accumulation
+        if not trainer.is_global_zero:
+            return
+        writer = tensorboard_writer(trainer)
+        if writer is None:
+            return
+        with ema_weights(trainer, pl_module), eval_mode(pl_module):
+            self.analyse(trainer, pl_module, batch, writer)
+
+    def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict, writer) -> None:
+        """Run the analysis on `batch` and log it to `writer` at `trainer.global_step`."""
+        raise NotImplementedError

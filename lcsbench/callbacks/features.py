@@ -1,0 +1,54 @@
+"""FeatureCosine: the feature-space cosine analysis logged during training (paper Figure 5, Eq. 3).
+
+Runs every `every_n_steps` optimizer steps on rank 0 with the EMA weights in eval mode (callbacks/base.py) and logs
+the cosine-matrix figure and the off-diagonal scalar straight to the TensorBoard writer. The noisy images are the
+first ones of the current training batch, so the callback needs no data of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from lcsbench.analysis.features import feature_cosines, mean_difference_vectors, paper_conditions
+from lcsbench.analysis.plots import cosine_matrices
+from lcsbench.callbacks.base import EveryNSteps, conditioning_kind
+
+
+class FeatureCosine(EveryNSteps):
+    """Logs Figure-5-style cosine matrices of the conditioning modulation (Eq. 3) and the mean |cosine| off the
+    diagonal of the averaged layers (`features/off_diagonal`: 0 = disentangled)."""
+
+    def __init__(
+        self,
+        every_n_steps: int = 5000,              # optimizer steps between analyses
+        sigmas: Sequence[float] = (0.1, 0.5, 2.0, 10.0),  # noise levels averaged over
+        samples: int = 2,                       # noisy images per noise level
+        layers: Sequence[str] | None = None,    # modulation layers (names or globs); None: all
+        average: Sequence[str] | None = ("*enc.*",),  # layers averaged into the "feature-space" matrix
+        max_layers: int = 12,                   # per-layer panels drawn
+    ):
+        super().__init__(every_n_steps)
+        self.sigmas = [float(s) for s in sigmas]
+        self.samples = samples
+        self.layers = None if layers is None else list(layers)
+        self.average = None if average is None else list(average)
+        self.max_layers = max_layers
+
+    def analyse(self, trainer, pl_module, batch: dict, writer) -> None:
+        image, cond = batch["image"], batch["cond"]
+        grid = cond.shape[-1] if cond.ndim == 3 else 16
+        conditions, labels = paper_conditions(conditioning_kind(cond), grid)
+        images = image[:self.samples]
+        with torch.no_grad():
+            vectors = mean_difference_vectors(pl_module.denoiser, images, self.sigmas,
+                                              conditions.to(device=cond.device, dtype=cond.dtype),
+                                              layers=self.layers, network=pl_module)
+        cosines = feature_cosines(vectors, labels, self.average)
+        step = trainer.global_step
+        writer.add_figure("features/cosines", cosine_matrices(cosines, max_layers=self.max_layers), step,
+                          close=True)
+        summary = cosines.summary()
+        if summary["average_mean_abs_off_diagonal"] is not None:
+            writer.add_scalar("features/off_diagonal", summary["average_mean_abs_off_diagonal"], step)
