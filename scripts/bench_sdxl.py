@@ -23,7 +23,9 @@ from pathlib import Path
 
 import torch
 
-from lcsbench.analysis.locality import pixel_jacobian
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests/sdxl_tiny.py, the fixture
+
+from lcsbench.analysis.locality import pixel_jacobian  # noqa: E402
 from lcsbench.analysis.sdxl.ablation import content_words, word_influence
 from lcsbench.analysis.sdxl.attention import capture_cross_attention, cross_attention_layers
 from lcsbench.analysis.sdxl.denoiser import SDXLDenoiser, sample_euler
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.full_unet:
         from diffusers import EulerDiscreteScheduler
 
-        from lcsbench.analysis.sdxl.tiny import SDXL_BASE_SCHEDULER_CONFIG, build_full_size_unet
+        from tests.sdxl_tiny import SDXL_BASE_SCHEDULER_CONFIG, build_full_size_unet
 
         side = args.resolution or 1024
         start = time.perf_counter()
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"full-size SDXL base UNet, random weights: {params:.2f} B parameters, {dtype}, {device}, "
               f"{side}x{side} px, built in {time.perf_counter() - start:.1f} s")
     else:
-        from lcsbench.analysis.sdxl.tiny import IMAGE_SIZE, build_tiny_sdxl_pipeline
+        from tests.sdxl_tiny import IMAGE_SIZE, build_tiny_sdxl_pipeline
 
         side = args.resolution or IMAGE_SIZE
         pipe = build_tiny_sdxl_pipeline(Path(tempfile.mkdtemp(prefix="sdxl_tiny_tokenizer_")))

@@ -1,5 +1,5 @@
-"""A tiny Stable Diffusion XL pipeline built in-process from configs (no downloads), for tests and benchmarks,
-and the full-size SDXL base UNet configuration for benchmarks of a randomly initialised UNet.
+"""Test fixture: a tiny Stable Diffusion XL pipeline built in-process from configs (no downloads), for tests and
+scripts/bench_sdxl.py, and the full-size SDXL base UNet configuration for benchmarks of a randomly initialised UNet.
 
 Same component classes and wiring as SDXL base: a UNet2DConditionModel with cross-attention in the down, mid
 and up blocks and SDXL's added "text_time" conditioning, CLIPTextModel + CLIPTextModelWithProjection (the

@@ -1,6 +1,6 @@
 """SDXL analyses (issue 8) on a tiny SDXL pipeline built in-process from configs (no downloads).
 
-The pipeline has SDXL's component classes and wiring (lcsbench/analysis/sdxl/tiny.py): 16 x 16 images,
+The pipeline has SDXL's component classes and wiring (tests/sdxl_tiny.py): 16 x 16 images,
 8 x 8 x 4 latents, 8 cross-attention layers (down_blocks.1, mid_block, up_blocks.0) on a 4 x 4 grid.
 """
 
@@ -27,7 +27,7 @@ from lcsbench.analysis.sdxl.pipeline import (NotAPipelineError, encode_prompts, 
                                              unconditional_condition)
 from lcsbench.analysis.sdxl.prompts import LOCALITY_PROMPT, ConceptPrompt  # noqa: E402
 from lcsbench.analysis.sdxl.studies import attention_study  # noqa: E402
-from lcsbench.analysis.sdxl.tiny import build_tiny_sdxl_pipeline  # noqa: E402
+from tests.sdxl_tiny import build_tiny_sdxl_pipeline  # noqa: E402
 
 LATENT = (8, 8)
 
@@ -259,7 +259,7 @@ def test_full_size_sdxl_unet_config_has_sdxl_base_layers():
     """The benchmark's full-size UNet (built on the meta device: no memory) is SDXL base's architecture."""
     from diffusers import UNet2DConditionModel
 
-    from lcsbench.analysis.sdxl.tiny import SDXL_BASE_UNET_CONFIG
+    from tests.sdxl_tiny import SDXL_BASE_UNET_CONFIG
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**SDXL_BASE_UNET_CONFIG)

@@ -2,8 +2,8 @@
 
 Every `every_n_steps` optimizer steps, on global rank 0 only, with the EMA weights (when a PowerFunctionEMA
 callback is present) and the module in eval mode (callbacks/base.py decides when): samples `samples_per_k`
-images for each k, judges them with a trained judge (models/judge.py) and logs to TensorBoard `lengthgen/success@k{K}`, `lengthgen/k_max`,
-`lengthgen/k_max_strict` and the success-vs-k figure `lengthgen/curve`. No oracle row here (no Blender during
+images for each k, judges them with a trained judge (models/judge.py) and logs to TensorBoard
+`lengthgen/success@k{K}`, `lengthgen/k_max`, `lengthgen/k_max_strict` and the success-vs-k figure `lengthgen/curve`. No oracle row here (no Blender during
 training): `python -m lcsbench lengthgen` gives the full report. Nothing in the rank-0 branch communicates
 across ranks (no `self.log`, no barrier), so the other ranks carry on.
 

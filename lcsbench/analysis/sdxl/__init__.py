@@ -7,7 +7,8 @@
 - `attention`: cross-attention capture (processors swapped and restored), word -> token positions.
 - `cosines`: Eq. 3 mean difference vectors, cosine matrices, compositional similarity.
 - `studies`: the Figure 6 and Figure 7/13 studies end to end; `plots`: their figures.
-- `tiny`: a tiny SDXL pipeline built from configs (tests, benchmarks) and SDXL base's UNet config.
+
+A tiny SDXL pipeline built from configs (for tests and benchmarks) is the test fixture `tests/sdxl_tiny.py`.
 """
 
 from lcsbench.analysis.sdxl.ablation import (content_words, prompt_without_word, rank_words,  # noqa: F401
