@@ -89,7 +89,7 @@ def test_figures_are_written(tmp_path):
                                conditioner_centers=lambda c: grid_cell_center(c, 16, 16))
     figure = locality_grid(profile)
     assert len(figure.axes) == 3 * (3 + len(profile.conditioners))
-    vectors = mean_difference_vectors(net, images, [1.0], torch.eye(256)[:4].view(4, 16, 16))
+    vectors = mean_difference_vectors(net, images, [1.0], torch.eye(256)[:4].view(4, 16, 16), site="scale")
     paths = [save_figure(figure, tmp_path / "grid.png"), save_figure(radius_curves(profile), tmp_path / "r.png"),
              save_figure(cosine_matrices(feature_cosines(vectors, list("abcd"))), tmp_path / "cos.png")]
     for path in paths:
@@ -104,7 +104,8 @@ def test_callbacks_log_figures_and_radii_to_tensorboard(tmp_path):
     trainer = L.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=logger, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[LocalityHeatmaps(every_n_steps=2, sigmas=[0.2, 5.0], samples=1),
-                                   FeatureCosine(every_n_steps=2, sigmas=[1.0], samples=2, average=["*"])])
+                                   FeatureCosine(every_n_steps=2, sigmas=[1.0], samples=2, average=["*"],
+                                                 site="scale")])
     module = ToyDiffusion()
     trainer.fit(module, DataLoader(toy_batches(), batch_size=2))
     assert module.training  # the callbacks restore train mode
@@ -222,8 +223,14 @@ def test_features_command_writes_json_and_figure(trained_checkpoint, tmp_path, c
     assert cli_main(["features", "--ckpt", str(ckpt), "--out", str(out), "--sigmas", "0.5,5", "--samples",
                      "2"]) == 0
     report = json.loads((out / "features.json").read_text())
-    assert len(report["labels"]) == 12 and report["layers"][0] == "unet.enc.32x32_block0.emb_linear"
-    assert all(name.startswith("unet.enc.") for name in report["averaged_layers"])
+    assert len(report["labels"]) == 12 and report["layers"][0] == "unet.enc.32x32_block0"  # the modulated site
+    assert report["site"] == "modulated" and report["images"] == "samples"
+    # the paper's feature space: the first two encoder resolutions of the 32 px net (32x32 and 16x16)
+    assert report["averaged_layers"] == [n for n in report["layers"] if n.startswith(("unet.enc.32x32",
+                                                                                      "unet.enc.16x16"))]
+    assert set(report["per_resolution"]) == {"enc 32x32", "enc 16x16", "enc 8x8", "dec 8x8", "dec 16x16",
+                                             "dec 32x32"}
+    assert report["baseline"]["average_mean_abs_off_diagonal"] is not None  # the chance level beside it
     assert all(report["per_layer"][name][i][i] in (1.0, None) for name in report["layers"] for i in range(12))
     assert (out / "feature_cosines.png").read_bytes()[:8] == PNG_MAGIC
     with pytest.raises(SystemExit, match=r"layer 'unet\.enc\.nope' does not exist.*unet\.enc\.32x32_block0"):

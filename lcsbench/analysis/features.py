@@ -1,12 +1,27 @@
 """Feature-space disentanglement of conditioners (paper Section 3.2, Eq. 3; Appendix E.4; Figures 5, 11).
 
 The heuristic of Eq. 3: if the conditions compose in some feature space, their mean difference vectors
-against the unconditional input, `E[h(x, c_k)] - E[h(x, empty)]`, are orthogonal. We measure it where the
-conditioning enters the network: in EDM2 the only path of the label into the image features is the
-per-block scale `c = 1 + emb_linear(emb) * emb_gain` (edm2-facts section 6), the role of the paper's
-"MCScale" layers. A forward hook on every module named `emb_linear` captures that modulation, per sample
-and noise level; cosine similarities between the mean difference vectors give one K x K matrix per layer,
-and their average over chosen layers (the paper's "feature-space" panel).
+against the unconditional input, `E[h(x, c_k)] - E[h(x, empty)]`, are orthogonal. In EDM2 the only path of the
+label into the image features is the per-block scale `c = 1 + emb_linear(emb) * emb_gain` (edm2-facts
+section 6), the paper's "MCScale" layers, whose "layer activations" E.4 analyses. Two feature sites:
+
+- `modulated` (the default): the block's image features after the conditional scale, `mp_silu(y * c)` (the
+  input of the block's `conv_res1`), `[C, H, W]` per sample. Image-dependent, so the mean over samples means
+  something, and an untrained network does not look disentangled here.
+- `scale`: the scale itself (`emb_linear`'s output, `[C]`). It depends only on the noise level and the label,
+  and for one-hot colours its difference vectors are near-orthogonal already at initialisation (a random
+  linear map of orthogonal inputs): kept as an option, not as evidence.
+
+Cosine similarities between the mean difference vectors give one K x K matrix per layer; layers are grouped
+by resolution (`enc 64x64`, `dec 16x16`, ...), and the paper's "feature-space" panel is the average over the
+first two encoder resolutions (E.4: "layers with resolution 128 and 64").
+
+Chance level: low cosines alone do not show disentanglement, because a random network maps one-hot
+conditions to near-orthogonal directions too (measured on an untrained tiny colour model with its emb gains
+at 0.3: mean |cos| 0.15 over the feature-space layers at the modulated site, 0.12 at the scale site).
+`reinitialised_copy` gives the same network with its weight matrices re-drawn and its gains kept, and the
+commands report its matrices beside the model's: only a model well below its own chance level reads as
+disentangled.
 
 Works on any denoiser `denoiser(x, sigma, cond) -> D` that owns (or is given) an nn.Module with such
 layers; no Lightning.
@@ -15,6 +30,7 @@ layers; no Lightning.
 from __future__ import annotations
 
 import fnmatch
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -25,6 +41,9 @@ from torch import Tensor, nn
 from lcsbench.analysis.locality import Denoiser, _module_of
 
 MODULATION_LAYER = "emb_linear"  # EDM2 Block's conditioning projection: c = 1 + emb_linear(emb, gain=emb_gain)
+MODULATED_INPUT_OF = "conv_res1"  # the Block layer whose input is the modulated features mp_silu(y * c)
+FEATURE_SITES = ("modulated", "scale")
+RESOLUTION = re.compile(r"(?:^|\.)(enc|dec)\.(\d+)x(\d+)_")  # EDM2 block names: unet.enc.32x32_block0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -35,6 +54,36 @@ def modulation_layers(network: nn.Module, layer_name: str = MODULATION_LAYER) ->
     """Every submodule whose own attribute name is `layer_name`, keyed by its path in `network`, in
     registration (execution) order, e.g. `unet.enc.64x64_block0.emb_linear`."""
     return {name: module for name, module in network.named_modules() if name.rsplit(".", 1)[-1] == layer_name}
+
+
+def feature_layers(network: nn.Module, site: str = "modulated") -> dict[str, nn.Module]:
+    """The layers of a feature site, keyed by name, in execution order, each with the module to hook.
+
+    `scale`: every `emb_linear` (name `...block0.emb_linear`, its output is hooked). `modulated`: every block
+    with an `emb_linear` and a `conv_res1` (name `...block0`, the input of its `conv_res1` is hooked).
+    """
+    if site == "scale":
+        return modulation_layers(network)
+    if site != "modulated":
+        raise ValueError(f"the feature site must be one of {FEATURE_SITES}, got {site!r}")
+    return {name: getattr(module, MODULATED_INPUT_OF) for name, module in network.named_modules()
+            if isinstance(getattr(module, MODULATION_LAYER, None), nn.Module)
+            and isinstance(getattr(module, MODULATED_INPUT_OF, None), nn.Module)}
+
+
+def resolution_group(name: str) -> str | None:
+    """`enc 64x64` for `unet.enc.64x64_block0` (EDM2's names), None for a name without a resolution."""
+    match = RESOLUTION.search(name)
+    return f"{match.group(1)} {match.group(2)}x{match.group(3)}" if match else None
+
+
+def feature_space_layers(names: Sequence[str]) -> list[str]:
+    """The layers the paper's "feature-space" panel averages: the first two encoder resolutions (E.4's "layers
+    with resolution 128 and 64" of a 128 px model); every layer when the names carry no resolution."""
+    encoder = [n for n in names if (resolution_group(n) or "").startswith("enc ")]
+    first_two = list(dict.fromkeys(resolution_group(n) for n in encoder))[:2]
+    chosen = [n for n in encoder if resolution_group(n) in first_two]
+    return chosen or list(names)
 
 
 def resolve_layers(available: Sequence[str], requested: Sequence[str] | None) -> list[str]:
@@ -58,21 +107,31 @@ def resolve_layers(available: Sequence[str], requested: Sequence[str] | None) ->
 
 
 @contextmanager
-def capture_outputs(network: nn.Module, names: Sequence[str]) -> Iterator[dict[str, list[Tensor]]]:
-    """Forward hooks on the named submodules; yields {name: [output per call]} and removes the hooks on exit,
-    also after an error."""
-    modules = dict(network.named_modules())
+def capture_outputs(network: nn.Module, names: Sequence[str], site: str = "scale"
+                    ) -> Iterator[dict[str, list[Tensor]]]:
+    """Hooks on the named layers of a feature site (`feature_layers`); yields {name: [feature per call]} and
+    removes the hooks on exit, also after an error. `scale` hooks a module's output, `modulated` the input of
+    the block's `conv_res1`."""
+    layers = feature_layers(network, site)
     captured: dict[str, list[Tensor]] = {name: [] for name in names}
     handles = []
 
-    def hook_for(name: str):
+    def output_hook(name: str):
         def hook(_module, _inputs, output):
             captured[name].append(output.detach())
         return hook
 
+    def input_hook(name: str):
+        def hook(_module, inputs):
+            captured[name].append(inputs[0].detach())
+        return hook
+
     try:
         for name in names:
-            handles.append(modules[name].register_forward_hook(hook_for(name)))
+            if site == "scale":
+                handles.append(layers[name].register_forward_hook(output_hook(name)))
+            else:
+                handles.append(layers[name].register_forward_pre_hook(input_hook(name)))
         yield captured
     finally:
         for handle in handles:
@@ -93,14 +152,15 @@ def mean_difference_vectors(
     network: nn.Module | None = None,       # the module to hook; None: the denoiser's own module
     seed: int = 0,                          # noise seed (the same noise for every condition)
     batch_size: int = 64,                   # images per forward
+    site: str = "modulated",                # feature site: modulated | scale (module docstring)
 ) -> dict[str, Tensor]:
-    """{layer: [K, D]}: for each condition k, the mean over samples and noise levels of the layer's output
+    """{layer: [K, D]}: for each condition k, the mean over samples and noise levels of the layer's features
     given c_k minus the same mean given the unconditional input (Eq. 3's E[h | c_k] - E[h | empty])."""
     network = network if network is not None else _module_of(denoiser)
     if network is None:
         raise ValueError("feature capture needs the nn.Module behind the denoiser: pass network=<module> (the "
                          "denoiser is a plain function)")
-    names = resolve_layers(list(modulation_layers(network)), layers)
+    names = resolve_layers(list(feature_layers(network, site)), layers)
     if conditions.ndim < 2 or conditions.shape[0] == 0:
         raise ValueError(f"conditions must be a non-empty stack [K, ...] of conditioners; found shape "
                          f"{tuple(conditions.shape)}")
@@ -111,7 +171,7 @@ def mean_difference_vectors(
     batch = images.shape[0]
     generator = torch.Generator(device="cpu").manual_seed(seed)
     sums = {name: None for name in names}
-    with torch.no_grad(), capture_outputs(network, names) as captured:
+    with torch.no_grad(), capture_outputs(network, names, site) as captured:
         for sigma in sigmas:
             noise = torch.randn(images.shape, generator=generator).to(images.device, images.dtype)
             x = images + float(sigma) * noise
@@ -138,6 +198,21 @@ def mean_difference_vectors(
     return vectors
 
 
+def reinitialised_copy(network: nn.Module, seed: int = 0) -> nn.Module:
+    """`network` with every weight of two or more dimensions re-drawn from N(0, 1) (EDM2's MPConv init; its
+    forward normalises the weights) and every scalar or vector parameter (gains, biases) kept: the chance
+    level of Eq. 3's heuristic for this architecture and these conditioning gains."""
+    import copy
+
+    fresh = copy.deepcopy(network)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in fresh.parameters():
+            if parameter.ndim >= 2:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator).to(parameter))
+    return fresh
+
+
 def cosine_matrix(vectors: Tensor) -> Tensor:
     """[K, K] cosine similarities between the rows of [K, D]; NaN where a vector is zero (no direction)."""
     vectors = vectors.double()
@@ -158,6 +233,7 @@ class FeatureCosines:
     per_layer: dict[str, Tensor]
     averaged_layers: list[str]
     average: Tensor
+    per_resolution: dict[str, Tensor]  # {"enc 64x64": mean of that resolution's layers}, EDM2 names only
 
     def summary(self) -> dict:
         def clean(matrix: Tensor):
@@ -171,6 +247,9 @@ class FeatureCosines:
             "per_layer": {name: clean(m) for name, m in self.per_layer.items()},
             "mean_abs_off_diagonal": {name: off_diagonal_mean(m) for name, m in self.per_layer.items()},
             "average_mean_abs_off_diagonal": off_diagonal_mean(self.average),
+            "per_resolution": {group: clean(m) for group, m in self.per_resolution.items()},
+            "per_resolution_mean_abs_off_diagonal": {group: off_diagonal_mean(m)
+                                                     for group, m in self.per_resolution.items()},
         }
 
 
@@ -185,9 +264,10 @@ def off_diagonal_mean(matrix: Tensor) -> float | None:
 def feature_cosines(
     vectors: dict[str, Tensor],             # {layer: [K, D]} from mean_difference_vectors
     labels: Sequence[str],                  # one name per condition (K)
-    average_layers: Sequence[str] | None = None,  # names or glob patterns to average; None: every layer
+    average_layers: Sequence[str] | None = None,  # names or glob patterns to average; None: the feature space
 ) -> FeatureCosines:
-    """Cosine matrix per layer and their mean over the chosen layers (NaN entries ignored in the mean)."""
+    """Cosine matrix per layer, their mean per resolution, and their mean over the chosen layers (default: the
+    paper's "feature-space" layers, `feature_space_layers`); NaN entries are ignored in the means."""
     names = list(vectors)
     if not names:
         raise ValueError("no layers to compare: mean_difference_vectors returned no layer")
@@ -195,9 +275,16 @@ def feature_cosines(
     if first.shape[0] != len(labels):
         raise ValueError(f"{len(labels)} labels for {first.shape[0]} conditions: give one label per condition")
     per_layer = {name: cosine_matrix(v) for name, v in vectors.items()}
-    averaged = resolve_layers(names, average_layers)
+    averaged = feature_space_layers(names) if average_layers is None else resolve_layers(names, average_layers)
     average = torch.stack([per_layer[name] for name in averaged]).nanmean(dim=0)
-    return FeatureCosines(labels=list(labels), per_layer=per_layer, averaged_layers=averaged, average=average)
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        if resolution_group(name) is not None:
+            groups.setdefault(resolution_group(name), []).append(name)
+    per_resolution = {group: torch.stack([per_layer[n] for n in members]).nanmean(dim=0)
+                      for group, members in groups.items()}
+    return FeatureCosines(labels=list(labels), per_layer=per_layer, averaged_layers=averaged, average=average,
+                          per_resolution=per_resolution)
 
 
 def paper_conditions(kind: str, grid_size: int = 16) -> tuple[Tensor, list[str]]:

@@ -1,8 +1,10 @@
 """FeatureCosine: the feature-space cosine analysis logged during training (paper Figure 5, Eq. 3).
 
-Runs every `every_n_steps` optimizer steps on rank 0 with the EMA weights in eval mode (callbacks/base.py) and logs
-the cosine-matrix figure and the off-diagonal scalar straight to the TensorBoard writer. The noisy images are the
-first ones of the current training batch, so the callback needs no data of its own.
+Runs every `every_n_steps` optimizer steps on rank 0 with the EMA weights in eval mode (callbacks/base.py) and
+logs the cosine-matrix figure and the off-diagonal scalars (feature space, and per resolution) straight to the
+TensorBoard writer. The noisy images are the first ones of the current training batch (real renders, which the
+default `modulated` site needs), so the callback needs no data of its own. `python -m lcsbench features` adds
+the chance level of a re-initialised copy.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from lcsbench.analysis.features import feature_cosines, mean_difference_vectors, paper_conditions
+from lcsbench.analysis.features import FEATURE_SITES, feature_cosines, mean_difference_vectors, paper_conditions
 from lcsbench.analysis.plots import cosine_matrices
 from lcsbench.callbacks.base import EveryNSteps, conditioning_kind
 
@@ -25,9 +27,11 @@ class FeatureCosine(EveryNSteps):
         every_n_steps: int = 5000,              # optimizer steps between analyses
         sigmas: Sequence[float] = (0.1, 0.5, 2.0, 10.0),  # noise levels averaged over
         samples: int = 2,                       # noisy images per noise level
-        layers: Sequence[str] | None = None,    # modulation layers (names or globs); None: all
-        average: Sequence[str] | None = ("*enc.*",),  # layers averaged into the "feature-space" matrix
+        layers: Sequence[str] | None = None,    # block layers (names or globs); None: all
+        average: Sequence[str] | None = None,   # layers averaged into the "feature-space" matrix; None: the
+                                                # first two encoder resolutions (as the paper labels it)
         max_layers: int = 12,                   # per-layer panels drawn
+        site: str = "modulated",                # feature site: modulated | scale (analysis/features.py)
     ):
         super().__init__(every_n_steps)
         self.sigmas = [float(s) for s in sigmas]
@@ -35,6 +39,9 @@ class FeatureCosine(EveryNSteps):
         self.layers = None if layers is None else list(layers)
         self.average = None if average is None else list(average)
         self.max_layers = max_layers
+        if site not in FEATURE_SITES:
+            raise ValueError(f"FeatureCosine: site must be one of {FEATURE_SITES}, got {site!r}")
+        self.site = site
 
     def analyse(self, trainer, pl_module, batch: dict, writer) -> None:
         image, cond = batch["image"], batch["cond"]
@@ -44,7 +51,7 @@ class FeatureCosine(EveryNSteps):
         with torch.no_grad():
             vectors = mean_difference_vectors(pl_module.denoiser, images, self.sigmas,
                                               conditions.to(device=cond.device, dtype=cond.dtype),
-                                              layers=self.layers, network=pl_module)
+                                              layers=self.layers, network=pl_module, site=self.site)
         cosines = feature_cosines(vectors, labels, self.average)
         step = trainer.global_step
         writer.add_figure("features/cosines", cosine_matrices(cosines, max_layers=self.max_layers), step,
@@ -52,3 +59,6 @@ class FeatureCosine(EveryNSteps):
         summary = cosines.summary()
         if summary["average_mean_abs_off_diagonal"] is not None:
             writer.add_scalar("features/off_diagonal", summary["average_mean_abs_off_diagonal"], step)
+        for group, value in summary["per_resolution_mean_abs_off_diagonal"].items():
+            if value is not None:
+                writer.add_scalar(f"features/off_diagonal/{group.replace(' ', '_')}", value, step)

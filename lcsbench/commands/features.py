@@ -1,11 +1,17 @@
 """`python -m lcsbench features --ckpt C --out DIR`: feature-space cosine matrices of a trained EDM2 model (paper
 Eq. 3, Appendix E.4, Figures 5 and 11).
 
-For each of the paper's single conditions (8 colours, or the 12 evaluation locations), the per-block
-conditioning modulation (`emb_linear`, the paper's "MCScale" layers) is captured on noisy images at several
-noise levels; its mean minus the unconditional mean gives one difference vector per condition and layer, and
-their cosine similarities one matrix per layer, plus the average over `--average` layers (the paper's
-"feature-space" panel: the early encoder layers). Writes `DIR/features.json` and `DIR/feature_cosines.png`.
+For each of the paper's single conditions (8 colours, or the 12 evaluation locations), the features of every
+EDM2 block are captured on noisy images at several noise levels; their mean minus the unconditional mean gives
+one difference vector per condition and layer, and their cosine similarities one matrix per layer, one per
+resolution and their average over the paper's "feature-space" layers (the first two encoder resolutions, or
+--average). The site (--site, analysis/features.py): `modulated` (default), the block's features after the
+conditional scale, or `scale`, the scale alone. The images are the model's own samples (one per condition,
+cycling), re-noised at each sigma (--images noise: small random images instead).
+
+Beside the model, the same measurement on a re-initialised copy (weights re-drawn, gains kept) gives the
+chance level: a random network also maps one-hot conditions to near-orthogonal directions, so only a model
+well below its chance level reads as disentangled. Writes `DIR/features.json` and `DIR/feature_cosines.png`.
 """
 
 from __future__ import annotations
@@ -27,50 +33,86 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser, out_help="output folder for features.json and feature_cosines.png")
     parser.add_argument("--sigmas", default=DEFAULT_SIGMAS, help="noise levels averaged over (comma list)")
-    parser.add_argument("--samples", type=int, default=4, help="noisy images per noise level")
-    parser.add_argument("--layers", nargs="*", default=None, metavar="NAME", help="modulation layers to measure "
-                        "(names or glob patterns, e.g. 'unet.enc.*'); default: all")
-    parser.add_argument("--average", nargs="*", default=["unet.enc.*"], metavar="NAME",
-                        help="layers averaged into the 'feature-space' matrix (default: the encoder)")
+    parser.add_argument("--samples", type=int, default=8, help="images averaged over per noise level")
+    parser.add_argument("--site", choices=("modulated", "scale"), default="modulated",
+                        help="feature site: the block's features after the conditional scale, or the scale alone")
+    parser.add_argument("--images", choices=("samples", "noise"), default="samples",
+                        help="the model's own samples (one per condition, cycling) or small random images")
+    parser.add_argument("--sample-steps", type=int, default=32, help="sampler steps for --images samples")
+    parser.add_argument("--layers", nargs="*", default=None, metavar="NAME", help="layers to measure (names or "
+                        "glob patterns, e.g. 'unet.enc.*'); default: all")
+    parser.add_argument("--average", nargs="*", default=None, metavar="NAME",
+                        help="layers averaged into the 'feature-space' matrix (default: the first two encoder "
+                             "resolutions, as the paper labels it)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the chance level (re-initialised copy)")
     parser.add_argument("--list-layers", action="store_true", help="print the layer names and exit")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward")
     args = parser.parse_args(argv)
 
-    from lcsbench.analysis.features import (feature_cosines, mean_difference_vectors, modulation_layers,
-                                            paper_conditions, resolve_layers)
+    from lcsbench.analysis.features import (feature_cosines, feature_layers, mean_difference_vectors,
+                                            paper_conditions, reinitialised_copy, resolve_layers)
     from lcsbench.analysis.plots import cosine_matrices, save_figure
+    from lcsbench.diffusion.sampler import edm_sampler
 
+    if args.samples < 1 or args.sample_steps < 2:
+        raise SystemExit(f"lcsbench features: need --samples >= 1 and --sample-steps >= 2; found {args.samples}, "
+                         f"{args.sample_steps}")
     sigmas = parse_floats(args.sigmas, "sigmas")
     model = load_analysis_model(args.ckpt, ema=not args.no_ema, device=args.device)
-    names = list(modulation_layers(model.network))
+    names = list(feature_layers(model.network, args.site))
     if args.list_layers:
         print("\n".join(names))
         return 0
     try:
         layers = resolve_layers(names, args.layers)
-        averaged = resolve_layers(layers, args.average)
+        averaged = None if args.average is None else resolve_layers(layers, args.average)
     except ValueError as error:
         raise SystemExit(f"lcsbench features: {error}")
     conditions, labels = paper_conditions(model.kind, model.grid_size)
+    conditions = conditions.to(args.device)
     started = time.perf_counter()
-    # Noisy inputs around a grey image: the modulation depends on sigma and the label, x only sets the scale.
     generator = torch.Generator().manual_seed(args.seed)
-    images = (0.2 * torch.randn(args.samples, model.channels, model.resolution, model.resolution,
-                                generator=generator)).to(args.device)
-    print(f"{len(labels)} {model.kind} conditions x {len(sigmas)} sigmas x {args.samples} samples on "
-          f"{len(layers)} layers...", flush=True)
-    vectors = mean_difference_vectors(model.denoiser, images, sigmas, conditions.to(args.device), layers=layers,
-                                      network=model.network, seed=args.seed + 1, batch_size=args.batch_size)
-    cosines = feature_cosines(vectors, labels, averaged)
+    shape = (args.samples, model.channels, model.resolution, model.resolution)
+    if args.images == "samples":
+        print(f"sampling {args.samples} images, one per condition in turn ({args.sample_steps} steps)...",
+              flush=True)
+        noise = torch.randn(shape, generator=generator).to(args.device)
+        which = torch.arange(args.samples) % len(labels)
+        with torch.no_grad():
+            images = edm_sampler(model.denoiser, noise, conditions[which.to(args.device)],
+                                 num_steps=args.sample_steps).clamp(-1, 1)
+    else:
+        images = (0.2 * torch.randn(shape, generator=generator)).to(args.device)
+    print(f"{len(labels)} {model.kind} conditions x {len(sigmas)} sigmas x {args.samples} images on "
+          f"{len(layers)} layers ({args.site} site)...", flush=True)
+
+    def measure(network):
+        vectors = mean_difference_vectors(model.denoiser, images, sigmas, conditions, layers=layers, network=network,
+                                          seed=args.seed + 1, batch_size=args.batch_size, site=args.site)
+        return feature_cosines(vectors, labels, averaged)
+
+    cosines = measure(model.network)
+    baseline = None
+    if not args.no_baseline:  # the chance level: the same measurement through re-drawn weights
+        trained = {k: v.detach().clone() for k, v in model.network.state_dict().items()}
+        model.network.load_state_dict(reinitialised_copy(model.network, seed=args.seed).state_dict())
+        try:
+            baseline = measure(model.network).summary()
+        finally:
+            model.network.load_state_dict(trained)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"command": "features", "ckpt": str(args.ckpt), "ema": not args.no_ema, "kind": model.kind,
-               "sigmas": sigmas, "samples": args.samples, "seed": args.seed,
-               "seconds": round(time.perf_counter() - started, 2), **cosines.summary()}
+               "site": args.site, "images": args.images, "sigmas": sigmas, "samples": args.samples,
+               "seed": args.seed, "seconds": round(time.perf_counter() - started, 2), **cosines.summary(),
+               "baseline": None if baseline is None else {
+                   key: baseline[key] for key in ("average_mean_abs_off_diagonal",
+                                                  "per_resolution_mean_abs_off_diagonal", "average")}}
     (out / "features.json").write_text(json.dumps(summary, indent=2))
     save_figure(cosine_matrices(cosines, title=f"{Path(args.ckpt).name}: cosine of mean difference vectors"),
                 out / "feature_cosines.png")
-    print(f"mean |cosine| off the diagonal, averaged layers: {summary['average_mean_abs_off_diagonal']}")
+    chance = "" if baseline is None else f" (chance level, re-initialised: {baseline['average_mean_abs_off_diagonal']})"
+    print(f"mean |cosine| off the diagonal, feature-space layers: {summary['average_mean_abs_off_diagonal']}{chance}")
     print(f"wrote {out / 'features.json'} and {out / 'feature_cosines.png'} in {summary['seconds']} s")
     return 0
 

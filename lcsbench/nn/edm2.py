@@ -40,6 +40,7 @@ def scale_label(flat: torch.Tensor, label_scale: str) -> torch.Tensor:
     raise ValueError(f"label_scale must be one of {LABEL_SCALES} (counts: the integer counts as they are, the "
                      f"paper's reading; unit: scaled to unit L2 norm), got {label_scale!r}")
 
+
 # --- Block: residual unit with per-channel embedding scale and optional cosine attention ------------
 
 
