@@ -101,8 +101,8 @@ def bench(unet, scheduler, encode, latent_size, device, repeats: int, jacobian_c
     seconds, peak = timed(device, lambda: word_influence(denoiser, encode, x, sigma, LOCALITY_PROMPT, chunk_size=3),
                           repeats)
     record("word ablation at one step", seconds, peak, f"{len(words) + 1} prompts x CFG, forward only")
-    center = (latent_size[0] // 2, latent_size[1] // 2)
-    seconds, peak = timed(device, lambda: pixel_jacobian(denoiser, x, sigma, cond, [center],
+    centre = (latent_size[0] // 2, latent_size[1] // 2)
+    seconds, peak = timed(device, lambda: pixel_jacobian(denoiser, x, sigma, cond, [centre],
                                                          chunk_size=jacobian_chunk), 1)
     record("pixel Jacobian at one latent pixel", seconds, peak,
            f"{unet.config.out_channels} VJPs, chunk {jacobian_chunk or 'auto'}")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lcsbench.analysis.features import feature_cosines, mean_difference_vectors
-from lcsbench.analysis.locality import grid_cell_center, locality_profile
+from lcsbench.analysis.locality import grid_cell_centre, locality_profile
 from lcsbench.analysis.plots import cosine_matrices, locality_grid, radius_curves, save_figure
 from lcsbench.callbacks.features import FeatureCosine
 from lcsbench.callbacks.lengthgen import LengthGenCurve
@@ -86,7 +86,7 @@ def test_figures_are_written(tmp_path):
     images = torch.rand(2, 3, 16, 16) * 2 - 1
     cond = toy_batches(1)[0]["cond"][None].repeat(2, 1, 1)
     profile = locality_profile(net, images, cond, [0.1, 1.0, 10.0], [(3, 5)],
-                               conditioner_centers=lambda c: grid_cell_center(c, 16, 16))
+                               conditioner_centres=lambda c: grid_cell_centre(c, 16, 16))
     figure = locality_grid(profile)
     assert len(figure.axes) == 3 * (3 + len(profile.conditioners))
     vectors = mean_difference_vectors(net, images, [1.0], torch.eye(256)[:4].view(4, 16, 16), site="scale")

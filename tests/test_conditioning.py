@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lcsbench.data import conditioning as C
-from lcsbench.data.scenes import COLOR_NAMES
+from lcsbench.data.scenes import COLOR_NAMES, cell_centre
 
 
 def make_scene(centres_and_colors, width=64, height=64):
@@ -191,7 +191,7 @@ def test_paper_constants_and_requested_conditioners():
     scene = make_scene([((0.65 * 64, 0.25 * 64), "red")])
     assert torch.equal(C.location_grid(scene), C.grid_from_locations([(0.65, 0.25)]))
     row, col = C.location_cell(0.65, 0.25)
-    assert C.location_cell(*C.cell_center(row, col)) == (row, col)
+    assert C.location_cell(*cell_centre(row, col, 16)) == (row, col)
 
     assert C.PAPER_COLORS == ("blue", "brown", "cyan", "gray", "green", "purple", "red", "yellow")
     assert sorted(C.PAPER_COLORS) == sorted(COLOR_NAMES)

@@ -11,7 +11,7 @@ from torch import nn
 
 from lcsbench.analysis.locality import (
     conditional_influence,
-    grid_cell_center,
+    grid_cell_centre,
     locality_profile,
     locality_radius,
     pixel_jacobian,
@@ -269,10 +269,10 @@ def test_locality_profile_over_noise_levels():
     images = torch.randn(2, 3, resolution, resolution, dtype=torch.float64)
     cond = torch.zeros(2, grid_size, grid_size)
     cond[:, 1, 2] = 1
-    centre = grid_cell_center((1, 2), grid_size, resolution)
+    centre = grid_cell_centre((1, 2), grid_size, resolution)
     assert centre == (6, 10)
     profile = locality_profile(model, images, cond, [0.1, 1.0, 10.0], [centre],
-                               conditioner_centers=lambda c: grid_cell_center(c, grid_size, resolution))
+                               conditioner_centres=lambda c: grid_cell_centre(c, grid_size, resolution))
     assert profile.heat.shape == (3, 1, resolution, resolution)
     assert profile.influence.shape == (3, 1, resolution, resolution)
     assert profile.influence_at_targets.shape == (3, 1, 1)

@@ -26,6 +26,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from lcsbench.data.scenes import cell_centre
+
 Denoiser = Callable[[Tensor, "Tensor | float", Tensor], Tensor]
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes the batched backward of one chunk may use (a heuristic, see below)
@@ -319,7 +321,7 @@ def conditional_influence(
 
 def locality_radius(
     heat: Tensor,                           # non-negative map [H, W] (a pixel or conditional map)
-    center: Sequence[int],                  # (row, col) the square is centred on
+    centre: Sequence[int],                  # (row, col) the square is centred on
     fraction: float = 0.9,                  # share of the total energy the square must hold
 ) -> float:
     """Half-width r of the smallest square `[row-r, row+r] x [col-r, col+r]` (clipped to the image) whose
@@ -331,7 +333,7 @@ def locality_radius(
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must lie in (0, 1]; found {fraction}")
     height, width = heat.shape
-    row, col = check_pixels([center], height, width)[0]
+    row, col = check_pixels([centre], height, width)[0]
     energy = heat.detach().double().abs()
     total = energy.sum()
     if total <= 0:
@@ -346,10 +348,10 @@ def locality_radius(
     return float(radii[enough.nonzero()[0, 0]])
 
 
-def grid_cell_center(cell: Sequence[int], grid_size: int, resolution: int) -> tuple[int, int]:
-    """The pixel (row, col) at the centre of grid cell (row, col) of a G x G location grid."""
-    size = resolution // grid_size
-    return int(cell[0]) * size + size // 2, int(cell[1]) * size + size // 2
+def grid_cell_centre(cell: Sequence[int], grid_size: int, resolution: int) -> tuple[int, int]:
+    """The pixel (row, col) that holds the centre of grid cell (row, col) of a G x G location grid."""
+    x, y = cell_centre(int(cell[0]), int(cell[1]), grid_size)
+    return int(y * resolution), int(x * resolution)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -369,7 +371,7 @@ class LocalityProfile:
     sigmas: list[float]
     pixels: list[tuple[int, int]]
     conditioners: list[tuple[int, ...]]
-    conditioner_centers: list[tuple[int, int]] | None
+    conditioner_centres: list[tuple[int, int]] | None
     fraction: float
     heat: Tensor
     influence: Tensor | None
@@ -391,8 +393,8 @@ class LocalityProfile:
         if self.influence is not None:
             out |= {
                 "conditioners": [list(c) for c in self.conditioners],
-                "conditioner_centers": None if self.conditioner_centers is None
-                else [list(c) for c in self.conditioner_centers],
+                "conditioner_centres": None if self.conditioner_centres is None
+                else [list(c) for c in self.conditioner_centres],
                 "conditional_radius": _nan_to_none(self.conditional_radius.tolist()),
                 "conditional_radius_mean": _nan_to_none(_nanmean(self.conditional_radius, dim=1).tolist()),
                 "influence_at_targets": self.influence_at_targets.tolist(),
@@ -418,7 +420,7 @@ def locality_profile(
     cond: Tensor,                           # structured conditioner [B, ...]
     sigmas: Sequence[float],                # noise levels to measure at
     pixels: Sequence[Sequence[int]],        # target pixels as (row, col)
-    conditioner_centers: Callable[[tuple[int, ...]], tuple[int, int]] | None = None,  # conditioner -> pixel
+    conditioner_centres: Callable[[tuple[int, ...]], tuple[int, int]] | None = None,  # conditioner -> pixel
     fraction: float = 0.9,                  # energy share of the locality radius
     seed: int = 0,                          # noise seed: the same noise direction at every sigma
     chunk_size: int | None = None,          # cotangents per batched backward (pixel_jacobian)
@@ -445,18 +447,18 @@ def locality_profile(
     heat_t = torch.stack(heat)
     pixel_radius = torch.tensor([[locality_radius(h, t, fraction) for h, t in zip(level, targets)]
                                  for level in heat_t])
-    influence_t = conditional_radius = at_targets = centers = None
+    influence_t = conditional_radius = at_targets = centres = None
     if conditional:
         influence_t = torch.stack(influence)
-        centers = [conditioner_centers(c) for c in conditioners] if conditioner_centers else None
+        centres = [conditioner_centres(c) for c in conditioners] if conditioner_centres else None
         conditional_radius = torch.tensor(
-            [[locality_radius(m, centers[j], fraction) if centers else float("nan") for j, m in enumerate(level)]
+            [[locality_radius(m, centres[j], fraction) if centres else float("nan") for j, m in enumerate(level)]
              for level in influence_t])
         rows = torch.tensor([t[0] for t in targets])
         cols = torch.tensor([t[1] for t in targets])
         at_targets = influence_t[:, :, rows, cols].transpose(1, 2)  # [S, P, J]
     return LocalityProfile(
-        sigmas=[float(s) for s in sigmas], pixels=targets, conditioners=conditioners, conditioner_centers=centers,
+        sigmas=[float(s) for s in sigmas], pixels=targets, conditioners=conditioners, conditioner_centres=centres,
         fraction=fraction, heat=heat_t, influence=influence_t, pixel_radius=pixel_radius,
         conditional_radius=conditional_radius, influence_at_targets=at_targets,
         noisy=torch.stack(noisy), denoised=torch.stack(denoised),

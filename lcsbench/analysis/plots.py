@@ -41,16 +41,16 @@ def _image(tensor: Tensor) -> Tensor:
     return ((image + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
-def _mark(axis, center: Sequence[float], color: str = "lime") -> None:
-    axis.plot([center[1]], [center[0]], marker="+", color=color, markersize=8, mew=1.5)
+def _mark(axis, centre: Sequence[float], color: str = "lime") -> None:
+    axis.plot([centre[1]], [centre[0]], marker="+", color=color, markersize=8, mew=1.5)
 
 
-def _radius_box(axis, center: Sequence[float], radius: float, color: str = "white") -> None:
+def _radius_box(axis, centre: Sequence[float], radius: float, color: str = "white") -> None:
     if radius == radius:  # not NaN
         from matplotlib.patches import Rectangle
 
         xlim, ylim = axis.get_xlim(), axis.get_ylim()  # keep the image's extent: the square may leave it
-        axis.add_patch(Rectangle((center[1] - radius - 0.5, center[0] - radius - 0.5), 2 * radius + 1,
+        axis.add_patch(Rectangle((centre[1] - radius - 0.5, centre[0] - radius - 0.5), 2 * radius + 1,
                                  2 * radius + 1, fill=False, edgecolor=color, linewidth=0.8, clip_on=True))
         axis.set_xlim(xlim)
         axis.set_ylim(ylim)
@@ -68,24 +68,24 @@ def locality_grid(
     rows, cols = len(profile.sigmas), 3 + num_cond
     figure = Figure(figsize=(1.9 * cols, 1.9 * rows + 0.6), layout="constrained")
     axes = figure.subplots(rows, cols, squeeze=False)
-    center = profile.pixels[target]
+    centre = profile.pixels[target]
     for s, sigma in enumerate(profile.sigmas):
         axes[s, 0].imshow(_image(profile.noisy[s].clamp(-1, 1)))
-        _mark(axes[s, 0], center)
+        _mark(axes[s, 0], centre)
         axes[s, 0].set_ylabel(f"sigma={sigma:.3g}")
         axes[s, 1].imshow(_image(profile.denoised[s]))
         heat = profile.heat[s, target]
         axes[s, 2].imshow(heat.numpy(), cmap="magma")
-        _mark(axes[s, 2], center)
-        _radius_box(axes[s, 2], center, float(profile.pixel_radius[s, target]))
+        _mark(axes[s, 2], centre)
+        _radius_box(axes[s, 2], centre, float(profile.pixel_radius[s, target]))
         for j in range(num_cond):
             axis = axes[s, 3 + j]
             axis.imshow(profile.influence[s, j].numpy(), cmap="viridis")
-            if profile.conditioner_centers:
-                _mark(axis, profile.conditioner_centers[j], color="red")
-                _radius_box(axis, profile.conditioner_centers[j], float(profile.conditional_radius[s, j]))
-            _mark(axis, center)
-    headers = ["x (noisy)", "D(x)", f"pixel |J| at {tuple(center)}"]
+            if profile.conditioner_centres:
+                _mark(axis, profile.conditioner_centres[j], color="red")
+                _radius_box(axis, profile.conditioner_centres[j], float(profile.conditional_radius[s, j]))
+            _mark(axis, centre)
+    headers = ["x (noisy)", "D(x)", f"pixel |J| at {tuple(centre)}"]
     headers += [f"cond {tuple(profile.conditioners[j])}" for j in range(num_cond)]
     for c, header in enumerate(headers):
         axes[0, c].set_title(header, fontsize=8)

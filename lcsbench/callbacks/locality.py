@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from lcsbench.analysis.locality import grid_cell_center, locality_profile
+from lcsbench.analysis.locality import grid_cell_centre, locality_profile
 from lcsbench.analysis.plots import locality_grid, radius_curves
 from lcsbench.callbacks.base import EveryNSteps, conditioning_kind
 
@@ -46,12 +46,12 @@ class LocalityHeatmaps(EveryNSteps):
         if conditioning_kind(cond) == "location" and active:
             grid = cond.shape[-1]
             cells = cond[0].nonzero().tolist()[:self.max_targets]
-            targets = [grid_cell_center(cell, grid, res) for cell in cells]
-            centers = lambda cell: grid_cell_center(cell, grid, res)  # noqa: E731
+            targets = [grid_cell_centre(cell, grid, res) for cell in cells]
+            centres = lambda cell: grid_cell_centre(cell, grid, res)  # noqa: E731
         else:
-            targets, centers = [(res // 2, res // 2)], None
+            targets, centres = [(res // 2, res // 2)], None
         profile = locality_profile(pl_module.denoiser, images, conds, self.sigmas, targets,
-                                   conditioner_centers=centers, fraction=self.fraction,
+                                   conditioner_centres=centres, fraction=self.fraction,
                                    memory_budget=self.memory_budget, conditional=active)
         step = trainer.global_step
         for t in range(len(profile.pixels)):

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-budget-gib", type=float, default=2.0, help="memory per batched backward")
     args = parser.parse_args(argv)
 
-    from lcsbench.analysis.locality import check_pixels, grid_cell_center, locality_profile
+    from lcsbench.analysis.locality import check_pixels, grid_cell_centre, locality_profile
     from lcsbench.analysis.plots import locality_grid, radius_curves, save_figure
 
     sigmas = parse_floats(args.sigmas, "sigmas")
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     res = model.resolution
     if targets is None:
         if model.kind == "location":
-            targets = [grid_cell_center(cell, model.grid_size, res) for cell in cond_one.nonzero().tolist()]
+            targets = [grid_cell_centre(cell, model.grid_size, res) for cell in cond_one.nonzero().tolist()]
         else:
             targets = [(res // 2, res // 2)]
     try:
@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         sample = edm_sampler(model.denoiser, noise, cond[:1], num_steps=args.sample_steps).clamp(-1, 1)
     images = sample.repeat(args.samples, 1, 1, 1)
     print(f"measuring {len(targets)} target pixels x {len(sigmas)} noise levels...", flush=True)
-    centers = (lambda cell: grid_cell_center(cell, model.grid_size, res)) if model.kind == "location" else None
-    profile = locality_profile(model.denoiser, images, cond, sigmas, targets, conditioner_centers=centers,
+    centres = (lambda cell: grid_cell_centre(cell, model.grid_size, res)) if model.kind == "location" else None
+    profile = locality_profile(model.denoiser, images, cond, sigmas, targets, conditioner_centres=centres,
                                fraction=args.fraction, seed=args.seed + 1, chunk_size=args.chunk_size,
                                memory_budget=int(args.memory_budget_gib * 2**30))
     summary = {

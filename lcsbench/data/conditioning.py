@@ -98,11 +98,6 @@ def location_cell(x: float, y: float, grid_size: int = DEFAULT_GRID_SIZE) -> tup
     return row, col
 
 
-def cell_center(row: int, col: int, grid_size: int = DEFAULT_GRID_SIZE) -> tuple[float, float]:
-    """Centre of grid cell (row, col) as (x, y) fractions of the image."""
-    return (col + 0.5) / grid_size, (row + 0.5) / grid_size
-
-
 def location_grid(
     scene_or_objects: SceneOrObjects,
     grid_size: int = DEFAULT_GRID_SIZE,  # G: cells per side (E.1)

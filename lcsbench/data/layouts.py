@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lcsbench.data.scenes import COLOR_NAMES, MATERIALS, SHAPES, SIZES
+from lcsbench.data.scenes import COLOR_NAMES, MATERIALS, SHAPES, SIZES, cell_centre
 
 POSITION_KEYS = ("pixel", "frac", "grid")
 ATTRIBUTES = {"color": COLOR_NAMES, "shape": SHAPES, "size": tuple(SIZES), "material": MATERIALS}
@@ -49,8 +49,7 @@ def object_to_pixel(spec: dict, resolution: int, grid_size: int, where: str) -> 
         row, col = a, b
         if not (0 <= row < grid_size and 0 <= col < grid_size):
             raise LayoutError(f"{where}: grid cell {spec[kind]} outside the {grid_size}x{grid_size} grid")
-        cell = resolution / grid_size
-        x, y = (col + 0.5) * cell, (row + 0.5) * cell
+        x, y = (fraction * resolution for fraction in cell_centre(row, col, grid_size))
     if not (0 <= x < resolution and 0 <= y < resolution):
         raise LayoutError(f"{where}: position {spec[kind]} ({kind}) falls outside the {resolution}x{resolution} image")
     result = {"pixel": [x, y]}

@@ -67,3 +67,9 @@ def parse_counts(counts: str | int | Sequence[int]) -> tuple[int, ...]:
         raise ValueError(f"invalid object counts {counts!r}: expected a range like '1-3', a list like '1,2,5' "
                          f"or a list of distinct positive integers")
     return tuple(sorted(parts))
+
+
+def cell_centre(row: int, col: int, grid_size: int) -> tuple[float, float]:
+    """Centre of cell (row, col) of a G x G location grid as (x, y) fractions of the image (the one cell-centre
+    helper: layouts, locality targets and conditioners all place a cell's object here)."""
+    return (col + 0.5) / grid_size, (row + 0.5) / grid_size
