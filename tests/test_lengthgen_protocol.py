@@ -66,11 +66,102 @@ def test_success_rules_all_and_single_label():
     assert exp1.success(2, 0, 0) and not exp1.success(2, 0, 1) and not exp1.success(5, 0, 1)
     assert exp1.success(5, 0, 0) and not exp1.success(5, 1, 0)
     color = lg.SuccessRule("color", (1, 2, 3), "all")
-    assert not color.success(3, 0, 1) and color.success(4, 0, 2)
+    assert not color.success(3, 0, 1) and color.success(4, 0, 0)
     exp2 = lg.SuccessRule("location", (1, 2, 3), "single")
     assert exp2.success(1, 0, 2) and not exp2.success(1, 0, 3) and exp2.success(6, 0, 2)
+    assert exp2.success(6, 0, 0) and not exp2.success(6, 1, 0)
     with pytest.raises(ValueError, match="label_mode"):
-        lg.SuccessRule("location", (1, 2, 3), "random")
+        lg.SuccessRule("location", (1, 2, 3), "bogus")
+
+
+# Hand-made detections: the requested objects (some dropped = missing) plus far-away or unrequested extras.
+FAR = np.array([[2.0, 2.0], [61.0, 61.0], [2.0, 61.0], [61.0, 2.0]])  # far from every paper location
+
+
+def judged_locations(rule, k, missing, extra):
+    requested = lg.fractions_to_pixels(lg.requested_locations(k), RES)
+    detected = np.vstack([requested[missing:] + 0.5, FAR[:extra]])
+    match = lg.match_locations(requested, detected, CELL)
+    assert (match["missing"], match["extra"]) == (missing, extra)
+    return rule.success(k, match["missing"], match["extra"])
+
+
+def judged_colors(rule, k, missing, extra, extra_color="yellow"):
+    requested = lg.requested_colors(k)
+    match = lg.match_colors(requested, requested[missing:] + [extra_color] * extra)
+    assert (match["missing"], match["extra"]) == (missing, extra)
+    return rule.success(k, match["missing"], match["extra"])
+
+
+def test_color_all_label_is_exact_beyond_the_trained_counts():
+    rule = lg.SuccessRule("color", (1, 2, 3), "all")
+    for k in (2, 3, 5, 7):  # inside and beyond the trained counts 1-3
+        assert judged_colors(rule, k, 0, 0)
+        assert not judged_colors(rule, k, 0, 1)  # one object of an unrequested colour
+        assert not judged_colors(rule, k, 1, 0)
+    assert not judged_colors(rule, 5, 0, 1, extra_color="blue")  # a second object of a requested colour
+    assert not judged_colors(rule, 6, 0, 2)
+    assert rule.extra_range(7) == (0, 0) and rule.extras_notation() == ""
+
+
+def test_random_label_allows_up_to_n_minus_one_extras_at_every_k():
+    rule = lg.SuccessRule("location", (1, 2, 3), "random")
+    for k in (1, 3, 4, 9):
+        assert judged_locations(rule, k, 0, 0) and judged_locations(rule, k, 0, 1) and judged_locations(rule, k, 0, 2)
+        assert not judged_locations(rule, k, 0, 3)
+        assert not judged_locations(rule, k, 1, 0) and not judged_locations(rule, k, 1, 2)
+    wider = lg.SuccessRule("color", (1, 2, 3, 4, 5), "random")
+    assert judged_colors(wider, 6, 0, 4) and not judged_colors(wider, 6, 0, 5) and not judged_colors(wider, 6, 1, 4)
+    assert lg.SuccessRule("location", (1,), "random").extra_range(4) == (0, 0)
+    assert rule.extras_notation() == "+(0-2)"
+
+
+def test_drop_one_label_needs_exactly_one_extra():
+    rule = lg.SuccessRule("location", (1, 2, 3), "drop_one")
+    for k in (1, 2, 4, 8):
+        assert judged_locations(rule, k, 0, 1)
+        assert not judged_locations(rule, k, 0, 0)  # no unlabelled object: never seen in training
+        assert not judged_locations(rule, k, 0, 2)
+        assert not judged_locations(rule, k, 1, 1) and not judged_locations(rule, k, 1, 2)
+    color = lg.SuccessRule("color", (2, 3, 4, 5), "drop_one")
+    assert judged_colors(color, 6, 0, 1) and not judged_colors(color, 6, 0, 0) and not judged_colors(color, 6, 0, 2)
+    assert rule.extras_notation() == "+1"
+    with pytest.raises(ValueError, match="names no object"):  # 1-object scenes: every conditioner empty
+        lg.SuccessRule("location", (1,), "drop_one")
+
+
+def test_rules_follow_select_objects():
+    """The extras each rule allows are the unlabelled-object counts select_objects produces on the training counts."""
+    from lcsbench.data.conditioning import LABEL_MODES, select_objects
+
+    counts = (1, 2, 3)
+    generator = torch.Generator().manual_seed(0)
+    for mode in LABEL_MODES:
+        seen = set()
+        for n in counts:
+            for _ in range(200):
+                named = select_objects([{"i": i} for i in range(n)], mode, generator)
+                if named:  # a request names at least one object
+                    seen.add(n - len(named))
+        fewest, most = lg.SuccessRule("location", counts, mode).extra_range(4)
+        assert seen == set(range(fewest, most + 1)), mode
+
+
+def test_describe_says_each_rule_in_words():
+    assert "no other object" in lg.SuccessRule("color", (1, 2, 3), "all").describe()
+    assert "of its colour" in lg.SuccessRule("color", (1, 2, 3), "all").describe()
+    assert "0-2 extra" in lg.SuccessRule("location", (1, 2, 3), "single").describe()
+    assert "0-4 extra" in lg.SuccessRule("location", (1, 2, 3, 4, 5), "random").describe()
+    assert "exactly 1 extra" in lg.SuccessRule("location", (1, 2, 3), "drop_one").describe()
+
+
+def test_lengthgen_command_accepts_every_label_mode(capsys):
+    from lcsbench.commands import lengthgen as command
+    from lcsbench.data.conditioning import LABEL_MODES
+
+    with pytest.raises(SystemExit):
+        command.main(["--help"])
+    assert "{" + ",".join(LABEL_MODES) + "}" in capsys.readouterr().out
 
 
 def run_generator(draw, rule, ks=range(1, 13), samples=4):
@@ -120,3 +211,6 @@ def test_tally_merge_histogram_and_report_json(tmp_path):
     loaded = json.loads(path.read_text())
     assert set(loaded["rows"]) == {"model", "oracle"} and loaded["rows"]["model"]["k_max"] == 0
     assert lg.table_row("exp1", loaded) == "| exp1 | 0 (strict 0) | 0 (strict 0) |"
+    for mode, cell in (("single", "0+(0-2)"), ("random", "0+(0-2)"), ("drop_one", "0+1")):
+        report["protocol"]["label_mode"] = mode
+        assert lg.table_row("m", report) == f"| m | {cell} (strict 0) | {cell} (strict 0) |"

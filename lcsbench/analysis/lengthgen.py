@@ -11,13 +11,13 @@ per image, and these pure functions turn them into per-k scores:
    (default 1 cell = resolution / G pixels); `match_colors` matches colour multisets. Both return
    `{"matched", "missing", "extra", "detected"}`: requested objects found, requested objects not found,
    detections matched to no request;
-3. success (`SuccessRule`, E.2): with n the largest trained object count,
-   - all-label training (Exp. 1, colour): for k <= n exactly the requested objects (missing = extra = 0);
-     for k > n every requested object present; location conditioning still requires exactly k there
-     (the location conditioner names every object, so an extra object is an error at any k), colour
-     conditioning allows extras beyond the trained range;
-   - single-label training (Exp. 2/3): every requested object present plus at most n - 1 extra objects
-     (the paper's "k+(0-(n-1))", e.g. "1+(0-2)" for 1-3 objects), at every k;
+3. success (`SuccessRule`, E.2): every requested object present (missing = 0, at its location or of its
+   colour) and a number of extra objects the training data showed beside the named ones; with n the largest
+   trained object count, at every k (inside and beyond the trained counts), for both kinds:
+   - `all` (Exp. 1, colour): exactly the requested objects (extra = 0);
+   - `single` (Exp. 2/3) and `random` (Table 2): 0 to n - 1 extra objects (the paper's "k+(0-(n-1))", e.g.
+     "1+(0-2)" for 1-3 objects);
+   - `drop_one` (Table 2): exactly one extra object;
 4. aggregation: `LengthGenTally` accumulates per-k counts (samples, successes, missing, extra, histogram
    of detected counts) that add across processes; `summarize` gives per-k rates and
    `k_max` = the largest k with success rate > 25% for every k' <= k (the paper's rule), `k_max_strict`
@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from lcsbench.data.conditioning import PAPER_COLORS, PAPER_LOCATIONS
+from lcsbench.data.conditioning import LABEL_MODES, PAPER_COLORS, PAPER_LOCATIONS
 
 K_MAX_THRESHOLD = 0.25  # E.2: "succeeds ... more than 25% of the time"
 K_MAX_STRICT_THRESHOLD = 0.5
@@ -135,43 +135,80 @@ def match_colors(requested: Sequence[str], detected: Sequence[str]) -> dict:
 
 @dataclass(frozen=True)
 class SuccessRule:
-    """When a sample with k requested objects counts as a success (module docstring, point 3)."""
+    """When a sample with k requested objects counts as a success (E.2, Table 1, Table 2).
+
+    A success draws every requested object (at its location, or of its colour) and, beside them, a number of
+    extra objects that the training data showed beside its named objects. The label mode decides how many
+    objects of a training scene its conditioner names (`conditioning.select_objects`); for training counts
+    n_min..n_max, n = n_max, the unnamed objects of a training scene with a non-empty conditioner number:
+
+    - `all`: every object named, so 0 unnamed: exactly the k requested objects, at every k. E.2 counts
+      "exactly k objects" within the trained counts; beyond them a drawn object the conditioner does not name
+      was never seen in training either, so the rule stays exact (location and colour alike).
+    - `single`: 1 of m objects named, m in the trained counts: up to n - 1 unnamed. The paper writes the
+      expected behaviour as "an object at each conditioned location, plus 0-2 extra objects" for 1-3 objects
+      (Section 2), so 0..n-1 extras at every k (also when n_min > 1: the paper's generous lower bound).
+    - `random`: L ~ U{1..m} of m objects named (at least one), so m - L in 0..m-1 unnamed: 0..n-1 extras,
+      like `single`. Ambiguous: the scenes with exactly L = k named objects had only 0..n-k unnamed ones, a
+      stricter per-k reading (0 extras for k >= n); we take the reading of the paper's "1+(0-2)" notation,
+      0..n-1 extras at every k, which is also the generous one E.2 asks for ("intentionally generous").
+    - `drop_one`: m - 1 of m objects named, so exactly 1 unnamed in every scene (a 1-object scene has an
+      empty conditioner and its one object unnamed): exactly one extra object, i.e. k + 1 objects, at every k.
+      Trained on 1-object scenes only, no conditioner ever named an object: refused.
+    """
 
     kind: str  # location | color
     trained_counts: tuple[int, ...]  # object counts of the training data, e.g. (1, 2, 3)
-    label_mode: str = "all"  # all (Exp. 1, colour) | single (Exp. 2/3)
+    label_mode: str = "all"  # conditioning.LABEL_MODES: all (Exp. 1, colour) | single (Exp. 2/3) | random | drop_one
 
     def __post_init__(self) -> None:
         if self.kind not in ("location", "color"):
             raise ValueError(f"kind must be 'location' or 'color', got {self.kind!r}")
-        if self.label_mode not in ("all", "single"):
-            raise ValueError(f"the length-generalization rule is defined for label_mode 'all' or 'single' "
-                             f"(Table 1), got {self.label_mode!r}")
+        if self.label_mode not in LABEL_MODES:
+            raise ValueError(f"label_mode must be one of the training label modes {LABEL_MODES}, "
+                             f"got {self.label_mode!r}")
         if not self.trained_counts or min(self.trained_counts) < 1:
             raise ValueError(f"trained_counts must list positive object counts, got {self.trained_counts!r}")
+        if self.label_mode == "drop_one" and self.n == 1:
+            raise ValueError("label_mode 'drop_one' on 1-object scenes names no object (every conditioner is "
+                             "empty): the model never saw a conditioned object, so there is no length-"
+                             "generalization rule; train on counts with at least 2 objects")
 
     @property
     def n(self) -> int:
         return max(self.trained_counts)
 
-    def allowed_extra(self, k: int) -> int | float:
-        """How many unrequested objects a success may have at k."""
-        if self.label_mode == "single":
-            return self.n - 1  # "1+(0-2)": the model saw n-object scenes with one object labelled
-        if k <= self.n or self.kind == "location":
-            return 0
-        return math.inf
+    def extra_range(self, k: int) -> tuple[int, int]:
+        """(fewest, most) unrequested objects a success may have at k (the same at every k; class docstring)."""
+        # E.2: the extras a training scene showed beside its named objects (select_objects)
+        if self.label_mode == "all":
+            return 0, 0  # every object named
+        if self.label_mode == "drop_one":
+            return 1, 1  # all but one named: one unnamed object in every scene
+        return 0, self.n - 1  # single (1 named), random (1..m of m named): "k+(0-(n-1))"
 
     def success(self, k: int, missing: int, extra: int) -> bool:
-        return missing == 0 and extra <= self.allowed_extra(k)
+        fewest, most = self.extra_range(k)
+        return missing == 0 and fewest <= extra <= most
+
+    def extras_notation(self) -> str:
+        """The extras as the paper appends them to k: "" (none), "+(0-2)", "+1"."""
+        fewest, most = self.extra_range(1)
+        if most == 0:
+            return ""
+        return f"+{most}" if fewest == most else f"+({fewest}-{most})"
 
     def describe(self) -> str:
-        if self.label_mode == "single":
-            return (f"every requested object present, at most {self.n - 1} extra (single-label training on up to "
-                    f"{self.n} objects)")
-        if self.kind == "location":
-            return "exactly the requested objects at every k (the location conditioner names every object)"
-        return f"exactly the requested objects for k <= {self.n}; every requested object present beyond"
+        where = "at its location" if self.kind == "location" else "of its colour"
+        if self.label_mode == "all":
+            return (f"exactly the requested objects, each {where}, and no other object, at every k (all-label "
+                    f"training: every object of a training scene was named)")
+        if self.label_mode == "drop_one":
+            return (f"every requested object present ({where}) plus exactly 1 extra object, at every k (drop-one "
+                    f"training on up to {self.n} objects: all but one object named, one unnamed in every scene)")
+        how = "one object named" if self.label_mode == "single" else "a random number 1..m of the m objects named"
+        return (f"every requested object present ({where}) plus 0-{self.n - 1} extra objects, at every k "
+                f"({self.label_mode}-label training on up to {self.n} objects: {how}, up to {self.n - 1} unnamed)")
 
 
 # --- aggregation -------------------------------------------------------------------------------------
@@ -248,10 +285,12 @@ def table_row(name: str, report: Mapping) -> str:
     rows = report["rows"]
     rule = report["protocol"]
 
-    def cell(row: Mapping) -> str:
+    try:  # the extras the success rule allows, in the paper's notation ("9+(0-2)")
+        extra = SuccessRule(rule["kind"], tuple(rule["trained_counts"]), rule["label_mode"]).extras_notation()
+    except (KeyError, TypeError, ValueError):  # a report without (valid) training settings: no extras shown
         extra = ""
-        if rule.get("label_mode") == "single" and max(rule.get("trained_counts", [1])) > 1:
-            extra = f"+(0-{max(rule['trained_counts']) - 1})"
+
+    def cell(row: Mapping) -> str:
         return f"{row['k_max']}{extra} (strict {row['k_max_strict']})"
 
     cells = [cell(rows[r]) if r in rows else "-" for r in ("model", "oracle")]

@@ -39,6 +39,7 @@ def parse_ks(text: str) -> list[int]:
 
 def training_setup(payload: dict, args) -> tuple[tuple[int, ...], str]:
     """Trained object counts and label mode: flags first, then the checkpoint's DataModule hyperparameters."""
+    from lcsbench.data.conditioning import LABEL_MODES
     from lcsbench.data.scenes import parse_counts
 
     data = payload.get("datamodule_hyper_parameters", {}) if isinstance(payload, dict) else {}
@@ -46,11 +47,14 @@ def training_setup(payload: dict, args) -> tuple[tuple[int, ...], str]:
     label_mode = args.label_mode or data.get("label_mode")
     if counts is None or label_mode is None:
         raise SystemExit(f"lengthgen: {args.ckpt} does not record its training data (an EMA file, or a run without "
-                         f"a CLEVRDataModule): pass --trained-counts (e.g. 1-3) and --label-mode (all | single)")
+                         f"a CLEVRDataModule): pass --trained-counts (e.g. 1-3) and --label-mode "
+                         f"({' | '.join(LABEL_MODES)})")
     return parse_counts(counts), label_mode
 
 
 def main(argv: list[str]) -> int:
+    from lcsbench.data.conditioning import LABEL_MODES
+
     parser = argparse.ArgumentParser(prog="python -m lcsbench lengthgen", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
@@ -66,8 +70,8 @@ def main(argv: list[str]) -> int:
                         help="location requests: the paper's order (prefixes) or random k-subsets")
     parser.add_argument("--tolerance-cells", type=float, default=1.0, help="matching tolerance in grid cells")
     parser.add_argument("--trained-counts", default=None, help="training object counts (default: the checkpoint's)")
-    parser.add_argument("--label-mode", choices=("all", "single"), default=None,
-                        help="training label mode (default: the checkpoint's)")
+    parser.add_argument("--label-mode", choices=LABEL_MODES, default=None,
+                        help="training label mode, which sets the success rule (default: the checkpoint's)")
     parser.add_argument("--steps", type=int, default=32, help="Heun steps (default 32, the paper's)")
     parser.add_argument("--batch", type=int, default=64, help="images per sampler batch")
     parser.add_argument("--seed", type=int, default=0, help="noise, subset and oracle scene seed")
