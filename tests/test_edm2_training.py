@@ -195,6 +195,10 @@ def test_every_shipped_config_parses_and_instantiates(config, clevr_shards, tmp_
         assert cli.model.net.label_dim == cli.model.expected_label_dim()
         assert cli.model.conditioning == cli.datamodule.conditioning
         assert any(isinstance(cb, PowerFunctionEMA) for cb in cli.trainer.callbacks)
+        # the full-image resolution (patch-local: G cells of m px) is the data's: a _128 config is 128 px throughout
+        net = getattr(cli.model, "local", cli.model.net)
+        assert net.img_resolution == cli.config.data.init_args.resolution
+        assert "label_scale:" in config.read_text()  # stated explicitly (App. E.1's counts or unit)
 
 
 def test_callback_presets_append_to_an_experiment(clevr_shards, tmp_path, monkeypatch):
