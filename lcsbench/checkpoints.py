@@ -11,12 +11,17 @@ Diffusion models keep it under `ARCH_KEY`, the object judge under `JUDGE_ARCH_KE
 other), and a Lightning checkpoint keeps the power-function EMA's averages in its callback state under
 `EMA_STATE_KEY`. The functions here check a file before anything is built from it and say what to do when a
 check fails.
+
+Loading never runs code from the file: payloads are read with `torch.load(weights_only=True)` (tensors and plain
+containers only; a pickled object is refused), and networks and modules are rebuilt only from the classes in
+`REBUILDABLE` (lcsbench's own; `register_class` adds a user's), never from whatever class path a file names.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +37,32 @@ RECONSTRUCTION_KIND = "lcsbench-phema-reconstruction"  # a post-hoc EMA from `re
 # --- the architecture record ---------------------------------------------------------------------------------
 
 
+# The classes a record may name: lcsbench's networks and modules. A file that names anything else is refused.
+REBUILDABLE: set[str] = {
+    "lcsbench.nn.edm2.Precond",
+    "lcsbench.nn.judge.CentreHeatmapNet",
+    "lcsbench.models.edm2.EDM2Diffusion",
+    "lcsbench.models.patch.PatchLocalDiffusion",
+    "lcsbench.models.judge.JudgeModule",
+}
+
+
 def class_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def import_class(path: str) -> type:
+def register_class(cls: type) -> type:
+    """Allow checkpoints to rebuild `cls` (a user's own network or module); usable as a class decorator."""
+    REBUILDABLE.add(class_path(cls))
+    return cls
+
+
+def import_class(path: str, source: str | Path = "a checkpoint") -> type:
+    """The class at `path`, if it is one checkpoints may rebuild (REBUILDABLE); else a ValueError."""
+    if path not in REBUILDABLE:
+        raise ValueError(f"{source} asks to build {path!r}, which is not one of lcsbench's networks or modules "
+                         f"({sorted(REBUILDABLE)}): refused, since building it could run any code. If it is your "
+                         f"own class, call lcsbench.checkpoints.register_class on it before loading")
     module, _, name = path.rpartition(".")
     return getattr(importlib.import_module(module), name)
 
@@ -51,14 +77,15 @@ def architecture_record(net: torch.nn.Module, module: Any) -> dict[str, Any]:
             "module_class": class_path(type(module)), "module_hparams": dict(module.hparams)}
 
 
-def rebuild(record: dict[str, Any], **overrides: Any) -> Any:
-    """A fresh module and network from an architecture record (weights not loaded).
+def rebuild(record: dict[str, Any], source: str | Path = "a checkpoint", **overrides: Any) -> Any:
+    """A fresh module and network from an architecture record (weights not loaded); `source` names the file.
 
-    Hyperparameters the module's constructor does not take are dropped (LightningCLI records e.g. `_class_path`);
-    `overrides` replace recorded ones (e.g. `compile=False` for analysis).
+    Only REBUILDABLE classes are built. Hyperparameters the module's constructor does not take are dropped
+    (LightningCLI records e.g. `_class_path`); `overrides` replace recorded ones (e.g. `compile=False`).
     """
-    net = import_class(record["net_class"])(**record["net_config"])
-    module_cls = import_class(record["module_class"])
+    net_cls = import_class(record["net_class"], source)
+    module_cls = import_class(record["module_class"], source)
+    net = net_cls(**record["net_config"])
     accepted = inspect.signature(module_cls.__init__).parameters
     hparams = {k: v for k, v in record["module_hparams"].items() if k in accepted and k != "net"}
     return module_cls(net=net, **{**hparams, **overrides})
@@ -81,7 +108,13 @@ def read_checkpoint(path: str | Path, missing_hint: str, map_location: str | tor
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: {missing_hint}")
-    payload = torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"{path} holds Python objects beyond tensors and plain containers, which lcsbench never "
+                         f"writes and which could run code when unpickled: refused ({str(error).splitlines()[0]}). "
+                         f"Load only checkpoints written by lcsbench, or re-save the weights as plain tensors"
+                         ) from None
     if not isinstance(payload, dict):
         raise ValueError(f"{path} is not an lcsbench checkpoint (found a {type(payload).__name__})")
     return payload

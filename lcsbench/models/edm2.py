@@ -6,8 +6,9 @@ plus the paper's one change: forced weight renormalization after every optimizer
 Trainer's (`precision: bf16-mixed` on GPU). Validation reports the EDM-weighted denoising error at fixed noise
 levels (1.0 = no better than returning c_skip x), as a torchmetrics Metric so multi-GPU runs report the same number.
 
-Everything downstream uses `module.denoiser(x, sigma, cond) -> D(x)`, where `cond` is the structured conditioner
-(location grid `[B, G, G]` or colour counts `[B, 8]`); `load_denoiser(ckpt)` rebuilds a module with EMA weights.
+Everything downstream uses `module.denoiser(x, sigma, cond) -> D(x)` (diffusion/denoiser.py: it also says its
+image shape, conditioning kind and grid size), where `cond` is the structured conditioner (location grid
+`[B, G, G]` or colour counts `[B, 8]`); `load_denoiser(ckpt)` rebuilds a module with EMA weights.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torchmetrics import Metric
 from lcsbench.checkpoints import (ARCH_KEY, EMA_STATE_KEY, architecture_record, load_net_state, network_differences,
                                   read_checkpoint, read_record, rebuild)
 from lcsbench.data.conditioning import encode_label, label_dim
+from lcsbench.diffusion.denoiser import BoundDenoiser
 from lcsbench.diffusion.loss import denoising_error, edm2_loss
 from lcsbench.diffusion.phema import ema_net_state
 from lcsbench.diffusion.schedule import learning_rate
@@ -102,7 +104,19 @@ class EDM2Diffusion(L.LightningModule):
         """The network label vector of a structured conditioner (data/conditioning.py) under `label_scale`."""
         return encode_label(cond, self.conditioning, self.label_scale)
 
-    def denoiser(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor) -> torch.Tensor:
+    @property
+    def denoiser(self) -> BoundDenoiser:
+        """`denoiser(x, sigma, cond) -> D(x)` with its image shape, conditioning kind and grid size
+        (diffusion/denoiser.py): what every sampler, analysis, command and callback calls."""
+        return BoundDenoiser(self.denoise, self.image_shape, self.conditioning,
+                             self.grid_size if self.conditioning == "location" else None, network=self.net)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images this model denoises."""
+        return (self.net.img_channels, self.net.img_resolution, self.net.img_resolution)
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor) -> torch.Tensor:
         """D(x; sigma, cond): the denoised image."""
         labels = self.encode_cond(cond).to(x.device)
         return self.net(x, sigma, labels)
@@ -248,7 +262,7 @@ def load_denoiser(
                          "written by `reconstruct-ema`")
     if "label_scale" not in record["module_hparams"]:  # written before the option: labels were unit-norm
         record = {**record, "module_hparams": {**record["module_hparams"], "label_scale": "unit"}}
-    module = rebuild(record, compile=False)
+    module = rebuild(record, path, compile=False)
     if "net_state" in payload:  # an EMA snapshot or reconstruction: the network weights alone
         load_net_state(module.net, payload["net_state"], path)
     else:

@@ -155,7 +155,7 @@ def load_judge(path: str | Path, map_location: str | torch.device = "cpu") -> Ju
                   "module_class": class_path(JudgeModule), "module_hparams": record["hparams"]}
     if record["module_hparams"].get("resolution") is None:
         raise ValueError(f"{path} does not record the resolution it was trained at: retrain the judge")
-    module = rebuild(record)
+    module = rebuild(record, path)
     module.load_state_dict(payload["state_dict"])
     return module.eval()
 
