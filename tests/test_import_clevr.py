@@ -85,3 +85,25 @@ def test_import_refuses_bad_input(tmp_path):
     import_clevr([(tmp_path / "clevr/images", scenes)], tmp_path / "out3")
     with pytest.raises(FileExistsError, match="already holds a dataset"):
         import_clevr([(tmp_path / "clevr/images", scenes)], tmp_path / "out3")
+
+
+def test_import_keeps_every_file_inside_its_folder(tmp_path):
+    """issue 17 item 2: a scene's split is a file-name part and its image_filename a path: neither may escape."""
+    scenes_path = write_clevr_fixture(tmp_path / "clevr")
+    images = tmp_path / "clevr" / "images"
+    payload = json.loads(scenes_path.read_text())
+    escaping = json.loads(json.dumps(payload))
+    escaping["scenes"][1]["split"] = "../../x"
+    (tmp_path / "split.json").write_text(json.dumps(escaping))
+    out = tmp_path / "deep" / "er" / "out"
+    with pytest.raises(ValueError, match=r"scene 1 of .*split.json has split '\.\./\.\./x'"):
+        import_clevr([(images, tmp_path / "split.json")], out)
+    assert not list(tmp_path.rglob("x-000000.tar")) and not (out / "manifest.json").exists()
+    outside = tmp_path / "secret.png"
+    outside.write_bytes((images / "CLEVR_new_000000.png").read_bytes())
+    reaching = json.loads(json.dumps(payload))
+    reaching["scenes"][0]["image_filename"] = "../../secret.png"
+    (tmp_path / "image.json").write_text(json.dumps(reaching))
+    with pytest.raises(ValueError, match=r"scene 0 of .*image.json names image '\.\./\.\./secret.png', which lies "
+                                         r"outside --images"):
+        import_clevr([(images, tmp_path / "image.json")], tmp_path / "out2")

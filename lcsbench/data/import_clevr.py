@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import re
 from pathlib import Path
 
 from PIL import Image
@@ -63,6 +64,30 @@ def convert_scene(scene: dict, image: Image.Image, resolution: int) -> tuple[Ima
     return resized, record
 
 
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # a split becomes a file name: OUT/n<k>/<split>-*.tar
+
+
+def safe_split(split: object, where: str) -> str:
+    """A scene's `split` if it is a plain name (letters, digits, _ and -), else a ValueError naming the scene."""
+    if not isinstance(split, str) or not SAFE_NAME.fullmatch(split):
+        raise ValueError(f"{where} has split {split!r}: a split becomes part of a shard's file name, so it must be "
+                         f"letters, digits, '_' or '-' (e.g. train, val): fix the scene's 'split' field")
+    return split
+
+
+def image_inside(images_dir: Path, scene: dict, where: str) -> Path:
+    """The scene's image path, refused when `image_filename` leads outside `images_dir` (e.g. '../x.png')."""
+    name = scene.get("image_filename")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where} has no image_filename string (found {name!r}): each CLEVR scene names its image")
+    root = images_dir.resolve()
+    path = (images_dir / name).resolve()
+    if root != path and root not in path.parents:
+        raise ValueError(f"{where} names image {name!r}, which lies outside --images {images_dir}: refused; "
+                         f"image_filename must be a file inside the --images folder")
+    return path
+
+
 def import_clevr(sources: list[tuple[Path, Path]], out: Path, resolution: int = 64, shard_size: int = 1000,
                  limit: int | None = None) -> dict:
     """Convert (images dir, scenes file) pairs into shards under `out`; returns the manifest."""
@@ -73,8 +98,8 @@ def import_clevr(sources: list[tuple[Path, Path]], out: Path, resolution: int = 
     dropped_total, skipped_empty = 0, 0
     for images_dir, scenes_path in sources:
         scenes = load_scenes(Path(scenes_path))[:limit]
-        for scene in scenes:
-            image_path = Path(images_dir) / scene["image_filename"]
+        for number, scene in enumerate(scenes):
+            image_path = image_inside(Path(images_dir), scene, f"scene {number} of {scenes_path}")
             if not image_path.exists():
                 raise FileNotFoundError(f"image {image_path} named by {scenes_path} does not exist: "
                                         f"--images must be the folder holding the scenes' image_filename files")
@@ -85,7 +110,7 @@ def import_clevr(sources: list[tuple[Path, Path]], out: Path, resolution: int = 
                 skipped_empty += 1
                 continue
             group = f"n{record['num_objects']}"
-            split = record["split"]
+            split = safe_split(record["split"], f"scene {number} of {scenes_path}")
             index = len(groups.setdefault((group, split), []))
             key = f"{group}_{split}_{index:08d}"
             record["image_index"] = index
