@@ -38,7 +38,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from lcsbench.analysis.locality import Denoiser, _module_of
+from lcsbench.analysis.locality import _module_of
+from lcsbench.diffusion.denoiser import Denoiser
 
 MODULATION_LAYER = "emb_linear"  # EDM2 Block's conditioning projection: c = 1 + emb_linear(emb, gain=emb_gain)
 MODULATED_INPUT_OF = "conv_res1"  # the Block layer whose input is the modulated features mp_silu(y * c)
@@ -183,9 +184,7 @@ def mean_difference_vectors(
                 bs = torch.tensor([b for _, b in chunk])
                 denoiser(x[bs.to(x.device)], float(sigma), all_cond[ks].to(images.device))
                 for name in names:
-                    out = captured[name].pop().float().flatten(1)
-                    if out.shape[0] == 1 and len(chunk) > 1:  # an embedding broadcast over the batch
-                        out = out.expand(len(chunk), -1)
+                    out = per_image_features(captured[name], len(chunk), name)
                     per_condition = torch.zeros(num, out.shape[1], device=out.device).index_add_(
                         0, ks.to(out.device), out)
                     sums[name] = per_condition if sums[name] is None else sums[name] + per_condition
@@ -211,6 +210,26 @@ def reinitialised_copy(network: nn.Module, seed: int = 0) -> nn.Module:
             if parameter.ndim >= 2:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator).to(parameter))
     return fresh
+
+
+def per_image_features(calls: list[Tensor], images: int, name: str) -> Tensor:
+    """`[images, D]` features of one forward from what a layer's hook caught (one tensor per network call).
+
+    One row per image: the layer's features flattened. A row broadcast over the batch (an embedding of batch 1)
+    is repeated. When the network ran on several pieces per image (the patch-local model denoises G x G
+    patches per image, in image-major order, possibly over several calls), each piece's features are averaged
+    over its pixels and the pieces concatenated, so an image's vector still says which patch responded.
+    """
+    rows = torch.cat(calls).float()
+    if rows.shape[0] == images:
+        return rows.flatten(1)
+    if rows.shape[0] == 1:
+        return rows.flatten(1).expand(images, -1)
+    if rows.shape[0] % images:
+        raise ValueError(f"layer {name} saw {rows.shape[0]} inputs in a forward of {images} images: its features "
+                         f"cannot be assigned to images")
+    pieces = rows.mean(dim=(2, 3)) if rows.ndim == 4 else rows.flatten(1)
+    return pieces.reshape(images, -1)
 
 
 def cosine_matrix(vectors: Tensor) -> Tensor:

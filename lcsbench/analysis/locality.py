@@ -27,8 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from lcsbench.data.scenes import cell_centre
+from lcsbench.diffusion.denoiser import Denoiser
 
-Denoiser = Callable[[Tensor, "Tensor | float", Tensor], Tensor]
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes the batched backward of one chunk may use (a heuristic, see below)
 
@@ -67,7 +67,10 @@ def _check_image_batch(x: Tensor) -> None:
 
 
 def _module_of(denoiser: Denoiser) -> nn.Module | None:
-    """The nn.Module behind a denoiser (the module itself, or the owner of a bound method), if any."""
+    """The nn.Module behind a denoiser (its `network`, the module itself, or the owner of a bound method)."""
+    network = getattr(denoiser, "network", None)
+    if isinstance(network, nn.Module):
+        return network
     if isinstance(denoiser, nn.Module):
         return denoiser
     owner = getattr(denoiser, "__self__", None)

@@ -51,7 +51,7 @@ class FeatureCosine(EveryNSteps):
         with torch.no_grad():
             vectors = mean_difference_vectors(pl_module.denoiser, images, self.sigmas,
                                               conditions.to(device=cond.device, dtype=cond.dtype),
-                                              layers=self.layers, network=pl_module, site=self.site)
+                                              layers=self.layers, site=self.site)
         cosines = feature_cosines(vectors, labels, self.average)
         step = trainer.global_step
         writer.add_figure("features/cosines", cosine_matrices(cosines, max_layers=self.max_layers), step,

@@ -33,7 +33,7 @@ class LengthGenCurve(EveryNSteps):
         samples_per_k: int = 4,  # samples per k (the paper counts 8 by eye)
         num_steps: int = 16,  # Heun steps (32 is the paper's; fewer keep training fast)
         trained_counts: Sequence[int] | None = None,  # training object counts; default: the DataModule's
-        label_mode: str | None = None,  # all | single; default: the DataModule's
+        label_mode: str | None = None,  # all | single | random | drop_one; default: the DataModule's
         tolerance_cells: float = 1.0,  # matching tolerance in grid cells
         seed: int = 0,  # noise seed (the same noise every evaluation, so curves compare over training)
     ) -> None:
@@ -52,8 +52,8 @@ class LengthGenCurve(EveryNSteps):
         from lcsbench.models.judge import load_judge
 
         self._judge = load_judge(self.judge_path)
-        resolution = getattr(pl_module.net, "img_resolution", None)
-        if resolution is not None and self._judge.resolution != resolution:
+        resolution = pl_module.denoiser.image_shape[-1]
+        if self._judge.resolution != resolution:
             raise ValueError(f"LengthGenCurve: the judge {self.judge_path} was trained on {self._judge.resolution}px "
                              f"images but the model draws {resolution}px: train a judge at {resolution}")
         data = getattr(trainer, "datamodule", None)
@@ -74,10 +74,9 @@ class LengthGenCurve(EveryNSteps):
         inside `ema_weights` and `eval_mode`); returns the report, also kept as `last_report`."""
         device = pl_module.device
         judge = self._judge.to(device)
-        resolution = pl_module.net.img_resolution
-        shape = (getattr(pl_module.net, "img_channels", 3), resolution, resolution)
-        images = lg.sample_requests(pl_module.denoiser, self.requests, pl_module.grid_size, shape, self.num_steps,
-                                    seed=self.seed, device=device)
+        denoiser = pl_module.denoiser
+        images = lg.sample_requests(denoiser, self.requests, pl_module.grid_size, denoiser.image_shape,
+                                    self.num_steps, seed=self.seed, device=device)
         tally, _ = lg.judge_images(judge, images, self.requests, self.rule, pl_module.grid_size,
                                    self.tolerance_cells, device=device)
         report = lg.lengthgen_report({"kind": pl_module.conditioning, "ks": self.ks}, {"model": tally})

@@ -4,46 +4,38 @@ comma-separated number lists. Nothing here computes; the commands call the layer
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    from lcsbench.diffusion.denoiser import Denoiser
 
 DEFAULT_SIGMAS = "0.05,0.2,0.5,1,2,5,10,40"  # the locality noise grid (Figure 2's rows and more)
 
 
 def default_device() -> str:
     """`cuda` when a GPU is visible, else `cpu` (every command's --device default)."""
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@dataclass
-class AnalysisModel:
-    """What the analysis commands need from a checkpoint."""
-
-    denoiser: object          # denoiser(x, sigma, cond) -> D
-    network: nn.Module        # the module holding the EDM2 blocks (hooks go here)
-    kind: str                 # conditioning kind: "location" or "color"
-    resolution: int           # image height = width
-    channels: int             # image channels
-    grid_size: int            # location grid G (unused for colour)
-
-
-def load_analysis_model(ckpt: str, ema: bool, device: str) -> AnalysisModel:
-    """Load a trained diffusion checkpoint (EMA weights unless ema=False) in eval mode on `device`."""
+def load_analysis_model(ckpt: str, ema: bool, device: str) -> "Denoiser":
+    """The denoiser of a trained diffusion checkpoint (EMA weights unless ema=False), in eval mode on `device`:
+    `denoiser(x, sigma, cond)` with its image shape, conditioning kind, grid size and network
+    (diffusion/denoiser.py), the same for the global and the patch-local model."""
     path = Path(ckpt)
     if not path.is_file():
         raise SystemExit(f"checkpoint {ckpt} does not exist: pass the .ckpt written by `python -m lcsbench fit` "
                          f"(runs/<experiment>/.../checkpoints/last.ckpt)")
     from lcsbench.models.edm2 import load_denoiser
 
-    module = load_denoiser(str(path), ema=ema, map_location=device)
-    module = module.to(device).eval()
-    net = module.net
-    return AnalysisModel(denoiser=module.denoiser, network=net, kind=module.conditioning,
-                         resolution=net.img_resolution, channels=net.img_channels,
-                         grid_size=getattr(module, "grid_size", 16))
+    try:
+        module = load_denoiser(str(path), ema=ema, map_location=device)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"lcsbench: {error}") from None
+    return module.to(device).eval().denoiser
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
@@ -61,6 +53,6 @@ def parse_floats(text: str, what: str) -> list[float]:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise SystemExit(f"--{what} takes comma-separated numbers such as {DEFAULT_SIGMAS}; found {text!r}")
-    if not values or any(v <= 0 for v in values):
-        raise SystemExit(f"--{what} needs positive numbers; found {text!r}")
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise SystemExit(f"--{what} needs positive, finite numbers (e.g. {DEFAULT_SIGMAS}); found {text!r}")
     return values

@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"lcsbench features: need --samples >= 1 and --sample-steps >= 2; found {args.samples}, "
                          f"{args.sample_steps}")
     sigmas = parse_floats(args.sigmas, "sigmas")
-    model = load_analysis_model(args.ckpt, ema=not args.no_ema, device=args.device)
-    names = list(feature_layers(model.network, args.site))
+    denoiser = load_analysis_model(args.ckpt, ema=not args.no_ema, device=args.device)
+    names = list(feature_layers(denoiser.network, args.site))
     if args.list_layers:
         print("\n".join(names))
         return 0
@@ -68,41 +68,41 @@ def main(argv: list[str] | None = None) -> int:
         averaged = None if args.average is None else resolve_layers(layers, args.average)
     except ValueError as error:
         raise SystemExit(f"lcsbench features: {error}")
-    conditions, labels = paper_conditions(model.kind, model.grid_size)
+    conditions, labels = paper_conditions(denoiser.conditioning, denoiser.grid_size)
     conditions = conditions.to(args.device)
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(args.seed)
-    shape = (args.samples, model.channels, model.resolution, model.resolution)
+    shape = (args.samples, *denoiser.image_shape)
     if args.images == "samples":
         print(f"sampling {args.samples} images, one per condition in turn ({args.sample_steps} steps)...",
               flush=True)
         noise = torch.randn(shape, generator=generator).to(args.device)
         which = torch.arange(args.samples) % len(labels)
         with torch.no_grad():
-            images = edm_sampler(model.denoiser, noise, conditions[which.to(args.device)],
+            images = edm_sampler(denoiser, noise, conditions[which.to(args.device)],
                                  num_steps=args.sample_steps).clamp(-1, 1)
     else:
         images = (0.2 * torch.randn(shape, generator=generator)).to(args.device)
-    print(f"{len(labels)} {model.kind} conditions x {len(sigmas)} sigmas x {args.samples} images on "
+    print(f"{len(labels)} {denoiser.conditioning} conditions x {len(sigmas)} sigmas x {args.samples} images on "
           f"{len(layers)} layers ({args.site} site)...", flush=True)
 
     def measure(network):
-        vectors = mean_difference_vectors(model.denoiser, images, sigmas, conditions, layers=layers, network=network,
+        vectors = mean_difference_vectors(denoiser, images, sigmas, conditions, layers=layers, network=network,
                                           seed=args.seed + 1, batch_size=args.batch_size, site=args.site)
         return feature_cosines(vectors, labels, averaged)
 
-    cosines = measure(model.network)
+    cosines = measure(denoiser.network)
     baseline = None
     if not args.no_baseline:  # the chance level: the same measurement through re-drawn weights
-        trained = {k: v.detach().clone() for k, v in model.network.state_dict().items()}
-        model.network.load_state_dict(reinitialised_copy(model.network, seed=args.seed).state_dict())
+        trained = {k: v.detach().clone() for k, v in denoiser.network.state_dict().items()}
+        denoiser.network.load_state_dict(reinitialised_copy(denoiser.network, seed=args.seed).state_dict())
         try:
-            baseline = measure(model.network).summary()
+            baseline = measure(denoiser.network).summary()
         finally:
-            model.network.load_state_dict(trained)
+            denoiser.network.load_state_dict(trained)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"command": "features", "ckpt": str(args.ckpt), "ema": not args.no_ema, "kind": model.kind,
+    summary = {"command": "features", "ckpt": str(args.ckpt), "ema": not args.no_ema, "kind": denoiser.conditioning,
                "site": args.site, "images": args.images, "sigmas": sigmas, "samples": args.samples,
                "seed": args.seed, "seconds": round(time.perf_counter() - started, 2), **cosines.summary(),
                "baseline": None if baseline is None else {

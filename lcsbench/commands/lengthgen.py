@@ -98,7 +98,8 @@ def main(argv: list[str]) -> int:
     if args.conditioning is not None and args.conditioning != kind:
         raise SystemExit(f"lengthgen: the {args.conditioning} protocol was asked for but {args.ckpt} is a "
                          f"{kind}-conditioned model: drop --conditioning or pass --conditioning {kind}")
-    resolution = model.net.img_resolution
+    denoiser = model.denoiser
+    resolution = denoiser.image_shape[-1]
     if judge.resolution != resolution:
         raise SystemExit(f"lengthgen: the judge {args.judge} was trained on {judge.resolution}x{judge.resolution} "
                          f"images but the model draws {resolution}x{resolution}: train a judge at {resolution} "
@@ -116,9 +117,8 @@ def main(argv: list[str]) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # --- the model row: sample every request with the paper's sampler on the EMA weights
-    shape = (getattr(model.net, "img_channels", 3), resolution, resolution)
     rows = {"model": lg.sample_requests(
-        model.denoiser, requests, grid_size, shape, args.steps, args.batch, args.seed, device,
+        denoiser, requests, grid_size, denoiser.image_shape, args.steps, args.batch, args.seed, device,
         progress=lambda done, total: print(f"lengthgen: sampled {done}/{total} images", file=sys.stderr))}
     # --- the oracle row: Blender renders of the same requested layouts
     if not args.no_oracle:

@@ -18,8 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lcsbench.commands._common import (DEFAULT_SIGMAS, AnalysisModel, add_model_arguments,
-                                       load_analysis_model, parse_floats)
+from lcsbench.commands._common import DEFAULT_SIGMAS, add_model_arguments, load_analysis_model, parse_floats
 
 
 def parse_pixels(texts: list[str]) -> list[tuple[int, int]]:
@@ -32,17 +31,17 @@ def parse_pixels(texts: list[str]) -> list[tuple[int, int]]:
     return pixels
 
 
-def build_conditioner(model: AnalysisModel, locations: int, colors: int) -> tuple[Tensor, list[str]]:
+def build_conditioner(denoiser, locations: int, colors: int) -> tuple[Tensor, list[str]]:
     """The conditioner for one scene: the first k paper locations (or colours), and their descriptions."""
     from lcsbench.data.conditioning import (PAPER_COLORS, PAPER_LOCATIONS, counts_from_colors,
                                             grid_from_locations)
 
-    if model.kind == "location":
+    if denoiser.conditioning == "location":
         if not 1 <= locations <= len(PAPER_LOCATIONS):
             raise SystemExit(f"--locations must lie in 1..{len(PAPER_LOCATIONS)} (the paper's list); "
                              f"found {locations}")
         chosen = PAPER_LOCATIONS[:locations]
-        return grid_from_locations(chosen, model.grid_size), [f"{x:.2f},{y:.2f}" for x, y in chosen]
+        return grid_from_locations(chosen, denoiser.grid_size), [f"{x:.2f},{y:.2f}" for x, y in chosen]
     if not 1 <= colors <= len(PAPER_COLORS):
         raise SystemExit(f"--colors must lie in 1..{len(PAPER_COLORS)}; found {colors}")
     chosen = PAPER_COLORS[:colors]
@@ -70,14 +69,20 @@ def main(argv: list[str] | None = None) -> int:
     from lcsbench.analysis.plots import locality_grid, radius_curves, save_figure
 
     sigmas = parse_floats(args.sigmas, "sigmas")
+    if args.samples < 1 or args.sample_steps < 2:
+        raise SystemExit(f"lcsbench locality: need --samples >= 1 and --sample-steps >= 2 (Heun); found "
+                         f"{args.samples}, {args.sample_steps}")
+    if not 0 < args.fraction <= 1:
+        raise SystemExit(f"--fraction is the share of the map's energy the radius holds, in (0, 1]; found "
+                         f"{args.fraction}")
     targets = parse_pixels(args.targets) if args.targets else None
-    model = load_analysis_model(args.ckpt, ema=not args.no_ema, device=args.device)
-    cond_one, described = build_conditioner(model, args.locations, args.colors)
+    denoiser = load_analysis_model(args.ckpt, ema=not args.no_ema, device=args.device)
+    cond_one, described = build_conditioner(denoiser, args.locations, args.colors)
     cond = cond_one[None].repeat(args.samples, *([1] * cond_one.ndim)).to(args.device)
-    res = model.resolution
+    res = denoiser.image_shape[-1]
     if targets is None:
-        if model.kind == "location":
-            targets = [grid_cell_centre(cell, model.grid_size, res) for cell in cond_one.nonzero().tolist()]
+        if denoiser.conditioning == "location":
+            targets = [grid_cell_centre(cell, denoiser.grid_size, res) for cell in cond_one.nonzero().tolist()]
         else:
             targets = [(res // 2, res // 2)]
     try:
@@ -91,29 +96,31 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(args.seed)
-    noise = torch.randn(1, model.channels, res, res, generator=generator).to(args.device)
-    print(f"sampling one {res}x{res} image for {model.kind} {described} ({args.sample_steps} steps)...",
+    noise = torch.randn(1, *denoiser.image_shape, generator=generator).to(args.device)
+    print(f"sampling one {res}x{res} image for {denoiser.conditioning} {described} ({args.sample_steps} steps)...",
           flush=True)
     with torch.no_grad():
-        sample = edm_sampler(model.denoiser, noise, cond[:1], num_steps=args.sample_steps).clamp(-1, 1)
+        sample = edm_sampler(denoiser, noise, cond[:1], num_steps=args.sample_steps).clamp(-1, 1)
     images = sample.repeat(args.samples, 1, 1, 1)
     print(f"measuring {len(targets)} target pixels x {len(sigmas)} noise levels...", flush=True)
-    centres = (lambda cell: grid_cell_centre(cell, model.grid_size, res)) if model.kind == "location" else None
-    profile = locality_profile(model.denoiser, images, cond, sigmas, targets, conditioner_centres=centres,
+    location = denoiser.conditioning == "location"
+    centres = (lambda cell: grid_cell_centre(cell, denoiser.grid_size, res)) if location else None
+    profile = locality_profile(denoiser, images, cond, sigmas, targets, conditioner_centres=centres,
                                fraction=args.fraction, seed=args.seed + 1, chunk_size=args.chunk_size,
                                memory_budget=int(args.memory_budget_gib * 2**30))
     summary = {
-        "command": "locality", "ckpt": str(args.ckpt), "ema": not args.no_ema, "kind": model.kind,
+        "command": "locality", "ckpt": str(args.ckpt), "ema": not args.no_ema, "kind": denoiser.conditioning,
         "conditioned": described, "resolution": res, "samples": args.samples, "seed": args.seed,
         "seconds": round(time.perf_counter() - started, 2), **profile.summary(),
     }
-    if model.kind == "color":  # name the ablated colour slots (conditioning.py's COLOR_NAMES order)
+    if denoiser.conditioning == "color":  # name the ablated colour slots (conditioning.py's COLOR_NAMES order)
         from lcsbench.data.scenes import COLOR_NAMES
 
         summary["conditioner_names"] = [COLOR_NAMES[index[0]] for index in profile.conditioners]
     (out / "locality.json").write_text(json.dumps(summary, indent=2))
     for t, pixel in enumerate(profile.pixels):
-        save_figure(locality_grid(profile, target=t, title=f"{model.kind} {described}: target {pixel}"),
+        title = f"{denoiser.conditioning} {described}: target {pixel}"
+        save_figure(locality_grid(profile, target=t, title=title),
                     out / f"locality_grid_t{t}.png")
     save_figure(radius_curves(profile, title=f"{Path(args.ckpt).name}"), out / "locality_radius.png")
     radii = ", ".join(f"{s:g}: {r:.1f}" for s, r in zip(profile.sigmas, profile.pixel_radius.nanmean(1).tolist()))

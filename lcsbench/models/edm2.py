@@ -131,8 +131,18 @@ class EDM2Diffusion(L.LightningModule):
                 if theirs != getattr(self, name):
                     raise ValueError(f"the data's {name} is {theirs!r} but the model's is {getattr(self, name)!r}: "
                                      f"set model.init_args.{name}: {theirs!r} (and the net's label_dim to match)")
+        resolution = getattr(datamodule, "resolution", None) if datamodule is not None else None
+        if resolution is not None and self.image_shape[1:] != (resolution, resolution):
+            raise ValueError(f"the data is {resolution}x{resolution} but the model denoises {self.image_shape[1]}x"
+                             f"{self.image_shape[2]} images: build the network for the data's resolution "
+                             f"({self.resolution_hint(resolution)}), or train on data rendered at "
+                             f"--resolution {self.image_shape[1]}")
         if self.hparams.compile and stage == "fit":
             self.net.unet.compile() if hasattr(self.net, "unet") else self.net.compile()
+
+    def resolution_hint(self, resolution: int) -> str:
+        """The config key that sets the full-image resolution (subclasses with patches override it)."""
+        return f"model.init_args.net.init_args.img_resolution: {resolution}"
 
     def global_batch_size(self) -> int:
         """Images per optimizer step over all ranks and accumulation rounds (the schedule counts images)."""

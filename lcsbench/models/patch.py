@@ -48,7 +48,17 @@ class PatchLocalDiffusion(EDM2Diffusion):
     def expected_label_dim(self) -> int:
         return patch_label_dim(self._radius)
 
-    def denoiser(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor) -> torch.Tensor:
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the full image, G cells of m pixels (the network sees (2r+1)m-pixel patches)."""
+        return (self.net.img_channels, self.local.img_resolution, self.local.img_resolution)
+
+    def resolution_hint(self, resolution: int) -> str:
+        cells = resolution // self.local.grid_size
+        return (f"{self.local.grid_size} cells of {cells} px: model.init_args.net.init_args.img_resolution: "
+                f"{(2 * self.local.radius + 1) * cells}, the (2r+1)m-pixel patch")
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor) -> torch.Tensor:
         """D(x; sigma, cond) of the full image; `cond` is the [B, G, G] location grid."""
         return self.local(x, sigma, cond.to(x.device))
 

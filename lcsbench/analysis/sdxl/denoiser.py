@@ -65,6 +65,22 @@ class SDXLDenoiser(nn.Module):
         self.unconditional = unconditional
         self.register_buffer("sigmas_train", training_sigmas(scheduler), persistent=False)
 
+    # -- the Denoiser description (diffusion/denoiser.py): latent images, text conditioning --
+
+    conditioning = "text"
+    grid_size = None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(latent channels, latent size, latent size) of the UNet's native resolution."""
+        size = self.unet.config.sample_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        return (self.unet.config.in_channels, height, width)
+
+    @property
+    def network(self) -> nn.Module:
+        return self.unet
+
     def eps_or_v(self, x_in: Tensor, timestep: Tensor, cond: SDXLCondition) -> Tensor:
         dtype = self.unet.dtype
         out = self.unet(x_in.to(dtype), timestep.to(dtype), encoder_hidden_states=cond.prompt_embeds.to(dtype),
