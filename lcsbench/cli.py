@@ -12,9 +12,7 @@ import sys
 TRAINER_COMMANDS = {
     "fit": "train a model (LightningCLI; --config configs/<experiment>.yaml)",
     "validate": "run one validation pass of a checkpoint (LightningCLI)",
-    "test": "run the test loop of a checkpoint (LightningCLI)",
-    "predict": "run the predict loop of a checkpoint (LightningCLI)",
-}
+}  # no test / predict: the models have no test_step or predict_step (lengthgen, locality, sample evaluate)
 
 # command -> (module with main(argv), one-line description); every module is in lcsbench/commands/
 TOOLS: dict[str, tuple[str, str]] = {

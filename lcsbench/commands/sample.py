@@ -19,11 +19,20 @@ from pathlib import Path
 from lcsbench.commands._common import default_device
 
 
+def paper_count(item: str, option: str, available: int) -> int:
+    """K of `paper:K`, or a SystemExit that says what was expected."""
+    text = item.split(":", 1)[1]
+    if not text.isdigit() or not 0 <= int(text) <= available:
+        raise SystemExit(f"{option} paper:K takes a whole number K in 0..{available} (the paper's list); found "
+                         f"{item!r}")
+    return int(text)
+
+
 def parse_locations(items: list[str]) -> list[tuple[float, float]]:
     from lcsbench.data.conditioning import PAPER_LOCATIONS
 
     if len(items) == 1 and items[0].startswith("paper:"):
-        count = int(items[0].split(":", 1)[1])
+        count = paper_count(items[0], "--locations", len(PAPER_LOCATIONS))
         if not 0 <= count <= len(PAPER_LOCATIONS):
             raise SystemExit(f"--locations paper:K takes K in 0..{len(PAPER_LOCATIONS)}; found {count}")
         return list(PAPER_LOCATIONS[:count])
@@ -46,7 +55,7 @@ def parse_colors(items: list[str]) -> list[str]:
     from lcsbench.data.scenes import COLOR_NAMES
 
     if len(items) == 1 and items[0].startswith("paper:"):
-        return list(PAPER_COLORS[: int(items[0].split(":", 1)[1])])
+        return list(PAPER_COLORS[: paper_count(items[0], "--colors", len(PAPER_COLORS))])
     names = [name for item in items for name in item.split(",") if name]
     unknown = [n for n in names if n not in COLOR_NAMES]
     if unknown:
@@ -71,6 +80,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--batch", type=int, default=64, help="images per denoiser batch")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     args = parser.parse_args(argv)
+    if Path(args.out).suffix.lower() != ".png":
+        raise SystemExit(f"--out is the PNG grid to write (e.g. grid.png); found {args.out!r}")
     if args.n < 1 or args.steps < 2 or args.batch < 1:
         raise SystemExit(f"need --n >= 1, --steps >= 2, --batch >= 1; found {args.n}, {args.steps}, {args.batch}")
 
@@ -82,6 +93,7 @@ def main(argv: list[str]) -> int:
     from lcsbench.diffusion.sampler import edm_sampler
     from lcsbench.models.edm2 import load_denoiser
 
+    requested = parse_locations(args.locations) if args.locations else parse_colors(args.colors)
     device = args.device or default_device()
     try:
         module = load_denoiser(args.ckpt, ema=not args.no_ema, sigma_rel=args.sigma_rel, map_location=device)
@@ -93,22 +105,16 @@ def main(argv: list[str]) -> int:
         given = "--locations" if args.locations else "--colors"
         raise SystemExit(f"{args.ckpt} is a {kind}-conditioned model but {given} was given: use "
                          f"{'--locations' if kind == 'location' else '--colors'}")
-    if kind == "location":
-        requested = parse_locations(args.locations)
-        cond = grid_from_locations(requested, module.grid_size)
-    else:
-        requested = parse_colors(args.colors)
-        cond = counts_from_colors(requested)
+    cond = grid_from_locations(requested, module.grid_size) if kind == "location" else counts_from_colors(requested)
 
-    net = module.net
-    shape = (net.img_channels, net.img_resolution, net.img_resolution)
+    denoiser = module.denoiser
     generator = torch.Generator().manual_seed(args.seed)
-    noise = torch.randn((args.n, *shape), generator=generator)
+    noise = torch.randn((args.n, *denoiser.image_shape), generator=generator)
     samples = []
     for start in range(0, args.n, args.batch):
         chunk = noise[start:start + args.batch].to(device)
         conds = cond.unsqueeze(0).expand(chunk.shape[0], *cond.shape).to(device)
-        samples.append(edm_sampler(module.denoiser, chunk, conds, num_steps=args.steps).cpu())
+        samples.append(edm_sampler(denoiser, chunk, conds, num_steps=args.steps).cpu())
         print(f"sample: {min(start + args.batch, args.n)}/{args.n} images", file=sys.stderr)
     grid = image_grid(torch.cat(samples))
     out = Path(args.out)

@@ -1,4 +1,4 @@
-"""`python -m lcsbench <fit|validate|test|predict> --config configs/<experiment>.yaml`: LightningCLI.
+"""`python -m lcsbench <fit|validate> --config configs/<experiment>.yaml`: LightningCLI.
 
 Model and data are given by class path in the config (subclass mode), so any LightningModule / DataModule of
 lcsbench (or of the user) can be trained from YAML; unknown keys are rejected at parse time with the list of

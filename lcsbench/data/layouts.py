@@ -80,5 +80,9 @@ def load_layout_file(path: str | Path, resolution: int) -> list[list[dict]]:
     except (OSError, json.JSONDecodeError) as error:
         raise LayoutError(f"cannot read layout file {path}: {error}") from error
     if isinstance(payload, dict):
-        return normalize_scenes(payload.get("scenes"), resolution, int(payload.get("grid_size", 16)))
+        grid_size = payload.get("grid_size", 16)
+        if not isinstance(grid_size, int) or isinstance(grid_size, bool) or grid_size < 1:
+            raise LayoutError(f"{path}: grid_size must be a whole number of cells per side >= 1 (e.g. 16); found "
+                              f"{grid_size!r}")
+        return normalize_scenes(payload.get("scenes"), resolution, grid_size)
     return normalize_scenes(payload, resolution)
