@@ -22,3 +22,10 @@ def clevr_shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("clevr_tiny")
     render_dataset(root, progress=False, **TINY_DATASET)
     return root
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that reads the Blender render (directly or through a fixture that does) is marked `blender`."""
+    for item in items:
+        if "clevr_shards" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.blender)

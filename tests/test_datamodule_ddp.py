@@ -36,6 +36,7 @@ def run_killing_on_timeout(command: list[str], env: dict, timeout: float) -> sub
     return subprocess.CompletedProcess(command, process.returncode, output, None)
 
 
+@pytest.mark.slow  # DDP: two gloo ranks in subprocesses
 def test_ddp_two_ranks_more_workers_than_shards(clevr_shards, tmp_path):
     # 2 ranks x 2 workers = 4 readers per count, against 2 training shards per count in the fixture.
     manifest = json.loads((clevr_shards / "manifest.json").read_text())

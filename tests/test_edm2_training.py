@@ -257,6 +257,7 @@ data:
     return path
 
 
+@pytest.mark.slow  # DDP: two gloo ranks in subprocesses
 def test_ddp_two_cpu_processes_fit(clevr_shards, tmp_path):
     """`strategy=ddp` on 2 gloo CPU ranks, in a subprocess with a hard timeout (a DDP hang never fails by itself)."""
     command = [sys.executable, "-m", "lcsbench", "fit", "--config", str(REPO / "configs" / "quickstart.yaml"),

@@ -63,7 +63,11 @@ def test_lengthgen_command_writes_rows_figures_and_table(fitted, tmp_path, capsy
     for row in report["rows"].values():
         assert sorted(row["per_k"]) == ["1", "2", "3"]
         assert all(r["samples"] == 2 and sum(r["count_histogram"].values()) == 2 for r in row["per_k"].values())
-        assert 0 <= row["k_max_strict"] <= row["k_max"] <= 3
+        # k_max is the paper's rule applied to the row's own per-k rates (> 25%, > 50% strict, from k = 1 up)
+        rates = [row["per_k"][str(k)]["successes"] / 2 for k in (1, 2, 3)]
+        assert [row["per_k"][str(k)]["success_rate"] for k in (1, 2, 3)] == rates
+        expected = [next((k for k, r in enumerate(rates) if r <= t), 3) for t in (0.25, 0.5)]
+        assert (row["k_max"], row["k_max_strict"]) == tuple(expected)
     for name in ("lengthgen.png", "samples_k1.png", "samples_k3.png", "oracle_k2.png", "table.md"):
         assert (out / name).stat().st_size > 0
     assert (out / "table.md").read_text().splitlines()[2].startswith("| tiny | ")

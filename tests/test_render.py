@@ -20,6 +20,8 @@ from lcsbench.data.render import RenderError, parse_counts, render_dataset
 from lcsbench.data.shards import ShardError, read_shard_samples
 from tests.conftest import TINY_DATASET
 
+pytestmark = pytest.mark.blender  # every test here runs the Blender renderer
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -102,6 +104,7 @@ def test_same_seed_same_shards_whatever_the_worker_split(clevr_shards, tmp_path)
     assert reference  # the fixture rendered something
 
 
+@pytest.mark.slow  # kills and reruns a Blender render
 def test_killed_render_resumes_to_the_same_shards(clevr_shards, tmp_path):
     out = tmp_path / "killed"
     args = ["--out", str(out), "--counts", "1-3", "--per-count", "8", "--val-per-count", "4", "--shard-size", "4",
