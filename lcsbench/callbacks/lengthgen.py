@@ -27,7 +27,7 @@ class LengthGenCurve(EveryNSteps):
 
     def __init__(
         self,
-        judge: str,  # judge checkpoint (fit --config configs/judge.yaml) at the model's resolution
+        judge: str | None = None,  # judge checkpoint at the model's resolution; None: the shipped one
         every_n_steps: int = 5000,  # optimizer steps between evaluations
         ks: Sequence[int] | None = None,  # requested object counts; default 1..12 (location) / 1..8 (colour)
         samples_per_k: int = 4,  # samples per k (the paper counts 8 by eye)
@@ -51,10 +51,10 @@ class LengthGenCurve(EveryNSteps):
         """Check the judge against the model now rather than after hours of training (every rank)."""
         from lcsbench.models.judge import load_judge
 
-        self._judge = load_judge(self.judge_path)
         resolution = pl_module.denoiser.image_shape[-1]
+        self._judge = load_judge(self.judge_path, resolution=resolution)
         if self._judge.resolution != resolution:
-            raise ValueError(f"LengthGenCurve: the judge {self.judge_path} was trained on {self._judge.resolution}px "
+            raise ValueError(f"LengthGenCurve: the judge {self._judge.source} was trained on {self._judge.resolution}px "
                              f"images but the model draws {resolution}px: train a judge at {resolution}")
         data = getattr(trainer, "datamodule", None)
         counts = self.trained_counts or getattr(data, "counts", None)

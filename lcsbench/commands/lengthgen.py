@@ -2,6 +2,9 @@
 
     python -m lcsbench lengthgen --ckpt runs/exp1/.../last.ckpt --judge runs/judge/.../last.ckpt --out reports/exp1
 
+Without --judge, the judge shipped inside the package for the model's resolution is used (lcsbench/weights/;
+a resolution without one is an error that names the shipped ones and the recipe that trains one).
+
 For k = 1..12 paper locations (location models) or k = 1..8 paper colours (colour models), samples the model
 (EDM Heun, 32 steps, EMA weights, no guidance: the paper's sampler), renders the same requested layouts with
 Blender as the oracle row, judges both with the trained judge and writes to OUT:
@@ -59,7 +62,8 @@ def main(argv: list[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("--ckpt", required=True, help="model checkpoint from `fit` (or an EMA file)")
-    parser.add_argument("--judge", required=True, help="judge checkpoint (fit --config configs/judge.yaml)")
+    parser.add_argument("--judge", default=None, help="judge checkpoint (fit --config configs/judge.yaml); default: "
+                                                      "the judge shipped for the model's resolution")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--samples-per-k", type=int, default=32, help="samples per k (default 32; the paper: 8)")
     parser.add_argument("--conditioning", choices=("location", "color"), default=None,
@@ -91,9 +95,12 @@ def main(argv: list[str]) -> int:
     device = args.device or default_device()
     try:
         model = load_denoiser(args.ckpt, ema=True, map_location=device).to(device)
-        judge = load_judge(args.judge, map_location=device).to(device)
+        judge = load_judge(args.judge, map_location=device,
+                           resolution=model.denoiser.image_shape[-1]).to(device)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"lengthgen: {error}") from None
+    print(f"lengthgen: judge {judge.source}" + (" (shipped with lcsbench)" if args.judge is None else ""),
+          file=sys.stderr)
     kind, grid_size = model.conditioning, model.grid_size
     if args.conditioning is not None and args.conditioning != kind:
         raise SystemExit(f"lengthgen: the {args.conditioning} protocol was asked for but {args.ckpt} is a "
@@ -101,7 +108,7 @@ def main(argv: list[str]) -> int:
     denoiser = model.denoiser
     resolution = denoiser.image_shape[-1]
     if judge.resolution != resolution:
-        raise SystemExit(f"lengthgen: the judge {args.judge} was trained on {judge.resolution}x{judge.resolution} "
+        raise SystemExit(f"lengthgen: the judge {judge.source} was trained on {judge.resolution}x{judge.resolution} "
                          f"images but the model draws {resolution}x{resolution}: train a judge at {resolution} "
                          f"(configs/judge.yaml with data rendered at --resolution {resolution})")
     payload = read_checkpoint(args.ckpt, "pass the checkpoint written by `python -m lcsbench fit`")
@@ -141,7 +148,7 @@ def main(argv: list[str]) -> int:
     protocol = {"kind": kind, "ks": ks, "order": args.order, "tolerance_cells": args.tolerance_cells,
                 "grid_size": grid_size, "resolution": resolution, "trained_counts": list(trained_counts),
                 "label_mode": label_mode, "samples_per_k": args.samples_per_k, "success_rule": rule.describe(),
-                "ckpt": str(args.ckpt), "judge": str(args.judge), "steps": args.steps, "seed": args.seed,
+                "ckpt": str(args.ckpt), "judge": judge.source, "steps": args.steps, "seed": args.seed,
                 "oracle_samples": None if args.no_oracle else args.oracle_samples}
     report = lg.lengthgen_report(protocol, tallies)
     (out / "lengthgen.json").write_text(json.dumps(report, indent=2))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from importlib import resources
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -144,8 +145,41 @@ def flip_batch(batch: dict, chosen: torch.Tensor) -> dict:
     return {**batch, "image": images, "centres": centres}
 
 
-def load_judge(path: str | Path, map_location: str | torch.device = "cpu") -> JudgeModule:
-    """Rebuild a trained judge from a `fit --config configs/judge.yaml` checkpoint, in eval mode."""
+SHIPPED_JUDGE = "judge-{resolution}.pt"  # package data in lcsbench/weights/
+JUDGE_RECIPE = ("render the judge's data at that resolution and fit configs/judge.yaml on it (its header gives the "
+                "commands, e.g. `python -m lcsbench render --out data/judge{r} --counts 1-12 --per-count 3000 "
+                "--val-per-count 50 --resolution {r} --samples 16 --seed 3` then `python -m lcsbench fit --config "
+                "configs/judge.yaml --data.init_args.root data/judge{r} --data.init_args.resolution {r} "
+                "--model.init_args.resolution {r}`), and pass --judge runs/judge/.../last.ckpt")
+
+
+def shipped_judges() -> dict[int, Path]:
+    """{resolution: path} of the judges inside the package (lcsbench/weights/judge-<resolution>.pt)."""
+    folder = resources.files("lcsbench.weights")
+    found = {}
+    for entry in folder.iterdir():
+        name = entry.name
+        if name.startswith("judge-") and name.endswith(".pt") and name[6:-3].isdigit():
+            found[int(name[6:-3])] = Path(str(entry))
+    return dict(sorted(found.items()))
+
+
+def shipped_judge_path(resolution: int) -> Path:
+    """The shipped judge for `resolution`, or a ValueError naming the shipped ones and the training recipe."""
+    judges = shipped_judges()
+    if resolution not in judges:
+        shipped = ", ".join(f"{r}x{r}" for r in judges) or "none"
+        raise ValueError(f"no judge for {resolution}x{resolution} images ships with lcsbench (shipped: {shipped}): "
+                         f"{JUDGE_RECIPE.format(r=resolution)}")
+    return judges[resolution]
+
+
+def load_judge(path: str | Path | None = None, map_location: str | torch.device = "cpu",
+               resolution: int = 64) -> JudgeModule:
+    """Rebuild a trained judge in eval mode: from `path` (a `fit --config configs/judge.yaml` checkpoint or a
+    shipped file), or, with no path, the judge shipped for `resolution` (64 by default)."""
+    if path is None:
+        path = shipped_judge_path(resolution)
     payload = read_checkpoint(path, "pass a judge checkpoint from `python -m lcsbench fit --config configs/judge.yaml` "
                                     "(runs/judge/.../last.ckpt)", map_location)
     record = read_record(payload, JUDGE_ARCH_KEY, path, "a judge checkpoint",
@@ -157,7 +191,19 @@ def load_judge(path: str | Path, map_location: str | torch.device = "cpu") -> Ju
         raise ValueError(f"{path} does not record the resolution it was trained at: retrain the judge")
     module = rebuild(record, path)
     module.load_state_dict(payload["state_dict"])
+    module.source = str(path)  # which judge this is, for reports
+    module.recipe = payload.get("recipe")  # shipped judges: how they were made and how well they count
     return module.eval()
+
+
+def ship_judge(checkpoint: str | Path, out: str | Path, recipe: dict) -> Path:
+    """Write a judge checkpoint as a small shipped file: the architecture record, the weights and `recipe`
+    (render command, config, steps, seed, lcsbench version, measured accuracy). Plain data only."""
+    payload = read_checkpoint(checkpoint, "pass the judge's last.ckpt")
+    record = read_record(payload, JUDGE_ARCH_KEY, checkpoint, "a judge checkpoint", "")
+    out = Path(out)
+    torch.save({JUDGE_ARCH_KEY: record, "state_dict": payload["state_dict"], "recipe": recipe}, out)
+    return out
 
 
 def judge_accuracy(judge: JudgeModule, batches, grid_size: int = 16, tolerance_cells: float = 1.0,

@@ -1,0 +1,45 @@
+"""Ship a trained judge inside the package: lcsbench/weights/judge-<resolution>.pt (plain data: architecture
+record, weights, recipe and measured accuracy), which `load_judge(resolution=R)` then loads with no path.
+
+    python scripts/ship_judge.py --judge runs/judge32/lightning_logs/version_0/checkpoints/last.ckpt \\
+        --render "python -m lcsbench render --out data/judge32 ..." --fit "python -m lcsbench fit ..." \\
+        --accuracy reports/judge32/heldout.json [--accuracy-oracle reports/judge32/oracle/lengthgen.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from lcsbench import __version__
+from lcsbench.checkpoints import read_checkpoint
+from lcsbench.models.judge import load_judge, ship_judge
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--judge", required=True, help="the judge's Lightning checkpoint (last.ckpt)")
+    parser.add_argument("--render", required=True, help="the render command of its training data")
+    parser.add_argument("--fit", required=True, help="the fit command that trained it")
+    parser.add_argument("--accuracy", required=True, help="`eval-judge --json` output on held-out renders")
+    parser.add_argument("--accuracy-oracle", default=None, help="`oracle-check` lengthgen.json (protocol layouts)")
+    parser.add_argument("--notes", default="", help="anything a user should know about this judge")
+    args = parser.parse_args(argv)
+
+    judge = load_judge(args.judge)
+    payload = read_checkpoint(args.judge, "pass the judge's last.ckpt")
+    recipe = {"render": args.render, "fit": args.fit, "steps": int(payload.get("global_step", 0)),
+              "seed": payload.get("hyper_parameters", {}).get("seed"), "lcsbench": __version__,
+              "resolution": judge.resolution, "accuracy_heldout": json.loads(Path(args.accuracy).read_text()),
+              "accuracy_oracle": json.loads(Path(args.accuracy_oracle).read_text())["rows"]["oracle"]
+              if args.accuracy_oracle else None, "notes": args.notes}
+    out = Path(__file__).resolve().parents[1] / "lcsbench" / "weights" / f"judge-{judge.resolution}.pt"
+    ship_judge(args.judge, out, recipe)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
