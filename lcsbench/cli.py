@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command in TRAINER_COMMANDS:
-        trainer_cli = importlib.import_module(TRAINER_MODULE)
-        return trainer_cli.main([command, *rest])
+        trainer = importlib.import_module(TRAINER_MODULE)
+        return trainer.main([command, *rest])
     if command in TOOLS:
         module = importlib.import_module(TOOLS[command][0])
         return int(module.main(rest) or 0)

@@ -21,7 +21,7 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_analysis_model(ckpt: str, ema: bool, device: str) -> "Denoiser":
+def load_trained_denoiser(ckpt: str, ema: bool, device: str) -> "Denoiser":
     """The denoiser of a trained diffusion checkpoint (EMA weights unless ema=False), in eval mode on `device`:
     `denoiser(x, sigma, cond)` with its image shape, conditioning kind, grid size and network
     (diffusion/denoiser.py), the same for the global and the patch-local model."""

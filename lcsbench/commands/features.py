@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from lcsbench.commands._common import add_model_arguments, load_analysis_model, parse_floats
+from lcsbench.commands._common import add_model_arguments, load_trained_denoiser, parse_floats
 
 DEFAULT_SIGMAS = "0.1,0.5,2,10"
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"lcsbench features: need --samples >= 1 and --sample-steps >= 2; found {args.samples}, "
                          f"{args.sample_steps}")
     sigmas = parse_floats(args.sigmas, "sigmas")
-    denoiser = load_analysis_model(args.ckpt, ema=not args.no_ema, device=args.device)
+    denoiser = load_trained_denoiser(args.ckpt, ema=not args.no_ema, device=args.device)
     names = list(feature_layers(denoiser.network, args.site))
     if args.list_layers:
         print("\n".join(names))

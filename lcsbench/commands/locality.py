@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lcsbench.commands._common import DEFAULT_SIGMAS, add_model_arguments, load_analysis_model, parse_floats
+from lcsbench.commands._common import DEFAULT_SIGMAS, add_model_arguments, load_trained_denoiser, parse_floats
 
 
 def parse_pixels(texts: list[str]) -> list[tuple[int, int]]:
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--fraction is the share of the map's energy the radius holds, in (0, 1]; found "
                          f"{args.fraction}")
     targets = parse_pixels(args.targets) if args.targets else None
-    denoiser = load_analysis_model(args.ckpt, ema=not args.no_ema, device=args.device)
+    denoiser = load_trained_denoiser(args.ckpt, ema=not args.no_ema, device=args.device)
     cond_one, described = build_conditioner(denoiser, args.locations, args.colors)
     cond = cond_one[None].repeat(args.samples, *([1] * cond_one.ndim)).to(args.device)
     res = denoiser.image_shape[-1]
