@@ -3,8 +3,9 @@
 Every `every_n_steps` optimizer steps, on global rank 0 only, with the EMA weights (when a PowerFunctionEMA
 callback is present) and the module in eval mode (callbacks/base.py decides when): samples `samples_per_k`
 images for each k, judges them with a trained judge (models/judge.py) and logs to TensorBoard
-`lengthgen/success@k{K}`, `lengthgen/k_max`, `lengthgen/k_max_strict` and the success-vs-k figure `lengthgen/curve`. No oracle row here (no Blender during
-training): `python -m lcsbench lengthgen` gives the full report. Nothing in the rank-0 branch communicates
+`lengthgen/success@k{K}`, `lengthgen/k_max`, `lengthgen/k_max_strict` and the success-vs-k figure
+`lengthgen/curve`. No oracle row here (no Blender during training): `python -m lcsbench lengthgen` gives the
+full report. Nothing in the rank-0 branch communicates
 across ranks (no `self.log`, no barrier), so the other ranks carry on.
 
 The success rule follows the training data: the DataModule's `counts` and `label_mode` unless given.
@@ -54,8 +55,9 @@ class LengthGenCurve(EveryNSteps):
         resolution = pl_module.denoiser.image_shape[-1]
         self._judge = load_judge(self.judge_path, resolution=resolution)
         if self._judge.resolution != resolution:
-            raise ValueError(f"LengthGenCurve: the judge {self._judge.source} was trained on {self._judge.resolution}px "
-                             f"images but the model draws {resolution}px: train a judge at {resolution}")
+            raise ValueError(f"LengthGenCurve: the judge {self._judge.source} was trained on "
+                             f"{self._judge.resolution}px images but the model draws {resolution}px: train a judge "
+                             f"at {resolution}")
         data = getattr(trainer, "datamodule", None)
         counts = self.trained_counts or getattr(data, "counts", None)
         label_mode = self.label_mode or getattr(data, "label_mode", None)
