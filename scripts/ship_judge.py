@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lcsbench import __version__
 from lcsbench.checkpoints import read_checkpoint
-from lcsbench.models.judge import load_judge, ship_judge
+from lcsbench.models.judge import SHIPPED_JUDGE, load_judge, ship_judge
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
               "resolution": judge.resolution, "accuracy_heldout": json.loads(Path(args.accuracy).read_text()),
               "accuracy_oracle": json.loads(Path(args.accuracy_oracle).read_text())["rows"]["oracle"]
               if args.accuracy_oracle else None, "notes": args.notes}
-    out = Path(__file__).resolve().parents[1] / "lcsbench" / "weights" / f"judge-{judge.resolution}.pt"
+    out = Path(__file__).resolve().parents[1] / "lcsbench" / "weights" / SHIPPED_JUDGE.format(resolution=judge.resolution)
     ship_judge(args.judge, out, recipe)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
     return 0
