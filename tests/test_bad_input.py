@@ -62,3 +62,20 @@ def test_fit_refuses_a_network_of_another_resolution_than_the_data(clevr_shards,
     with pytest.raises(ValueError, match=r"the data is 32x32 but the model denoises 64x64 images.*"
                                          r"img_resolution: 32"):
         trainer.fit(model, data)
+
+
+def test_render_refuses_zero_workers(tmp_path, capsys):
+    with pytest.raises(SystemExit):  # 0 silently meant "all cores"
+        cli_main(["render", "--out", str(tmp_path / "x"), "--workers", "0"])
+    assert "--workers is the number of Blender processes at once, >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_reconstruct_ema_refuses_a_step_beyond_the_last_snapshot(tmp_path):
+    snapshots = tmp_path / "phema"
+    snapshots.mkdir()
+    for step in (2, 4):  # only the names are read before the check
+        (snapshots / f"phema-{step:08d}-0.050.pt").write_bytes(b"")
+    with pytest.raises(SystemExit, match=r"--step 9 lies beyond the last snapshot \(step 4\)"):
+        cli_main(["reconstruct-ema", "--snapshots", str(snapshots), "--sigma-rel", "0.05", "--step", "9",
+                  "--out", str(tmp_path / "ema.pt")])

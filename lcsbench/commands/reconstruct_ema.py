@@ -44,6 +44,9 @@ def main(argv: list[str]) -> int:
                          f"PowerFunctionEMA(snapshot_every_n_steps=N) (configs set it) and pass its <log_dir>/phema")
     steps = [int(SNAPSHOT_NAME.search(p.name).group(1)) for p in files]
     target_step = args.step if args.step is not None else max(steps)
+    if target_step > max(steps):
+        raise SystemExit(f"reconstruct-ema: --step {target_step} lies beyond the last snapshot (step {max(steps)}): "
+                         f"the average at a step needs the training up to it; pass --step <= {max(steps)}")
     usable = [(p, s) for p, s in zip(files, steps) if s <= target_step]
     if not usable:
         raise SystemExit(f"reconstruct-ema: no snapshot at or before step {target_step} (first: {min(steps)})")

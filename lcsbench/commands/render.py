@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers is the number of Blender processes at once, >= 1 (leave it out for one per "
+                     f"usable core); found {args.workers}")
     try:
         placement = {"fov": args.fov, "min_visible_fraction": args.min_visible_fraction,
                      "min_dist": args.min_dist, "margin": args.margin}
