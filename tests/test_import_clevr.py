@@ -107,3 +107,18 @@ def test_import_keeps_every_file_inside_its_folder(tmp_path):
     with pytest.raises(ValueError, match=r"scene 0 of .*image.json names image '\.\./\.\./secret.png', which lies "
                                          r"outside --images"):
         import_clevr([(images, tmp_path / "image.json")], tmp_path / "out2")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"color": "octarine"}, r"scene 1 of .*bad.json: object 0 has colour 'octarine': CLEVR's colours are"),
+    ({"pixel_coords": "12,40"}, r"object 0 has pixel_coords '12,40': expected numbers \[x, y, depth\]"),
+    ({"pixel_coords": [None, 4, 1]}, r"object 0 has pixel_coords \[None, 4, 1\]"),
+])
+def test_import_names_a_bad_object_field(change, message, tmp_path):
+    """issue 17 item 10: an unknown colour failed later as a bare tuple.index, a wrong type as a TypeError."""
+    payload = json.loads(write_clevr_fixture(tmp_path / "clevr").read_text())
+    payload["scenes"][1]["objects"][0].update(change)
+    (tmp_path / "bad.json").write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match=message):
+        import_clevr([(tmp_path / "clevr" / "images", tmp_path / "bad.json")], tmp_path / "out")
+    assert not (tmp_path / "out" / "manifest.json").exists()

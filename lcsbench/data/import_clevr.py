@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from lcsbench import __version__
-from lcsbench.data.scenes import IMAGE_EXT, SCENE_EXT
+from lcsbench.data.scenes import COLOR_NAMES, IMAGE_EXT, SCENE_EXT
 from lcsbench.data.shards import MANIFEST, png_bytes, write_json_atomic, write_shard
 
 
@@ -39,6 +39,18 @@ def crop_box(width: int, height: int) -> tuple[int, int, int]:
     return (width - side) // 2, (height - side) // 2, side
 
 
+def check_object(obj: object, where: str) -> None:
+    """A ValueError unless `obj` is a CLEVR object: a known colour and numeric pixel_coords [x, y, depth]."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where} is a {type(obj).__name__}, not a CLEVR object record")
+    if obj.get("color") not in COLOR_NAMES:
+        raise ValueError(f"{where} has colour {obj.get('color')!r}: CLEVR's colours are {list(COLOR_NAMES)}")
+    coords = obj.get("pixel_coords")
+    if not (isinstance(coords, list) and len(coords) >= 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in coords)):
+        raise ValueError(f"{where} has pixel_coords {coords!r}: expected numbers [x, y, depth] in source pixels")
+
+
 def convert_scene(scene: dict, image: Image.Image, resolution: int) -> tuple[Image.Image, dict]:
     """Crop and resize one image; move its objects into the crop's pixel frame at `resolution`."""
     left, top, side = crop_box(*image.size)
@@ -46,7 +58,11 @@ def convert_scene(scene: dict, image: Image.Image, resolution: int) -> tuple[Ima
     resized = cropped.resize((resolution, resolution), Image.Resampling.LANCZOS)
     scale = resolution / side
     kept, dropped = [], 0
-    for obj in scene.get("objects", []):
+    objects = scene.get("objects", [])
+    if not isinstance(objects, list):
+        raise ValueError(f"a CLEVR scene's 'objects' is a list, found {type(objects).__name__}")
+    for index, obj in enumerate(objects):
+        check_object(obj, f"object {index}")
         px, py, *depth = obj["pixel_coords"]
         x, y = (px - left) * scale, (py - top) * scale
         if not (0.0 <= x < resolution and 0.0 <= y < resolution):
@@ -104,7 +120,10 @@ def import_clevr(sources: list[tuple[Path, Path]], out: Path, resolution: int = 
                 raise FileNotFoundError(f"image {image_path} named by {scenes_path} does not exist: "
                                         f"--images must be the folder holding the scenes' image_filename files")
             with Image.open(image_path) as image:
-                resized, record = convert_scene(scene, image, resolution)
+                try:
+                    resized, record = convert_scene(scene, image, resolution)
+                except ValueError as error:
+                    raise ValueError(f"scene {number} of {scenes_path}: {error}") from None
             dropped_total += record["dropped_objects_outside_crop"]
             if record["num_objects"] == 0:
                 skipped_empty += 1
