@@ -102,17 +102,18 @@ def main(argv: list[str] | None = None) -> int:
             denoiser.network.load_state_dict(trained)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"command": "features", "ckpt": str(args.ckpt), "ema": not args.no_ema, "kind": denoiser.conditioning,
-               "site": args.site, "images": args.images, "sigmas": sigmas, "samples": args.samples,
-               "seed": args.seed, "seconds": round(time.perf_counter() - started, 2), **cosines.summary(),
+    summary = {"command": "features", "ckpt": str(args.ckpt), "ema": not args.no_ema,
+               "kind": denoiser.conditioning, "site": args.site, "images": args.images, "sigmas": sigmas,
+               "samples": args.samples, "seed": args.seed, "seconds": round(time.perf_counter() - started, 2), **cosines.summary(),
                "baseline": None if baseline is None else {
                    key: baseline[key] for key in ("average_mean_abs_off_diagonal",
                                                   "per_resolution_mean_abs_off_diagonal", "average")}}
     (out / "features.json").write_text(json.dumps(summary, indent=2))
     save_figure(cosine_matrices(cosines, title=f"{Path(args.ckpt).name}: cosine of mean difference vectors"),
                 out / "feature_cosines.png")
-    chance = "" if baseline is None else f" (chance level, re-initialised: {baseline['average_mean_abs_off_diagonal']})"
-    print(f"mean |cosine| off the diagonal, feature-space layers: {summary['average_mean_abs_off_diagonal']}{chance}")
+    chance = "" if baseline is None else f" (chance level: {baseline['average_mean_abs_off_diagonal']})"
+    print(f"mean |cosine| off the diagonal, feature-space layers: {summary['average_mean_abs_off_diagonal']}"
+          f"{chance}")
     print(f"wrote {out / 'features.json'} and {out / 'feature_cosines.png'} in {summary['seconds']} s")
     return 0
 

@@ -39,9 +39,10 @@ class PatchLocalDiffusion(EDM2Diffusion):
         compile: bool = False,  # torch.compile the patch U-Net for training
     ):
         self._radius = radius  # read by expected_label_dim during EDM2Diffusion.__init__
-        super().__init__(net, conditioning="location", grid_size=grid_size, label_scale=label_scale, lr=lr, lr_decay_steps=lr_decay_steps,
-                         lr_rampup_images=lr_rampup_images, P_mean=P_mean, P_std=P_std, val_sigmas=val_sigmas,
-                         val_seed=val_seed, noise_seed=noise_seed, compile=compile)
+        super().__init__(net, conditioning="location", grid_size=grid_size, label_scale=label_scale, lr=lr,
+                         lr_decay_steps=lr_decay_steps, lr_rampup_images=lr_rampup_images, P_mean=P_mean,
+                         P_std=P_std, val_sigmas=val_sigmas, val_seed=val_seed, noise_seed=noise_seed,
+                         compile=compile)
         self.local = PatchLocal(net, grid_size=grid_size, radius=radius, max_patches=max_patches,
                                 label_scale=label_scale)
 
