@@ -142,3 +142,15 @@ def test_lengthgen_curve_callback_logs_to_tensorboard(fitted, clevr_shards, tmp_
     assert "lengthgen/curve" in events.Tags()["images"]
     with pytest.raises(ValueError, match="every_n_steps >= 1"):
         LengthGenCurve(str(judge_ckpt), every_n_steps=0)
+
+
+def test_lengthgen_into_an_out_with_other_settings_fails_before_sampling(fitted, tmp_path, capsys):
+    """issue 17 item 6: it sampled everything, then died with a traceback in the oracle render."""
+    model_ckpt, judge_ckpt = fitted
+    base = ["lengthgen", "--ckpt", str(model_ckpt), "--judge", str(judge_ckpt), "--out", str(tmp_path),
+            "--samples-per-k", "1", "--steps", "2", "--oracle-samples", "4"]
+    assert cli_main([*base, "--ks", "1"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match="lengthgen: the oracle row: .* holds a dataset rendered with other settings"):
+        cli_main([*base, "--ks", "1-2"])
+    assert "lengthgen: sampled" not in capsys.readouterr().err  # nothing was computed and thrown away

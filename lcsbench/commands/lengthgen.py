@@ -123,23 +123,29 @@ def main(argv: list[str]) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    # --- the model row: sample every request with the paper's sampler on the EMA weights
-    rows = {"model": lg.sample_requests(
-        denoiser, requests, grid_size, denoiser.image_shape, args.steps, args.batch, args.seed, device,
-        progress=lambda done, total: print(f"lengthgen: sampled {done}/{total} images", file=sys.stderr))}
-    # --- the oracle row: Blender renders of the same requested layouts
+    # --- the oracle row first (Blender renders of the requested layouts), so a mismatch loses no samples
+    oracle = {}
     if not args.no_oracle:
-        from lcsbench.data.render import render_layouts
+        from lcsbench.data.render import RenderError, render_layouts
         from lcsbench.data.shards import ShardError, read_layout_images
 
         scenes = [lg.oracle_scene(r, resolution) for r in requests]
         oracle_root = out / "oracle_render"
-        render_layouts(oracle_root, scenes, resolution=resolution, samples=args.oracle_samples, seed=args.seed)
+        try:  # an --out rendered with other settings is refused here, before any sampling
+            render_layouts(oracle_root, scenes, resolution=resolution, samples=args.oracle_samples,
+                           seed=args.seed)
+        except RenderError as error:
+            raise SystemExit(f"lengthgen: the oracle row: {error}") from None
         try:
-            rows["oracle"] = read_layout_images(oracle_root, len(requests))
+            oracle["oracle"] = read_layout_images(oracle_root, len(requests))
         except ShardError as error:
             raise SystemExit(f"lengthgen: {error}") from None
 
+    # --- the model row: sample every request with the paper's sampler on the EMA weights
+    rows = {"model": lg.sample_requests(
+        denoiser, requests, grid_size, denoiser.image_shape, args.steps, args.batch, args.seed, device,
+        progress=lambda done, total: print(f"lengthgen: sampled {done}/{total} images", file=sys.stderr)),
+        **oracle}
     # --- judge both rows, tally, write
     tallies, detections = {}, {}
     for name, images in rows.items():
