@@ -30,7 +30,7 @@ from lcsbench.diffusion.denoiser import BoundDenoiser
 from lcsbench.diffusion.loss import denoising_error, edm2_loss
 from lcsbench.diffusion.phema import ema_net_state
 from lcsbench.diffusion.schedule import learning_rate
-from lcsbench.nn.edm2 import scale_label
+from lcsbench.nn.edm2 import check_label_scale
 from lcsbench.nn.mp import force_weight_norm_
 
 
@@ -83,7 +83,7 @@ class EDM2Diffusion(L.LightningModule):
         self.conditioning = conditioning
         self.grid_size = grid_size
         self.label_scale = label_scale
-        scale_label(torch.zeros(1), label_scale)  # refuse an unknown scale at construction (parse time in the CLI)
+        check_label_scale(label_scale)  # refuse an unknown scale at construction (parse time in the CLI)
         expected = self.expected_label_dim()
         found = getattr(net, "label_dim", None)
         if found != expected:
@@ -215,7 +215,7 @@ class EDM2Diffusion(L.LightningModule):
         images, cond = batch["image"], batch["cond"]
         noise = self.validation_noise(batch)
         for level, sigma in enumerate(self.val_sigmas):
-            denoised = self.denoiser(images + sigma * noise, sigma, cond)  # the full-image denoiser interface
+            denoised = self.denoise(images + sigma * noise, sigma, cond)  # the full-image denoiser
             self.val_loss.update(level, denoising_error(denoised, images, sigma, getattr(self.net, "sigma_data", 0.5)))
 
     def validation_noise(self, batch: dict) -> torch.Tensor:

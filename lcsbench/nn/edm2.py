@@ -29,16 +29,21 @@ from lcsbench.nn.mp import MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize
 LABEL_SCALES = ("counts", "unit")
 
 
+def check_label_scale(label_scale: str) -> str:
+    """`label_scale` if it is one of LABEL_SCALES, else a ValueError saying what each one means."""
+    if label_scale not in LABEL_SCALES:
+        raise ValueError(f"label_scale must be one of {LABEL_SCALES} (counts: the integer counts as they are, the "
+                         f"paper's reading; unit: scaled to unit L2 norm), got {label_scale!r}")
+    return label_scale
+
+
 def scale_label(flat: torch.Tensor, label_scale: str) -> torch.Tensor:
     """A float32 count vector `[..., L]` as EDM2's label path takes it under `label_scale` (counts | unit)."""
     flat = flat.to(torch.float32)
-    if label_scale == "counts":
+    if check_label_scale(label_scale) == "counts":
         return flat
-    if label_scale == "unit":
-        norm = flat.norm(dim=-1, keepdim=True)
-        return flat / norm.clamp_min(torch.finfo(torch.float32).tiny)
-    raise ValueError(f"label_scale must be one of {LABEL_SCALES} (counts: the integer counts as they are, the "
-                     f"paper's reading; unit: scaled to unit L2 norm), got {label_scale!r}")
+    norm = flat.norm(dim=-1, keepdim=True)
+    return flat / norm.clamp_min(torch.finfo(torch.float32).tiny)
 
 
 # --- Block: residual unit with per-channel embedding scale and optional cosine attention ------------

@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from lcsbench.nn.edm2 import scale_label
+from lcsbench.nn.edm2 import check_label_scale, scale_label
 
 
 def patch_label_dim(radius: int) -> int:
@@ -87,7 +87,7 @@ class PatchLocal(torch.nn.Module):
     ):
         super().__init__()
         check_geometry(grid_size, radius)
-        scale_label(torch.zeros(1), label_scale)  # refuse an unknown scale now, not at the first call
+        check_label_scale(label_scale)  # refuse an unknown scale now, not at the first call
         window = 2 * radius + 1
         patch_size = getattr(net, "img_resolution", None)
         if patch_size is None or patch_size % window:
