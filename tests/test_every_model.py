@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from lcsbench.callbacks.ema import PowerFunctionEMA
+from lcsbench.callbacks.conditioning_gap import ConditioningGap
 from lcsbench.callbacks.features import FeatureCosine
 from lcsbench.callbacks.lengthgen import LengthGenCurve
 from lcsbench.callbacks.locality import LocalityHeatmaps
@@ -151,12 +152,13 @@ def test_every_callback_logs_on_every_model(checkpoints, clevr_shards, name, tmp
                                num_steps=2)
     callbacks = [PowerFunctionEMA(sigma_rels=[0.05]), SampleGrid(every_n_steps=1, num_samples=2, num_steps=2),
                  LocalityHeatmaps(every_n_steps=1, sigmas=[1.0], samples=1, max_targets=1),
-                 FeatureCosine(every_n_steps=1, sigmas=[1.0], samples=2), lengthgen]
+                 FeatureCosine(every_n_steps=1, sigmas=[1.0], samples=2), lengthgen,
+                 ConditioningGap(every_n_steps=1, sigmas=[2.0], num_images=4)]
     quiet_trainer(tmp_path, 1, callbacks, logger).fit(
         module, data_for(clevr_shards, conditioning, "1" if name == "patch_n1" else "1-3"))
     events = EventAccumulator(logger.log_dir)
     events.Reload()
     images, scalars = set(events.Tags()["images"]), set(events.Tags()["scalars"])
     assert {"samples/ema", "locality/radius", "features/cosines", "lengthgen/curve"} <= images
-    assert {"lengthgen/k_max", "features/off_diagonal"} <= scalars
+    assert {"lengthgen/k_max", "features/off_diagonal", "cond_gap/gap@2", "cond_gap/true@2"} <= scalars
     assert lengthgen.last_report["rows"]["model"]["per_k"]["2"]["samples"] == 1
