@@ -120,3 +120,48 @@ def test_flip_moves_centres_with_the_image():
     assert torch.equal(flipped["image"][1], image[1]) and flipped["centres"][1, 0].tolist() == [1.5, 2.5]
     target = centre_targets(flipped["centres"], 8, 8)
     assert target[0, 0, 2, 6] == 1.0
+
+
+# --- degradations: a sample is blurrier and noisier than a render (issue 14) ----------------------------------
+
+
+def test_degradation_levels_do_what_they_say():
+    from lcsbench.models.judge import degrade, fixed_degradation, random_degradation
+
+    checker = (torch.arange(16)[:, None] + torch.arange(16)[None]).remainder(2).float().mul(1.2).sub(0.6)
+    images = checker.expand(2, 3, 16, 16).clone()
+    assert torch.equal(degrade(images, *fixed_degradation(2, 0.0, 0.0, 0.0)), images)
+    blurred = degrade(images, *fixed_degradation(2, 1.0, 0.0, 0.0))
+    assert blurred.std() < 0.25 * images.std()  # a 1 px blur all but removes a 1 px checkerboard
+    assert abs(blurred.mean() - images.mean()) < 1e-3  # and keeps the mean
+    noisy = degrade(torch.zeros(4, 3, 32, 32), *fixed_degradation(4, 0.0, 0.1, 0.0), torch.Generator().manual_seed(0))
+    assert abs(noisy.std().item() - 0.1) < 0.005
+    shifted = degrade(torch.zeros(1, 3, 4, 4), *fixed_degradation(1, 0.0, 0.0, 0.05))
+    assert shifted[0, :, 0, 0].tolist() == pytest.approx([0.05, -0.05, 0.05])
+    blur, noise, gain, offset = random_degradation(64, 1.0, 0.1, 0.05, torch.Generator().manual_seed(0))
+    assert 0 <= blur.min() and blur.max() <= 1 and noise.max() <= 0.1 and (gain - 1).abs().max() <= 0.05
+    assert degrade(torch.ones(2, 3, 8, 8), *fixed_degradation(2, 0.5, 0.5, 0.5)).max() <= 1  # clamped to [-1, 1]
+
+
+def test_judge_degrades_the_chosen_fraction_of_a_training_batch():
+    from lcsbench.models.judge import JudgeModule
+    from lcsbench.nn.judge import CentreHeatmapNet
+
+    images = torch.rand(64, 3, 16, 16) * 2 - 1
+    always = JudgeModule(CentreHeatmapNet(channels=4, levels=1), resolution=16, degrade_fraction=1.0)
+    changed = (always.degraded(images) != images).flatten(1).any(1)
+    assert changed.all()
+    half = JudgeModule(CentreHeatmapNet(channels=4, levels=1), resolution=16, degrade_fraction=0.5, noise_max=0.5)
+    torch.manual_seed(0)
+    assert 16 < (half.degraded(images) != images).flatten(1).any(1).sum() < 48
+
+
+def test_eval_judge_refuses_a_malformed_degradation(capsys):
+    from lcsbench.commands.eval_judge import main
+
+    with pytest.raises(SystemExit):
+        main(["--judge", "x.pt", "--data", "d", "--degrade", "1.0,nan"])
+    assert "three numbers BLUR,NOISE,COLOR" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--judge", "x.pt", "--data", "d", "--degrade", "1.0,-1,0"])
+    assert "finite and >= 0" in capsys.readouterr().err

@@ -24,9 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid-size", type=int, default=16, help="conditioning grid G")
     parser.add_argument("--clear-pixels", type=int, default=20,
                         help="also report exact count on images whose every object shows at least this many pixels")
+    parser.add_argument("--degrade", default=None, metavar="BLUR,NOISE,COLOR",
+                        help="judge degraded renders: Gaussian blur sigma (px), noise std and colour shift applied "
+                             "to every image, e.g. 1.0,0.05,0.03 (what a diffusion sample looks like)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--json", default=None, help="also write the table to this JSON file")
     args = parser.parse_args(argv)
+    levels = parse_degradation(parser, args.degrade) if args.degrade else None
 
     import torch
 
@@ -42,9 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         counts = sorted(int(g[1:]) for g, splits in groups.items() if splits.get("val"))
     data = CLEVRDataModule(args.data, counts=counts, batch_size=args.batch_size, num_workers=0,
                            grid_size=args.grid_size, resolution=judge.resolution)
-    table = judge_accuracy(judge, data.val_dataloader(), args.grid_size, args.tolerance_cells, args.clear_pixels)
+    batches = data.val_dataloader()
+    if levels is not None:
+        batches = degraded_batches(batches, *levels)
+    table = judge_accuracy(judge, batches, args.grid_size, args.tolerance_cells, args.clear_pixels)
     print(f"judge {args.judge} on held-out renders of {args.data} ({judge.resolution}x{judge.resolution}), "
-          f"tolerance {args.tolerance_cells} cell(s)")
+          f"tolerance {args.tolerance_cells} cell(s)"
+          + (f", degraded: blur {levels[0]:g} px, noise {levels[1]:g}, colour shift {levels[2]:g}" if levels else ""))
     clear = f"exact, objects >= {args.clear_pixels} px (images)"
     print(f"| k | images | exact count | localization | colour | undercount | overcount | {clear} "
           f"| least visible px in undercounted images (median) |\n|---|---|---|---|---|---|---|---|---|")
@@ -55,4 +63,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({str(k): v for k, v in table.items()}, indent=2))
     return 0
+
+
+def parse_degradation(parser: argparse.ArgumentParser, text: str) -> tuple[float, float, float]:
+    try:
+        blur, noise, color = (float(v) for v in text.split(","))
+    except ValueError:
+        parser.error(f"--degrade takes three numbers BLUR,NOISE,COLOR, e.g. 1.0,0.05,0.03; got {text!r}")
+    if not all(0 <= v < float("inf") for v in (blur, noise, color)):
+        parser.error(f"--degrade levels must be finite and >= 0; got {text!r}")
+    return blur, noise, color
+
+
+def degraded_batches(batches, blur: float, noise: float, color: float, seed: int = 0):
+    """The batches with every image degraded at one level (models/judge.degrade), the noise seeded."""
+    import torch
+
+    from lcsbench.models.judge import degrade, fixed_degradation
+
+    generator = torch.Generator().manual_seed(seed)
+    for batch in batches:
+        images = batch["image"]
+        yield {**batch, "image": degrade(images, *fixed_degradation(images.shape[0], blur, noise, color), generator)}
 

@@ -44,6 +44,10 @@ class JudgeModule(L.LightningModule):
         lr: float = 2e-3,  # Adam learning rate
         flip: bool = True,  # augment training batches with random horizontal flips (centres flipped too)
         lr_final_fraction: float = 0.05,  # cosine decay of the learning rate to this fraction at max_steps
+        degrade_fraction: float = 0.0,  # fraction of training images degraded like a diffusion sample (issue 14)
+        blur_max: float = 1.0,  # largest Gaussian blur sigma in pixels of a degraded image
+        noise_max: float = 0.1,  # largest additive Gaussian noise std (images in [-1, 1])
+        color_shift_max: float = 0.05,  # largest per-channel gain change and offset
     ) -> None:
         super().__init__()
         self.net = net
@@ -89,10 +93,19 @@ class JudgeModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if self.hparams.flip:
             batch = flip_batch(batch, torch.rand(batch["image"].shape[0]) < 0.5)
+        if self.hparams.degrade_fraction > 0:
+            batch = {**batch, "image": self.degraded(batch["image"])}
         heat, color = self.losses(batch)
         loss = heat + self.hparams.color_weight * color
         self.log_dict({"train/loss": loss, "train/heatmap": heat, "train/color": color}, prog_bar=True)
         return loss
+
+    def degraded(self, images: torch.Tensor) -> torch.Tensor:
+        """The batch with `degrade_fraction` of its images blurred, noised and colour-shifted by random amounts."""
+        h = self.hparams
+        levels = random_degradation(images.shape[0], h.blur_max, h.noise_max, h.color_shift_max)
+        chosen = (torch.rand(images.shape[0]) < h.degrade_fraction).to(images.device)
+        return torch.where(chosen[:, None, None, None], degrade(images, *levels), images)
 
     @torch.no_grad()
     def detect(self, images: torch.Tensor) -> list[dict[str, Any]]:
@@ -143,6 +156,49 @@ def flip_batch(batch: dict, chosen: torch.Tensor) -> dict:
     images[chosen] = images[chosen].flip(-1)
     centres[chosen.to(centres.device), :, 0] = images.shape[-1] - centres[chosen.to(centres.device), :, 0]
     return {**batch, "image": images, "centres": centres}
+
+
+# --- degradations: what separates a diffusion model's sample from a render (issue 14) -----------------------
+
+
+def degrade(
+    images: torch.Tensor,  # [B, 3, H, W] in [-1, 1]
+    blur: torch.Tensor,  # [B] Gaussian blur sigma in pixels (0: none)
+    noise: torch.Tensor,  # [B] std of additive Gaussian noise
+    gain: torch.Tensor,  # [B, 3] per-channel gain
+    offset: torch.Tensor,  # [B, 3] per-channel offset
+    generator: torch.Generator | None = None,  # seeds the noise
+) -> torch.Tensor:
+    """Each image blurred (separable Gaussian, reflected borders), colour-shifted, then noised; clamped to [-1, 1]."""
+    b, c, h, w = images.shape
+    radius = max(1, math.ceil(3 * float(blur.max()))) if len(blur) else 1
+    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    sigma = blur.to(images).clamp_min(1e-3)[:, None]
+    kernel = torch.exp(-0.5 * (offsets[None] / sigma) ** 2)
+    kernel = kernel / kernel.sum(-1, keepdim=True)  # [B, K]; sigma -> 0 gives the identity
+    kernel = kernel.repeat_interleave(c, 0)  # one kernel per (image, channel): a grouped convolution
+    x = torch.nn.functional.pad(images.reshape(1, b * c, h, w), (radius,) * 4, mode="reflect")
+    x = torch.nn.functional.conv2d(x, kernel[:, None, :, None], groups=b * c)
+    x = torch.nn.functional.conv2d(x, kernel[:, None, None, :], groups=b * c).reshape(b, c, h, w)
+    x = x * gain.to(x)[:, :, None, None] + offset.to(x)[:, :, None, None]
+    x = x + noise.to(x)[:, None, None, None] * torch.randn(x.shape, generator=generator).to(x)
+    return x.clamp(-1, 1)
+
+
+def random_degradation(n: int, blur_max: float, noise_max: float, color_shift_max: float,
+                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+    """(blur, noise, gain, offset) for `n` images, each drawn uniformly up to its maximum."""
+    def uniform(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator)
+
+    return (blur_max * uniform(n), noise_max * uniform(n), 1 + color_shift_max * (2 * uniform(n, 3) - 1),
+            color_shift_max * (2 * uniform(n, 3) - 1))
+
+
+def fixed_degradation(n: int, blur: float, noise: float, color_shift: float) -> tuple[torch.Tensor, ...]:
+    """(blur, noise, gain, offset) for `n` images at one level: the colour shift alternates its sign by channel."""
+    signs = torch.tensor([1.0, -1.0, 1.0]).expand(n, 3)
+    return torch.full((n,), blur), torch.full((n,), noise), 1 + color_shift * signs, color_shift * signs
 
 
 SHIPPED_JUDGE = "judge-{resolution}.pt"  # package data in lcsbench/weights/
