@@ -231,3 +231,44 @@ def test_missing_member_and_missing_shard(damaged_copy):
     (damaged_copy / "n2" / "train-000001.tar").unlink()
     with pytest.raises(ShardError, match=r"missing on disk, e\.g\. .*n2/train-000001\.tar"):
         make_dm(damaged_copy).train_dataloader()
+
+
+@pytest.fixture(scope="module")
+def protocol_layouts(tmp_path_factory):
+    """Two requested scenes rendered exactly (render --layout), as scripts/judge_layouts.py's file would give."""
+    from lcsbench.data.render import render_layouts
+
+    root = tmp_path_factory.mktemp("layouts")
+    scenes = [[{"pixel": [20.8, 20.8], "size": "small"}, {"pixel": [8.0, 14.4], "size": "small"}],
+              [{"pixel": [11.2, 11.2], "size": "small"}]]
+    render_layouts(root, scenes, resolution=32, samples=4, seed=5, progress=False)
+    return root
+
+
+def test_extra_training_renders_join_the_stream_as_one_more_group(clevr_shards, protocol_layouts):
+    dm = make_dm(clevr_shards, counts="1", extra_train=[str(protocol_layouts)], batch_size=8, steps_per_epoch=10)
+    keys = [key for batch in dm.train_dataloader() for key in batch["key"]]
+    from_layouts = [key for key in keys if key.startswith("layout_")]
+    assert {key for key in keys if key not in from_layouts} <= {k for k in scenes_by_key(clevr_shards) if k[:2] == "n1"}
+    assert abs(len(from_layouts) - len(keys) / 2) <= 12  # two groups in turn; the shuffle buffer skews <= 12
+    assert {key for key in from_layouts} == {"layout_eval_00000000", "layout_eval_00000001"}
+    assert len({key for key in keys if key.startswith("n1")}) > 2  # still the count groups' own scenes
+    val_keys = {key for batch in dm.val_dataloader() for key in batch["key"]}
+    assert not any(key.startswith("layout_") for key in val_keys)  # held-out data stays the dataset's own
+
+
+def test_extra_training_render_at_another_resolution_is_refused(clevr_shards, protocol_layouts, tmp_path):
+    import shutil
+
+    other = tmp_path / "layouts64"
+    shutil.copytree(protocol_layouts, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["settings"]["resolution"] = 64
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="64x64 images but the dataset is 32x32"):
+        make_dm(clevr_shards, extra_train=[str(other)]).setup()
+    manifest["settings"]["resolution"] = 32
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    next(other.glob("layout/*.tar")).unlink()
+    with pytest.raises(ShardError, match="missing on disk"):
+        make_dm(clevr_shards, extra_train=[str(other)]).setup()

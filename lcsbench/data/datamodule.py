@@ -35,7 +35,7 @@ import io
 import json
 import random
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +176,7 @@ class TrainStream(IterableDataset):
 
     def __init__(
         self,
-        shards_by_count: dict[int, list[str]],  # object count -> absolute training shard paths
+        shards_by_count: dict[int | str, list[str]],  # object count (or extra render root) -> training shard paths
         decoder: SampleDecoder,  # raw sample -> decoded sample
         batch_size: int,  # samples per batch (per rank)
         shuffle_buffer: int,  # samples held in the shuffle buffer
@@ -319,6 +319,23 @@ class StridedSampler(DistributedSampler):
 # --- the DataModule ----------------------------------------------------------------------------------
 
 
+def extra_training_shards(root: Path, resolution: int) -> list[str]:
+    """Every shard a render at `root` lists (all groups and splits), checked: same resolution, present on disk."""
+    manifest = load_manifest(root)
+    theirs = manifest.get("settings", {}).get("resolution")
+    if theirs != resolution:
+        raise ValueError(f"extra training data {root} holds {theirs}x{theirs} images but the dataset is "
+                         f"{resolution}x{resolution}: render it at --resolution {resolution}")
+    paths = [str(root / rel) for splits in manifest.get("shards", {}).values() for rels in splits.values()
+             for rel in rels]
+    absent = [p for p in paths if not Path(p).exists()]
+    if not paths or absent:
+        raise ShardError(f"extra training data {root}: {len(absent)} of {len(paths)} listed shards are missing on "
+                         f"disk{f', e.g. {absent[0]}' if absent else ''}: finish its render (rerun the same "
+                         f"`python -m lcsbench render` command to resume)")
+    return paths
+
+
 class CLEVRDataModule(L.LightningDataModule):
     """Rendered CLEVR shards with location or colour conditioning (paper Appendix E.1; module docstring)."""
 
@@ -336,6 +353,8 @@ class CLEVRDataModule(L.LightningDataModule):
         steps_per_epoch: int = 1000,  # training batches per epoch on every rank (with_epoch)
         shuffle_buffer: int = 1000,  # training samples in the shuffle buffer per worker
         val_batch_size: int | None = None,  # validation batch size; None: batch_size
+        extra_train: Sequence[str] = (),  # roots of other renders (e.g. `render --layout` of the protocol's
+        #   layouts, for the judge) whose every shard joins the training stream as one more equally mixed group
     ) -> None:
         super().__init__()
         conditioners.check_kind(conditioning)
@@ -351,6 +370,8 @@ class CLEVRDataModule(L.LightningDataModule):
         self.requested_resolution = resolution
         self.steps_per_epoch, self.shuffle_buffer = steps_per_epoch, shuffle_buffer
         self.val_batch_size = val_batch_size or batch_size
+        self.extra_train = [Path(root) for root in extra_train]
+        self.extra_shards: dict[str, list[str]] = {}
         self.manifest: dict | None = None
         self._loader_iterations = 0
         self.save_hyperparameters()
@@ -391,6 +412,7 @@ class CLEVRDataModule(L.LightningDataModule):
                              f"has {available}): render them, e.g. `python -m lcsbench render --out <new dir> "
                              f"--counts {','.join(map(str, missing))} --resolution {resolution} ...`, or choose "
                              f"counts among {available}")
+        self.extra_shards = {str(root): extra_training_shards(root, resolution) for root in self.extra_train}
         self.manifest = manifest
         self.decoder = SampleDecoder(self.conditioning, self.label_mode, self.grid_size, resolution, self.fix)
 
@@ -419,7 +441,8 @@ class CLEVRDataModule(L.LightningDataModule):
     def train_dataloader(self) -> TrainLoader:
         self.setup()
         rank, _ = self._rank_and_world()
-        stream = TrainStream({c: self._shard_paths(c, "train") for c in self.counts}, self.decoder,
+        groups = {**{c: self._shard_paths(c, "train") for c in self.counts}, **self.extra_shards}
+        stream = TrainStream(groups, self.decoder,
                              self.batch_size, self.shuffle_buffer, self.seed, rank, self.fix)
         return TrainLoader(stream, self.steps_per_epoch, self._next_epoch, num_workers=self.num_workers,
                            pin_memory=torch.cuda.is_available(), persistent_workers=False)
