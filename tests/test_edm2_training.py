@@ -19,7 +19,7 @@ from lcsbench.models.edm2 import EDM2Diffusion, load_denoiser
 from lcsbench.nn.edm2 import Precond
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))  # also configs/reproduce/<scale>/
 
 
 def micro_net(label_dim: int = 256, model_channels: int = 16) -> Precond:
@@ -183,7 +183,7 @@ def test_checkpoint_from_another_architecture_is_refused(clevr_shards, tmp_path)
 # --- LightningCLI and shipped configs ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+@pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(REPO / "configs")) for c in CONFIGS])
 def test_every_shipped_config_parses_and_instantiates(config, clevr_shards, tmp_path, monkeypatch):
     from lcsbench.commands.trainer import build_cli
 
