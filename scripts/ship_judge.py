@@ -3,7 +3,8 @@ record, weights, recipe and measured accuracy), which `load_judge(resolution=R)`
 
     python scripts/ship_judge.py --judge runs/judge32/lightning_logs/version_0/checkpoints/last.ckpt \\
         --render "python -m lcsbench render --out data/judge32 ..." --fit "python -m lcsbench fit ..." \\
-        --accuracy reports/judge32/heldout.json [--accuracy-oracle reports/judge32/oracle/lengthgen.json]
+        --accuracy reports/judge32/heldout.json [--accuracy-oracle reports/judge32/oracle/lengthgen.json] \\
+        [--accuracy-degraded reports/judge32/heldout_degraded.json --degradation 1.0,0.05,0.03]
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fit", required=True, help="the fit command that trained it")
     parser.add_argument("--accuracy", required=True, help="`eval-judge --json` output on held-out renders")
     parser.add_argument("--accuracy-oracle", default=None, help="`oracle-check` lengthgen.json (protocol layouts)")
+    parser.add_argument("--accuracy-degraded", default=None, help="`eval-judge --degrade ... --json` output")
+    parser.add_argument("--degradation", default=None, help="the --degrade levels of --accuracy-degraded")
     parser.add_argument("--notes", default="", help="anything a user should know about this judge")
     args = parser.parse_args(argv)
 
@@ -34,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
               "seed": payload.get("hyper_parameters", {}).get("seed"), "lcsbench": __version__,
               "resolution": judge.resolution, "accuracy_heldout": json.loads(Path(args.accuracy).read_text()),
               "accuracy_oracle": json.loads(Path(args.accuracy_oracle).read_text())["rows"]["oracle"]
-              if args.accuracy_oracle else None, "notes": args.notes}
+              if args.accuracy_oracle else None,
+              "accuracy_degraded": {"levels": args.degradation, "table": json.loads(Path(args.accuracy_degraded)
+                                                                               .read_text())}
+              if args.accuracy_degraded else None, "notes": args.notes}
     out = Path(__file__).resolve().parents[1] / "lcsbench" / "weights" / SHIPPED_JUDGE.format(resolution=judge.resolution)
     ship_judge(args.judge, out, recipe)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
