@@ -231,7 +231,7 @@ def test_finished_stages_are_skipped_and_run_nothing(tmp_path, capsys):
             (out / exp / folder / "evaluated.json").write_text(json.dumps({"exported": "2024-01-01T00:00:00"}))
     capsys.readouterr()
     argv = ["reproduce", "--scale", "smoke", "--out", str(out), "--runs", str(tmp_path / "no-runs"),
-            "--experiments", "exp1,exp2", "--judge", __file__]
+            "--experiments", "exp1,exp2"]  # no judge: a finished evaluation needs none
     assert cli_main([*argv, "--stage", "export"]) == 0
     assert cli_main([*argv, "--stage", "evaluate"]) == 0
     text = capsys.readouterr().out

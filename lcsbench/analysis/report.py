@@ -77,7 +77,8 @@ def passes_up_to(row: Mapping, threshold: float = ORACLE_PASS) -> int:
 def extras_notation(protocol: Mapping) -> str:
     """The extras the success rule allows, in the paper's notation ("+(0-2)"), or "" (none, or unknown)."""
     try:
-        return SuccessRule(protocol["kind"], tuple(protocol["trained_counts"]), protocol["label_mode"]).extras_notation()
+        rule = SuccessRule(protocol["kind"], tuple(protocol["trained_counts"]), protocol["label_mode"])
+        return rule.extras_notation()
     except (KeyError, TypeError, ValueError):
         return ""
 

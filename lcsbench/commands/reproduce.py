@@ -146,8 +146,8 @@ class Study:
         self.out.mkdir(parents=True, exist_ok=True)
         log = self.out / "commands.sh"
         if not log.exists():
-            log.write_text("#!/usr/bin/env bash\n# The commands `python -m lcsbench reproduce` ran, in order, appended by "
-                           "every run\n# (python = the interpreter that ran reproduce).\n")
+            log.write_text("#!/usr/bin/env bash\n# The commands `python -m lcsbench reproduce` ran, in order, "
+                           "appended by every run\n# (python = the interpreter that ran reproduce).\n")
         stamp = datetime.datetime.now().isoformat(timespec="seconds")
         with log.open("a") as handle:
             handle.write(f"# {stamp} {what}\n{shlex.join(argv)}\n")
@@ -350,9 +350,6 @@ def stage_export(study: Study) -> None:
 def judge_arguments(study: Study) -> list[str]:
     """--judge for lengthgen, or none when the judge shipped for the scale's resolution is to be used."""
     if study.judge is not None:
-        if not Path(study.judge).is_file():
-            raise SystemExit(f"reproduce: --judge {study.judge} does not exist: pass a judge checkpoint from "
-                             f"`python -m lcsbench fit --config configs/judge.yaml` (runs/judge/.../last.ckpt)")
         return ["--judge", study.judge]
     from lcsbench.models.judge import shipped_judges
 
@@ -397,7 +394,7 @@ def share_oracle(study: Study, exp: str, folder: Path) -> None:
 
 
 def stage_evaluate(study: Study) -> None:
-    judge = judge_arguments(study)
+    judge = None  # looked up when a lengthgen is to run: a finished evaluation needs no judge
     for exp in study.experiments:
         weights = study.weights(exp)
         if not weights.exists():
@@ -408,6 +405,7 @@ def stage_evaluate(study: Study) -> None:
         if evaluation_is_current(lengthgen, "lengthgen.json", export):
             study.say(f"lengthgen {exp}: {lengthgen / 'lengthgen.json'} exists, skipped")
         else:
+            judge = judge_arguments(study) if judge is None else judge
             share_oracle(study, exp, lengthgen)
             study.run(["lengthgen", "--ckpt", str(weights), "--out", str(lengthgen), "--name", exp, *judge,
                        *flags(study.scale.lengthgen)], f"lengthgen {exp}")
@@ -486,7 +484,8 @@ def write_report(study: Study, inputs: dict[str, dict[str, Path]]) -> None:
                     "name": rp.EXPERIMENT_NAMES.get(exp, exp), "steps": export.get("step"),
                     "max_steps": export.get("max_steps"), "wall_seconds": export.get("wall_seconds"),
                     "parameters": export.get("parameters"), "config_file": export.get("config_file"),
-                    "config": export.get("config"), "lengthgen_protocol": lengthgens[exp]["protocol"]}
+                    "config": export.get("config"), "lengthgen_protocol": lengthgens[exp]["protocol"],
+                    "lengthgen_rows": lengthgens[exp]["rows"], "locality_json": localities[exp]}  # every number
         experiments[exp] = summary
     goals = rp.goal_checks(experiments, localities)
     oracles = {exp: rp.oracle_summary(lengthgens[exp]) for exp in inputs}
@@ -559,6 +558,10 @@ def main(argv: list[str]) -> int:
     if unknown or not experiments:
         raise SystemExit(f"reproduce: --experiments takes a comma list among {','.join(scale.configs)}; found "
                          f"{args.experiments!r}")
+    if args.judge is not None and not Path(args.judge).is_file():
+        raise SystemExit(f"reproduce: --judge {args.judge} does not exist: pass a judge checkpoint from "
+                         f"`python -m lcsbench fit --config configs/judge.yaml` (runs/judge/.../last.ckpt), or leave "
+                         f"--judge out to use the judge shipped for the scale's resolution")
     runs = Path(args.runs or f"runs/reproduction/{args.scale}")
     data = Path(args.data or scale.data)
     base = ["--scale", args.scale, "--out", args.out, "--runs", str(runs), "--data", str(data)]

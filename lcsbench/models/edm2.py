@@ -272,7 +272,8 @@ def load_denoiser(
 
 def module_from_payload(payload: dict, path: str | Path, ema: bool = True,
                         sigma_rel: float | None = None) -> EDM2Diffusion:
-    """The module a checkpoint payload (checkpoints.read_checkpoint) describes, with its chosen weights, in eval mode."""
+    """The module a checkpoint payload (checkpoints.read_checkpoint) describes, with the chosen weights, in eval
+    mode."""
     record = read_record(payload, ARCH_KEY, path, "an lcsbench diffusion checkpoint",
                          "Pass a checkpoint written by `python -m lcsbench fit` with an EDM2 model, or an EMA file "
                          "written by `reconstruct-ema`")
