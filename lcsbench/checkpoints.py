@@ -32,6 +32,8 @@ JUDGE_ARCH_KEY = "lcsbench_judge"  # the object judge (models/judge.py)
 EMA_STATE_KEY = "PowerFunctionEMA"  # callbacks/ema.py's averages inside a Lightning checkpoint's "callbacks"
 SNAPSHOT_KIND = "lcsbench-phema-snapshot"  # one EMA at one step, written during training
 RECONSTRUCTION_KIND = "lcsbench-phema-reconstruction"  # a post-hoc EMA from `reconstruct-ema`
+EXPORT_KIND = "lcsbench-ema-export"  # a run's EMA weights plus its training data settings (`reproduce` export)
+DATA_HPARAMS_KEY = "datamodule_hyper_parameters"  # Lightning's key for the DataModule's settings
 
 
 # --- the architecture record ---------------------------------------------------------------------------------
@@ -103,13 +105,15 @@ def network_differences(theirs: dict[str, Any], ours: dict[str, Any]) -> dict[st
 # --- reading files ---------------------------------------------------------------------------------------------
 
 
-def read_checkpoint(path: str | Path, missing_hint: str, map_location: str | torch.device = "cpu") -> dict:
-    """The payload of an lcsbench checkpoint file, after the file-exists and payload-type checks."""
+def read_checkpoint(path: str | Path, missing_hint: str, map_location: str | torch.device = "cpu",
+                    mmap: bool = False) -> dict:
+    """The payload of an lcsbench checkpoint file, after the file-exists and payload-type checks (`mmap`: map
+    the tensors from the file instead of reading them, for a glance at a large checkpoint's small fields)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: {missing_hint}")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         raise ValueError(f"{path} holds Python objects beyond tensors and plain containers, which lcsbench never "
                          f"writes and which could run code when unpickled: refused ({str(error).splitlines()[0]}). "
@@ -136,3 +140,38 @@ def load_net_state(net: torch.nn.Module, state: dict[str, torch.Tensor], path: s
         raise ValueError(f"{path} lacks weights for {len(missing)} tensors of the network, e.g. {missing[:3]}: it was "
                          f"written for another architecture")
     net.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items() if k in reference})
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The optimizer step a Lightning checkpoint was saved at (its `global_step`), without reading its tensors."""
+    payload = read_checkpoint(path, "pass the last.ckpt written by `python -m lcsbench fit`", mmap=True)
+    step = payload.get("global_step")
+    if not isinstance(step, int):
+        raise ValueError(f"{path} records no integer global_step (found {step!r}): it is not a Lightning training "
+                         f"checkpoint; pass the last.ckpt written by `python -m lcsbench fit`")
+    return step
+
+
+# --- writing an evaluation file ----------------------------------------------------------------------------------
+
+
+def write_export(
+    path: str | Path,  # output .pt
+    record: dict[str, Any],  # the architecture record (architecture_record) of the module
+    net_state: dict[str, torch.Tensor],  # the network weights to evaluate (the EMA)
+    data_settings: dict[str, Any] | None,  # the DataModule's hyperparameters (trained counts, label mode, ...)
+    metadata: dict[str, Any],  # plain data: step, wall time, config, source checkpoint, ...
+) -> Path:
+    """Write a small evaluation file (EXPORT_KIND) that every command takes as --ckpt: the architecture record, the
+    weights and the training data settings that `lengthgen` reads, plus `metadata`. Written to a temporary name
+    and renamed, so an interrupted write never leaves a file that looks complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {**metadata, "kind": EXPORT_KIND, ARCH_KEY: record,
+               "net_state": {k: v.detach().cpu() for k, v in net_state.items()}}
+    if data_settings is not None:
+        payload[DATA_HPARAMS_KEY] = dict(data_settings)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(payload, partial)
+    partial.replace(path)
+    return path

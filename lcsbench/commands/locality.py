@@ -5,7 +5,10 @@ The model draws its own sample for the requested conditioner (EDM Heun sampler, 
 sample is re-noised at each sigma with one fixed noise direction; Eq. 9 heat maps at the target pixels (by
 default the centres of the conditioned cells) and Eq. 10 influence maps of every conditioner are measured and
 summarised by their 90% locality radius. Writes `DIR/locality.json` (settings, radii, influences),
-`DIR/locality_grid_t{i}.png` (one Figure-2 grid per target) and `DIR/locality_radius.png` (Figure 10 curves).
+`DIR/locality_grid_t{i}.png` (one Figure-2 grid per target), `DIR/locality_radius.png` (Figure 10 curves) and
+`DIR/locality_maps.npz`, the maps themselves for other figures (`reproduce` puts the experiments side by side):
+`sigmas [S]`, `sample [C, H, W]` (the model's own sample), `pixels [P, 2]`, `heat [S, P, H, W]` (Eq. 9) and, where
+measured, `conditioners [J, d]`, `influence [S, J, H, W]` (Eq. 10), `conditioner_centres [J, 2]` (location models).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -118,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
 
         summary["conditioner_names"] = [COLOR_NAMES[index[0]] for index in profile.conditioners]
     (out / "locality.json").write_text(json.dumps(summary, indent=2))
+    maps = {"sigmas": np.asarray(profile.sigmas), "sample": sample[0].float().cpu().numpy(),
+            "pixels": np.asarray(profile.pixels), "heat": profile.heat.numpy()}
+    if profile.influence is not None:
+        maps |= {"conditioners": np.asarray(profile.conditioners), "influence": profile.influence.numpy()}
+        if profile.conditioner_centres is not None:
+            maps["conditioner_centres"] = np.asarray(profile.conditioner_centres)
+    np.savez_compressed(out / "locality_maps.npz", **maps)
     for t, pixel in enumerate(profile.pixels):
         title = f"{denoiser.conditioning} {described}: target {pixel}"
         save_figure(locality_grid(profile, target=t, title=title),
@@ -125,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     save_figure(radius_curves(profile, title=f"{Path(args.ckpt).name}"), out / "locality_radius.png")
     radii = ", ".join(f"{s:g}: {r:.1f}" for s, r in zip(profile.sigmas, profile.pixel_radius.nanmean(1).tolist()))
     print(f"mean pixel radius by sigma: {radii}")
-    print(f"wrote {out / 'locality.json'} and {len(profile.pixels) + 1} figures in {summary['seconds']} s")
+    print(f"wrote {out / 'locality.json'}, locality_maps.npz and {len(profile.pixels) + 1} figures in "
+          f"{summary['seconds']} s")
     return 0
 

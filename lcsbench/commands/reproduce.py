@@ -1,0 +1,577 @@
+"""`python -m lcsbench reproduce`: the paper's Table 1 contrast and Figure 2 measured end to end (issue 15).
+
+    python -m lcsbench reproduce --scale smoke --out reports/reproduction/smoke          # minutes, CPU
+    python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --stage evaluate
+    python -m lcsbench reproduce --scale paper --out reports/reproduction/paper --dry-run
+
+Stages (`--stage all` runs them in this order; each is skipped where its outputs exist, resumes where a
+previous run stopped, and refuses with a message naming the stage to run when what it needs is missing):
+
+    render     python -m lcsbench render ... into --data (resumes itself; skipped when every shard is there)
+    fit        per experiment python -m lcsbench fit --config <scale config> into RUNS/<exp>/lightning_logs/run,
+               resumed from its last.ckpt; skipped when last.ckpt holds max_steps
+    export     the EMA weights of each run into OUT/weights/<exp>.pt (+ .json): small files that every command
+               takes as --ckpt, carrying the trained counts, label mode, grid size and resolution that
+               `lengthgen` reads, the step, the training wall time and the run's config
+    evaluate   per experiment python -m lcsbench lengthgen (with the Blender oracle row, rendered once and
+               shared by the experiments) into OUT/<exp>/lengthgen and python -m lcsbench locality into
+               OUT/<exp>/locality; skipped when they were made from the current weights
+    report     OUT/table.md (Table 1's row beside lcsbench's, the pre-registered goals, per-k success with 95%
+               Wilson intervals beside the oracle), OUT/report.json (every number, configs, wall times, the
+               machine), OUT/success_vs_k.png, OUT/locality_radius.png, OUT/locality_maps.png,
+               OUT/samples_by_k.png; rebuilt when an input is newer than report.json
+
+Every command a stage runs is appended to OUT/commands.sh (export and report as the `reproduce` line that
+redoes them); --dry-run prints the commands and runs nothing. Scales (SCALES below): `smoke` (tiny, the
+pipeline only, tested in CI), `cpu` (32 px, G = 8, what 2 CPU cores train in hours; configs/reproduce/cpu/),
+`paper` (64 px, edm2-img64-xs, G = 16: configs/exp1.yaml, exp2.yaml, exp3.yaml, for a GPU cluster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lcsbench
+from lcsbench.commands._common import DEFAULT_SIGMAS
+
+# --- scales: what each one renders, trains and evaluates --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scale:
+    """One scale of the study, declared once: the render, the fit config of each experiment, the evaluation."""
+
+    data: str  # default --data: where the render goes and the configs' data root
+    render: dict  # `python -m lcsbench render` flags besides --out
+    configs: dict  # experiment -> its `fit` config (exp1: global, all labels; exp2: global, single; exp3: patch)
+    lengthgen: dict  # `python -m lcsbench lengthgen` flags besides --ckpt, --out, --name, --judge
+    locality: dict  # `python -m lcsbench locality` flags besides --ckpt, --out
+    note: str = ""  # one line for --help
+
+    @property
+    def resolution(self) -> int:
+        return int(self.render["resolution"])
+
+
+def scale_configs(folder: str) -> dict:
+    return {exp: f"{folder}/{exp}.yaml" for exp in ("exp1", "exp2", "exp3")}
+
+
+SCALES: dict[str, Scale] = {
+    "smoke": Scale(
+        data="data/reproduce-smoke",
+        render={"counts": "1-3", "per-count": 8, "val-per-count": 4, "resolution": 32, "samples": 4, "seed": 0},
+        configs=scale_configs("configs/reproduce/smoke"),  # micro U-Nets, G = 8, 20 steps each
+        lengthgen={"ks": "1-3", "samples-per-k": 2, "steps": 4, "oracle-samples": 4},
+        locality={"sigmas": "0.5,40", "samples": 1, "sample-steps": 4, "locations": 3},
+        note="tiny everything: the pipeline in minutes, no claim about results"),
+    "cpu": Scale(
+        data="data/reproduce32",  # counts 1-10: the same render feeds the 32 px judge; the models train on 1-3
+        render={"counts": "1-10", "per-count": 1500, "val-per-count": 30, "resolution": 32, "samples": 16,
+                "seed": 3},
+        configs=scale_configs("configs/reproduce/cpu"),  # 32 px, G = 8 (the 12 paper locations in 12 cells)
+        lengthgen={"ks": "1-10", "samples-per-k": 32, "steps": 32, "oracle-samples": 16},
+        locality={"sigmas": DEFAULT_SIGMAS, "samples": 2, "sample-steps": 32, "locations": 3},
+        note="32 px, G = 8, 1-3 objects: hours on 2 CPU cores"),
+    "paper": Scale(
+        data="data/clevr64",
+        render={"counts": "1-3", "per-count": 500000, "val-per-count": 1000, "resolution": 64, "samples": 64,
+                "seed": 0},
+        configs={exp: f"configs/{exp}.yaml" for exp in ("exp1", "exp2", "exp3")},  # edm2-img64-xs, G = 16
+        lengthgen={"ks": "1-12", "samples-per-k": 32, "steps": 32, "oracle-samples": 64},
+        locality={"sigmas": DEFAULT_SIGMAS, "samples": 2, "sample-steps": 32, "locations": 3},
+        note="the paper's scale: 64 px, edm2-img64-xs, G = 16, for a GPU cluster"),
+}
+STAGES = ("render", "fit", "export", "evaluate", "report")
+RUN_VERSION = "run"  # the TensorBoardLogger version folder: a resumed fit writes into the same folder
+
+
+def flags(options: dict) -> list[str]:
+    return [item for name, value in options.items() for item in (f"--{name}", str(value))]
+
+
+# --- one invocation: paths, the command log, subprocesses -----------------------------------------------------
+
+
+@dataclass
+class Study:
+    """What one `reproduce` invocation works on, and how it runs and records commands."""
+
+    scale_name: str
+    scale: Scale
+    out: Path
+    runs: Path
+    data: Path
+    experiments: list[str]
+    judge: str | None
+    dry_run: bool
+    argv_base: list[str] = field(default_factory=list)  # the reproduce flags that name this study (for the log)
+
+    def log_dir(self, exp: str) -> Path:
+        return self.runs / exp / "lightning_logs" / RUN_VERSION
+
+    def last_ckpt(self, exp: str) -> Path:
+        return self.log_dir(exp) / "checkpoints" / "last.ckpt"
+
+    def weights(self, exp: str) -> Path:
+        return self.out / "weights" / f"{exp}.pt"
+
+    def config(self, exp: str) -> Path:
+        """The experiment's fit config: as written (relative to the working directory), else in the repository."""
+        path = Path(self.scale.configs[exp])
+        if not path.is_absolute() and not path.exists():
+            in_repo = Path(lcsbench.__file__).resolve().parents[1] / path
+            if in_repo.exists():
+                return in_repo
+        return path
+
+    def say(self, text: str) -> None:
+        print(f"reproduce [{self.scale_name}]: {text}", flush=True)
+
+    def record(self, argv: list[str], what: str) -> None:
+        """Append a command line to OUT/commands.sh (never in a dry run)."""
+        if self.dry_run:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        log = self.out / "commands.sh"
+        if not log.exists():
+            log.write_text("#!/usr/bin/env bash\n# The commands `python -m lcsbench reproduce` ran, in order, "
+                           "appended by every run\n# (python = the interpreter that ran reproduce).\n")
+        stamp = datetime.datetime.now().isoformat(timespec="seconds")
+        with log.open("a") as handle:
+            handle.write(f"# {stamp} {what}\n{shlex.join(argv)}\n")
+
+    def run(self, argv: list[str], what: str) -> float:
+        """Run `python -m lcsbench ...` (argv without the interpreter) as a subprocess; its seconds."""
+        line = ["python", "-m", "lcsbench", *argv]
+        if self.dry_run:
+            print(shlex.join(line), flush=True)
+            return 0.0
+        self.say(f"{what}: {shlex.join(line)}")
+        self.record(line, what)
+        env = dict(os.environ)  # the child imports the same lcsbench as this process
+        package_root = str(Path(lcsbench.__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        started = time.perf_counter()
+        code = subprocess.call([sys.executable, "-m", "lcsbench", *argv], env=env)
+        seconds = time.perf_counter() - started
+        if code != 0:
+            raise SystemExit(f"reproduce: {what} failed (exit code {code}) after {seconds:.0f} s: "
+                             f"`{shlex.join(line)}`. Fix what it reported and rerun the same reproduce command: "
+                             f"finished work is kept and the stage resumes")
+        self.timing(what, seconds)
+        return seconds
+
+    def in_process(self, stage: str, exp: str | None, what: str) -> None:
+        """Log the reproduce line that redoes an in-process step (export, report), or print it in a dry run."""
+        line = ["python", "-m", "lcsbench", "reproduce", *self.argv_base, "--stage", stage]
+        if exp is not None:
+            line += ["--experiments", exp]
+        if self.dry_run:
+            print(shlex.join(line) + f"   # {what}", flush=True)
+            return
+        self.say(what)
+        self.record(line, what)
+
+    def timing(self, what: str, seconds: float) -> None:
+        """Keep the seconds of each step in OUT/timings.json (the report reads them)."""
+        path = self.out / "timings.json"
+        timings = json.loads(path.read_text()) if path.exists() else {}
+        timings[what] = {"seconds": round(seconds, 1),
+                         "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+        path.write_text(json.dumps(timings, indent=2))
+
+
+def refuse(study: Study, text: str) -> None:
+    """A missing input: in a dry run a note (an earlier stage of the same run may make it), else the error."""
+    if study.dry_run:
+        print(f"# (would need: {text})", flush=True)
+        return
+    raise SystemExit(f"reproduce: {text}")
+
+
+# --- stage: render ----------------------------------------------------------------------------------------------
+
+
+def render_is_complete(root: Path, render: dict) -> bool:
+    """Every shard the manifest lists is on disk, and the manifest's settings are the scale's render arguments."""
+    manifest_path = root / "manifest.json"
+    if not manifest_path.exists():
+        return False
+    from lcsbench.data.scenes import parse_counts
+
+    manifest = json.loads(manifest_path.read_text())
+    settings = manifest.get("settings", {})
+    wanted = {"counts": list(parse_counts(str(render["counts"]))), "per_count": render["per-count"],
+              "val_per_count": render["val-per-count"], "resolution": render["resolution"],
+              "samples": render["samples"], "seed": render["seed"]}
+    if any(settings.get(key) != value for key, value in wanted.items()):
+        return False
+    return all((root / shard).exists() for shard in manifest.get("shard_samples", {}))
+
+
+def stage_render(study: Study) -> None:
+    if render_is_complete(study.data, study.scale.render):
+        study.say(f"render: {study.data} is complete, skipped")
+        return
+    study.run(["render", "--out", str(study.data), *flags(study.scale.render)], f"render {study.data}")
+
+
+# --- stage: fit -------------------------------------------------------------------------------------------------
+
+
+def read_config(path: Path) -> dict:
+    import yaml
+
+    if not path.is_file():
+        raise SystemExit(f"reproduce: the fit config {path} does not exist: the scale's configs live in "
+                         f"{path.parent}/ (exp1.yaml, exp2.yaml, exp3.yaml); write them, or choose another --scale")
+    config = yaml.safe_load(path.read_text()) or {}
+    try:
+        max_steps = int(config["trainer"]["max_steps"])
+        root = str(config["data"]["init_args"]["root"])
+    except (KeyError, TypeError, ValueError):
+        raise SystemExit(f"reproduce: {path} must set trainer.max_steps and data.init_args.root (as "
+                         f"configs/exp1.yaml does)") from None
+    return {"max_steps": max_steps, "data_root": root, "config": config}
+
+
+def fit_arguments(study: Study, exp: str, config: dict, resume: bool) -> list[str]:
+    """The `fit` command of one experiment: its config, a fixed log folder, the data root, the resume checkpoint."""
+    argv = ["fit", "--config", str(study.config(exp)),
+            "--trainer.logger.init_args.save_dir", str(study.runs / exp),
+            "--trainer.logger.init_args.version", RUN_VERSION]
+    if Path(config["data_root"]).resolve() != study.data.resolve():
+        argv += ["--data.init_args.root", str(study.data)]
+    if resume:
+        argv += ["--ckpt_path", str(study.last_ckpt(exp))]
+    return argv
+
+
+def stage_fit(study: Study) -> None:
+    from lcsbench.checkpoints import checkpoint_step
+
+    if not (study.data / "manifest.json").exists():
+        refuse(study, f"the training data {study.data} is missing: run `--stage render` first (or pass --data)")
+    for exp in study.experiments:
+        config = read_config(study.config(exp))
+        last = study.last_ckpt(exp)
+        step = checkpoint_step(last) if last.exists() else None
+        if step is not None and step >= config["max_steps"]:
+            study.say(f"fit {exp}: {last} holds step {step} of {config['max_steps']}, skipped")
+            continue
+        if step is not None:
+            study.say(f"fit {exp}: resuming from step {step} of {config['max_steps']}")
+        study.run(fit_arguments(study, exp, config, resume=step is not None), f"fit {exp}")
+        if study.dry_run:
+            continue
+        step = checkpoint_step(last) if last.exists() else None
+        if step is None or step < config["max_steps"]:
+            raise SystemExit(f"reproduce: fit {exp} ended without a last.ckpt at max_steps {config['max_steps']} "
+                             f"({last}: {'missing' if step is None else f'step {step}'}): the config's "
+                             f"ModelCheckpoint needs save_last: true and every_n_train_steps dividing max_steps")
+
+
+# --- stage: export ----------------------------------------------------------------------------------------------
+
+
+def training_wall_seconds(log_dir: Path) -> float | None:
+    """Seconds of training in a run folder: per TensorBoard event file (one per start or resume), the time from
+    its first to its last event, summed; None without event files."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    total, found = 0.0, False
+    for path in sorted(log_dir.glob("events.out.tfevents.*")):
+        times = [event.wall_time for event in EventFileLoader(str(path)).Load()]
+        if times:
+            total += max(times) - min(times)
+            found = True
+    return round(total, 1) if found else None
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def stage_export(study: Study) -> None:
+    for exp in study.experiments:
+        last, weights = study.last_ckpt(exp), study.weights(exp)
+        sidecar = read_json(weights.with_suffix(".json"))
+        if weights.exists() and sidecar is not None and (
+                not last.exists() or sidecar.get("source_mtime") == last.stat().st_mtime):
+            study.say(f"export {exp}: {weights} is the current export, skipped")
+            continue
+        if not last.exists():  # in a dry run a note: the fit stage of the same run may write it
+            refuse(study, f"export {exp}: no trained run at {last}: run `--stage fit` first (or pass the --runs "
+                          f"folder the fit stage wrote)")
+        study.in_process("export", exp, f"export {exp}: EMA weights of {last} -> {weights}")
+        if study.dry_run:
+            continue
+        from lcsbench.models.edm2 import export_ema_weights
+
+        config = read_config(study.config(exp))
+        run_config = study.log_dir(exp) / "config.yaml"
+        import yaml
+
+        metadata = {
+            "scale": study.scale_name, "experiment": exp, "config_file": str(study.config(exp)),
+            "config": yaml.safe_load(run_config.read_text()) if run_config.exists() else config["config"],
+            "max_steps": config["max_steps"], "wall_seconds": training_wall_seconds(study.log_dir(exp)),
+            "source_mtime": last.stat().st_mtime,
+            "exported": datetime.datetime.now().isoformat(timespec="seconds"),
+        }
+        started = time.perf_counter()
+        try:
+            recorded = export_ema_weights(last, weights, metadata)
+        except (FileNotFoundError, ValueError) as error:
+            raise SystemExit(f"reproduce: export {exp}: {error}") from None
+        weights.with_suffix(".json").write_text(json.dumps(recorded, indent=2, default=str))
+        study.timing(f"export {exp}", time.perf_counter() - started)
+        if recorded["step"] < config["max_steps"]:
+            study.say(f"export {exp}: note: the run is at step {recorded['step']} of {config['max_steps']}")
+        study.say(f"export {exp}: wrote {weights} ({weights.stat().st_size / 2**20:.1f} MiB, step "
+                  f"{recorded['step']}, {recorded['parameters']} weights)")
+
+
+# --- stage: evaluate --------------------------------------------------------------------------------------------
+
+
+def judge_arguments(study: Study) -> list[str]:
+    """--judge for lengthgen, or none when the judge shipped for the scale's resolution is to be used."""
+    if study.judge is not None:
+        return ["--judge", study.judge]
+    from lcsbench.models.judge import shipped_judges
+
+    if study.scale.resolution not in shipped_judges():
+        from lcsbench.models.judge import JUDGE_RECIPE
+
+        refuse(study, f"a judge: none ships for {study.scale.resolution}x{study.scale.resolution} images: pass "
+                      f"--judge PATH, or {JUDGE_RECIPE.format(r=study.scale.resolution)}")
+    return []
+
+
+def evaluation_is_current(folder: Path, result: str, export: dict | None) -> bool:
+    """The evaluation in `folder` exists and was made from the current export (its stamp names the export)."""
+    stamp = read_json(folder / "evaluated.json")
+    if not (folder / result).exists():
+        return False
+    return stamp is None or export is None or stamp.get("exported") == export.get("exported")
+
+
+def stamp(folder: Path, weights: Path, export: dict | None) -> None:
+    (folder / "evaluated.json").write_text(json.dumps(
+        {"weights": str(weights), "exported": (export or {}).get("exported"), "step": (export or {}).get("step")},
+        indent=2))
+
+
+def share_oracle(study: Study, exp: str, folder: Path) -> None:
+    """Copy the oracle renders another experiment's lengthgen made (the same requests, so the same renders)."""
+    if (folder / "oracle_render").exists():
+        return
+    for other in study.scale.configs:
+        source = study.out / other / "lengthgen" / "oracle_render"
+        if other != exp and (source.parent / "lengthgen.json").exists() and (source / "manifest.json").exists():
+            line = ["cp", "-r", str(source), str(folder / "oracle_render")]
+            if study.dry_run:
+                print(shlex.join(line), flush=True)
+                return
+            study.say(f"lengthgen {exp}: reusing the oracle renders of {other}")
+            study.record(line, f"lengthgen {exp}: the oracle renders of {other}")
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(source, folder / "oracle_render")
+            return
+
+
+def stage_evaluate(study: Study) -> None:
+    judge = None  # looked up when a lengthgen is to run: a finished evaluation needs no judge
+    for exp in study.experiments:
+        weights = study.weights(exp)
+        if not weights.exists():
+            refuse(study, f"evaluate {exp}: no weights at {weights}: run `--stage fit` and `--stage export` "
+                          f"first (export writes OUT/weights/<exp>.pt from the fit stage's run)")
+        export = read_json(weights.with_suffix(".json"))
+        lengthgen = study.out / exp / "lengthgen"
+        if evaluation_is_current(lengthgen, "lengthgen.json", export):
+            study.say(f"lengthgen {exp}: {lengthgen / 'lengthgen.json'} exists, skipped")
+        else:
+            judge = judge_arguments(study) if judge is None else judge
+            share_oracle(study, exp, lengthgen)
+            study.run(["lengthgen", "--ckpt", str(weights), "--out", str(lengthgen), "--name", exp, *judge,
+                       *flags(study.scale.lengthgen)], f"lengthgen {exp}")
+            if not study.dry_run:
+                stamp(lengthgen, weights, export)
+        locality = study.out / exp / "locality"
+        if evaluation_is_current(locality, "locality_maps.npz", export):
+            study.say(f"locality {exp}: {locality / 'locality.json'} exists, skipped")
+        else:
+            study.run(["locality", "--ckpt", str(weights), "--out", str(locality), *flags(study.scale.locality)],
+                      f"locality {exp}")
+            if not study.dry_run:
+                stamp(locality, weights, export)
+
+
+# --- stage: report ----------------------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    """Where the report was made: platform, cores, torch, GPU, lcsbench version and commit."""
+    import torch
+
+    try:
+        commit = subprocess.run(["git", "-C", str(Path(lcsbench.__file__).resolve().parents[1]), "rev-parse",
+                                 "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "lcsbench": lcsbench.__version__, "commit": commit}
+
+
+def report_inputs(study: Study) -> dict[str, dict[str, Path]]:
+    return {exp: {"lengthgen": study.out / exp / "lengthgen" / "lengthgen.json",
+                  "locality": study.out / exp / "locality" / "locality.json",
+                  "maps": study.out / exp / "locality" / "locality_maps.npz",
+                  "export": study.weights(exp).with_suffix(".json")} for exp in study.experiments}
+
+
+def stage_report(study: Study) -> None:
+    inputs = report_inputs(study)
+    missing = [str(p) for files in inputs.values() for key, p in files.items() if key != "export" and not p.exists()]
+    if missing:
+        refuse(study, f"report: {len(missing)} evaluation output(s) missing, e.g. {missing[0]}: run `--stage "
+                      f"evaluate` first")
+        if study.dry_run:
+            study.in_process("report", None, "report")
+        return
+    report_path = study.out / "report.json"
+    newest = max(p.stat().st_mtime for files in inputs.values() for p in files.values() if p.exists())
+    if report_path.exists() and report_path.stat().st_mtime >= newest and (study.out / "table.md").exists():
+        study.say(f"report: {report_path} is newer than its inputs, skipped")
+        return
+    study.in_process("report", None, f"report: {study.out / 'table.md'}, report.json and figures")
+    if study.dry_run:
+        return
+    write_report(study, inputs)
+
+
+def write_report(study: Study, inputs: dict[str, dict[str, Path]]) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from lcsbench.analysis import report as rp
+    from lcsbench.analysis.plots import save_figure
+
+    lengthgens = {exp: read_json(files["lengthgen"]) for exp, files in inputs.items()}
+    localities = {exp: read_json(files["locality"]) for exp, files in inputs.items()}
+    exports = {exp: read_json(files["export"]) for exp, files in inputs.items()}
+    experiments = {}
+    for exp in inputs:
+        summary = rp.experiment_summary(lengthgens[exp], localities[exp])
+        export = exports[exp] or {}
+        summary |= {"weights": str(study.weights(exp)), "paper": rp.PAPER_TABLE1.get(exp),
+                    "name": rp.EXPERIMENT_NAMES.get(exp, exp), "steps": export.get("step"),
+                    "max_steps": export.get("max_steps"), "wall_seconds": export.get("wall_seconds"),
+                    "parameters": export.get("parameters"), "config_file": export.get("config_file"),
+                    "config": export.get("config"), "lengthgen_protocol": lengthgens[exp]["protocol"],
+                    "lengthgen_rows": lengthgens[exp]["rows"], "locality_json": localities[exp]}  # every number
+        experiments[exp] = summary
+    goals = rp.goal_checks(experiments, localities)
+    oracles = {exp: rp.oracle_summary(lengthgens[exp]) for exp in inputs}
+    first_oracle = next((o for o in oracles.values() if o is not None), None)
+    links, grids = {}, {}
+    for exp in inputs:
+        folder = inputs[exp]["lengthgen"].parent
+        ks = [int(k) for k in lengthgens[exp]["rows"]["model"]["per_k"]]
+        found = {k: folder / f"samples_k{k}.png" for k in ks if (folder / f"samples_k{k}.png").exists()}
+        links[exp] = {k: str(p.relative_to(study.out)) for k, p in found.items()}
+        grids[exp] = {k: np.asarray(Image.open(p).convert("RGB")) for k, p in found.items()}
+    figures = {"success_vs_k": rp.success_figure(lengthgens),
+               "locality_radius": rp.locality_radius_figure(localities),
+               "locality_maps": rp.locality_maps_figure(
+                   {exp: dict(np.load(files["maps"], allow_pickle=False)) for exp, files in inputs.items()})}
+    if any(grids.values()):
+        figures["samples_by_k"] = rp.sample_grid_figure({exp: g for exp, g in grids.items() if g})
+    for name, figure in figures.items():
+        save_figure(figure, study.out / f"{name}.png")
+    (study.out / "table.md").write_text(rp.table_markdown(study.scale_name, lengthgens, goals, links))
+    timings = read_json(study.out / "timings.json") or {}
+    document = {
+        "scale": study.scale_name, "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "paper_table1": rp.PAPER_TABLE1, "experiments": experiments,
+        "oracle": {**(first_oracle or {}), "per_experiment": oracles},
+        "goals": goals, "render": {"data": str(study.data), **study.scale.render},
+        "evaluation": {"lengthgen": study.scale.lengthgen, "locality": study.scale.locality},
+        "timings": timings, "machine": machine(), "commands": "commands.sh",
+        "figures": [f"{name}.png" for name in figures], "sample_grids": links,
+    }
+    (study.out / "report.json").write_text(json.dumps(document, indent=2, default=str))
+    for exp, summary in experiments.items():
+        study.say(f"{exp}: k_max {summary['k_max_notation']} (strict {summary['k_max_strict']}), paper "
+                  f"{summary['paper']}")
+    for goal in goals:
+        study.say(f"goal {rp.verdict(goal['passed']):7s} {goal['goal']}")
+    study.say(f"wrote {study.out / 'table.md'}, report.json and {len(figures)} figures")
+
+
+# --- the command ------------------------------------------------------------------------------------------------
+
+STAGE_FUNCTIONS = {"render": stage_render, "fit": stage_fit, "export": stage_export, "evaluate": stage_evaluate,
+                   "report": stage_report}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    scales = "; ".join(f"{name}: {scale.note}" for name, scale in SCALES.items())
+    parser = argparse.ArgumentParser(prog="python -m lcsbench reproduce", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("--scale", required=True, choices=list(SCALES), help=scales)
+    parser.add_argument("--out", required=True, help="report folder, e.g. reports/reproduction/<scale>")
+    parser.add_argument("--runs", default=None, help="training runs (default: runs/reproduction/<scale>)")
+    parser.add_argument("--data", default=None, help="the rendered dataset (default: the scale's, e.g. "
+                                                     "data/reproduce32 for cpu)")
+    parser.add_argument("--stage", choices=(*STAGES, "all"), default="all", help="run one stage (default: all)")
+    parser.add_argument("--experiments", default=None, help="comma list among exp1,exp2,exp3 (default: all)")
+    parser.add_argument("--judge", default=None, help="judge checkpoint for lengthgen (default: the judge shipped "
+                                                      "for the scale's resolution)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    scale = SCALES[args.scale]
+    experiments = list(scale.configs) if args.experiments is None else \
+        [e.strip() for e in args.experiments.split(",") if e.strip()]
+    unknown = [e for e in experiments if e not in scale.configs]
+    if unknown or not experiments:
+        raise SystemExit(f"reproduce: --experiments takes a comma list among {','.join(scale.configs)}; found "
+                         f"{args.experiments!r}")
+    if args.judge is not None and not Path(args.judge).is_file():
+        raise SystemExit(f"reproduce: --judge {args.judge} does not exist: pass a judge checkpoint from "
+                         f"`python -m lcsbench fit --config configs/judge.yaml` (runs/judge/.../last.ckpt), or leave "
+                         f"--judge out to use the judge shipped for the scale's resolution")
+    runs = Path(args.runs or f"runs/reproduction/{args.scale}")
+    data = Path(args.data or scale.data)
+    base = ["--scale", args.scale, "--out", args.out, "--runs", str(runs), "--data", str(data)]
+    if args.judge:
+        base += ["--judge", args.judge]
+    study = Study(args.scale, scale, Path(args.out), runs, data, experiments, args.judge, args.dry_run, base)
+    stages = STAGES if args.stage == "all" else (args.stage,)
+    for stage in stages:
+        study.say(f"stage {stage}" + (" (dry run: commands only)" if args.dry_run else ""))
+        STAGE_FUNCTIONS[stage](study)
+    if not args.dry_run and "report" in stages:
+        study.say(f"done: {study.out / 'table.md'}")
+    return 0
