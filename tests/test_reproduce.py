@@ -282,6 +282,9 @@ def test_every_scale_names_its_configs_and_a_render_that_feeds_them():
     cpu = reproduce.SCALES["cpu"]
     assert cpu.data == "data/reproduce32" and cpu.resolution == 32 and cpu.render["counts"] == "1-10"
     assert cpu.lengthgen["ks"] == "1-10" and cpu.lengthgen["samples-per-k"] == 32
+    # patch-local sampling is ~25x the global net's work: Exp 3 alone takes the paper's 8 samples per k
+    assert cpu.lengthgen_flags("exp3") == {**cpu.lengthgen, "samples-per-k": 8, "steps": 16}
+    assert cpu.lengthgen_flags("exp1") == cpu.lengthgen_flags("exp2") == cpu.lengthgen
     assert reproduce.SCALES["paper"].lengthgen["ks"] == "1-12" and reproduce.SCALES["paper"].resolution == 64
     repo = Path(__file__).resolve().parents[1]
     expected = {"exp1": ("all", "EDM2Diffusion"), "exp2": ("single", "EDM2Diffusion"),

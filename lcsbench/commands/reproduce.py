@@ -23,7 +23,7 @@ previous run stopped, and refuses with a message naming the stage to run when wh
 
 Every command a stage runs is appended to OUT/commands.sh (export and report as the `reproduce` line that
 redoes them); --dry-run prints the commands and runs nothing. Scales (SCALES below): `smoke` (tiny, the
-pipeline only, tested in CI), `cpu` (32 px, G = 8, what 2 CPU cores train in hours; configs/reproduce/cpu/),
+pipeline only, tested in CI), `cpu` (32 px, G = 16, what 2 CPU cores train in hours; configs/reproduce/cpu/),
 `paper` (64 px, edm2-img64-xs, G = 16: configs/exp1.yaml, exp2.yaml, exp3.yaml, for a GPU cluster).
 """
 
@@ -58,10 +58,15 @@ class Scale:
     lengthgen: dict  # `python -m lcsbench lengthgen` flags besides --ckpt, --out, --name, --judge
     locality: dict  # `python -m lcsbench locality` flags besides --ckpt, --out
     note: str = ""  # one line for --help
+    lengthgen_by_experiment: dict = field(default_factory=dict)  # exp -> lengthgen flags replacing the scale's
 
     @property
     def resolution(self) -> int:
         return int(self.render["resolution"])
+
+    def lengthgen_flags(self, exp: str) -> dict:
+        """The lengthgen flags of one experiment: the scale's, with the experiment's own replacing them."""
+        return {**self.lengthgen, **self.lengthgen_by_experiment.get(exp, {})}
 
 
 def scale_configs(folder: str) -> dict:
@@ -80,10 +85,13 @@ SCALES: dict[str, Scale] = {
         data="data/reproduce32",  # counts 1-10: the same render feeds the 32 px judge; the models train on 1-3
         render={"counts": "1-10", "per-count": 1500, "val-per-count": 30, "resolution": 32, "samples": 16,
                 "seed": 3},
-        configs=scale_configs("configs/reproduce/cpu"),  # 32 px, G = 8 (the 12 paper locations in 12 cells)
+        configs=scale_configs("configs/reproduce/cpu"),  # tiny U-Nets at 32 px, G = 16 (2 px cells), 3000 steps
         lengthgen={"ks": "1-10", "samples-per-k": 32, "steps": 32, "oracle-samples": 16},
         locality={"sigmas": DEFAULT_SIGMAS, "samples": 2, "sample-steps": 32, "locations": 3},
-        note="32 px, G = 8, 1-3 objects: hours on 2 CPU cores"),
+        note="32 px, G = 16, 1-3 objects: hours on 2 CPU cores",
+        # full-image patch-local sampling runs the patch U-Net on all 256 patches per step (about 25x the global
+        # net's work): the paper's 8 samples per k, 16 Heun steps (about 20 CPU-core minutes)
+        lengthgen_by_experiment={"exp3": {"samples-per-k": 8, "steps": 16}}),
     "paper": Scale(
         data="data/clevr64",
         render={"counts": "1-3", "per-count": 500000, "val-per-count": 1000, "resolution": 64, "samples": 64,
@@ -381,7 +389,9 @@ def share_oracle(study: Study, exp: str, folder: Path) -> None:
         return
     for other in study.scale.configs:
         source = study.out / other / "lengthgen" / "oracle_render"
-        if other != exp and (source.parent / "lengthgen.json").exists() and (source / "manifest.json").exists():
+        same_requests = study.scale.lengthgen_flags(other) == study.scale.lengthgen_flags(exp)
+        if (other != exp and same_requests and (source.parent / "lengthgen.json").exists()
+                and (source / "manifest.json").exists()):
             line = ["cp", "-r", str(source), str(folder / "oracle_render")]
             if study.dry_run:
                 print(shlex.join(line), flush=True)
@@ -408,7 +418,7 @@ def stage_evaluate(study: Study) -> None:
             judge = judge_arguments(study) if judge is None else judge
             share_oracle(study, exp, lengthgen)
             study.run(["lengthgen", "--ckpt", str(weights), "--out", str(lengthgen), "--name", exp, *judge,
-                       *flags(study.scale.lengthgen)], f"lengthgen {exp}")
+                       *flags(study.scale.lengthgen_flags(exp))], f"lengthgen {exp}")
             if not study.dry_run:
                 stamp(lengthgen, weights, export)
         locality = study.out / exp / "locality"
@@ -512,7 +522,8 @@ def write_report(study: Study, inputs: dict[str, dict[str, Path]]) -> None:
         "paper_table1": rp.PAPER_TABLE1, "experiments": experiments,
         "oracle": {**(first_oracle or {}), "per_experiment": oracles},
         "goals": goals, "render": {"data": str(study.data), **study.scale.render},
-        "evaluation": {"lengthgen": study.scale.lengthgen, "locality": study.scale.locality},
+        "evaluation": {"lengthgen": {exp: study.scale.lengthgen_flags(exp) for exp in study.scale.configs},
+                       "locality": study.scale.locality},
         "timings": timings, "machine": machine(), "commands": "commands.sh",
         "figures": [f"{name}.png" for name in figures], "sample_grids": links,
     }
