@@ -249,8 +249,8 @@ trainer:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
       init_args: {every_n_train_steps: 2, save_last: true, save_top_k: -1}
 """)
-    configs = ["--config", str(REPO / "configs" / "quickstart.yaml"), "--config", str(micro_config(tmp_path, clevr_shards)),
-               "--config", str(keep_all)]
+    configs = ["--config", str(REPO / "configs" / "quickstart.yaml"),
+               "--config", str(micro_config(tmp_path, clevr_shards)), "--config", str(keep_all)]
     assert lcsbench(["fit", *configs]) == 0
     run = tmp_path / "runs" / "quickstart" / "lightning_logs" / "version_0"
     stale = sorted(p.name for p in (run / "phema").glob("phema-00000004-*.pt"))
@@ -277,7 +277,8 @@ def test_failed_fit_leaves_no_run_folder(clevr_shards, tmp_path, monkeypatch):
     from lcsbench.cli import main as lcsbench
 
     monkeypatch.chdir(tmp_path)
-    configs = ["--config", str(REPO / "configs" / "quickstart.yaml"), "--config", str(micro_config(tmp_path, clevr_shards))]
+    configs = ["--config", str(REPO / "configs" / "quickstart.yaml"),
+               "--config", str(micro_config(tmp_path, clevr_shards))]
     with pytest.raises(ValueError, match="the data is 32x32 but the model denoises 64x64 images"):
         lcsbench(["fit", *configs, "--model.init_args.net.init_args.img_resolution", "64"])
     runs = tmp_path / "runs" / "quickstart" / "lightning_logs"

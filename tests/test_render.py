@@ -180,7 +180,7 @@ def test_missing_blender_is_a_clear_error(tmp_path):
     result = run_cli("--out", str(tmp_path / "x"), "--per-count", "2", env=env)
     assert result.returncode == 1
     assert "Blender executable 'blender' not found on PATH" in result.stderr
-    assert "lcsbench renders with Blender 3.4 to 4.5" in result.stderr
+    assert "lcsbench renders with Blender 3.4 to 5.0" in result.stderr
     assert "apt-get install -y blender" in result.stderr
     assert not (tmp_path / "x").exists()
 
@@ -337,7 +337,7 @@ def test_unsupported_blender_is_refused_before_rendering(tmp_path):
     result = run_cli("--out", str(tmp_path / "x"), "--per-count", "2", "--blender", str(fake))
     assert result.returncode == 1
     assert f"{fake} is Blender 2.93.18, which lcsbench's scene script does not support: it runs on Blender " \
-           f"3.4 to 4.5" in result.stderr
+           f"3.4 to 5.0" in result.stderr
     assert not (tmp_path / "x").exists()
 
 

@@ -177,9 +177,10 @@ def select_shards(plans: list[ShardPlan], shards: slice | None, node_rank: int, 
 
 
 # The scene script runs on these Blender releases (major, minor), both ends included: Debian's 3.4 (tested by
-# every render test) up to the 4.5 LTS (tested through `bpy` from PyPI: tests/test_blender_versions.py).
-# 4.0 renamed the Principled BSDF input "Specular" and 4.1 removed auto smooth; the script branches on both.
-SUPPORTED_BLENDER = ((3, 4), (4, 5))
+# every render test) up to 5.0 (4.2 LTS, 4.5 LTS and 5.0 tested through `bpy` from PyPI:
+# tests/test_blender_versions.py). 4.0 renamed the Principled BSDF input "Specular" and 4.1 removed auto
+# smooth; the script branches on both. A later release may break the script: test it, then widen this.
+SUPPORTED_BLENDER = ((3, 4), (5, 0))
 
 
 def supported_range() -> str:
@@ -209,7 +210,7 @@ def supported_blender_version(blender: str) -> str:
     if len(major_minor) != 2 or not SUPPORTED_BLENDER[0] <= major_minor <= SUPPORTED_BLENDER[1]:
         raise RenderError(
             f"{blender} is Blender {version}, which lcsbench's scene script does not support: it runs on Blender "
-            f"{supported_range()} (tested: Debian's 3.4 and the 4.5 LTS). Nothing was rendered. Install a "
+            f"{supported_range()} (tested: Debian's 3.4, the 4.2 and 4.5 LTS, 5.0). Nothing was rendered. Install a "
             f"supported release (the 4.5 LTS from https://download.blender.org/release/Blender4.5/) and pass "
             f"--blender /path/to/blender (or set LCSBENCH_BLENDER).")
     return version

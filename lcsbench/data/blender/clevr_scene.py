@@ -5,8 +5,8 @@ numpy). Invoked by `lcsbench.data.render` as
 
     blender -b --factory-startup --python-exit-code 1 -P clevr_scene.py -- --jobs JOBS.json --threads 1
 
-on Blender 3.4 to 4.5 (render.SUPPORTED_BLENDER; the API differences are behind `bpy.app.version` checks), or
-with `bpy` from PyPI as `python clevr_scene.py --jobs JOBS.json` (the Blender 4.x check in the tests).
+on Blender 3.4 to 5.0 (render.SUPPORTED_BLENDER; the API differences are behind `bpy.app.version` checks), or
+with `bpy` from PyPI as `python clevr_scene.py --jobs JOBS.json` (the Blender 4.x/5.x check in the tests).
 
 JOBS.json holds `settings` (resolution, samples, placement rules, jitter, CLEVR vocabulary) and `images`, each with a
 `key`, a staging `dir`, a `scene_seed` string and either `num_objects` (random CLEVR layout) or
