@@ -92,7 +92,8 @@ class RunFolder(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if self.resumed or self.root is None or trainer.global_step > 0 or not trainer.is_global_zero:
             return
-        log_dir = Path(trainer.logger.log_dir).resolve() if trainer.logger is not None else None
+        log_dir = getattr(trainer.logger, "log_dir", None)  # never raise here: it would hide the fit's error
+        log_dir = Path(log_dir).resolve() if log_dir else None
         if log_dir is not None and log_dir.parent == self.root and log_dir.name not in self.existing \
                 and log_dir.is_dir():
             shutil.rmtree(log_dir, ignore_errors=True)

@@ -327,7 +327,7 @@ def claim_shards(out: Path, plans: list[ShardPlan]):
 
     A claim is `ROOT/.locks/<host>-<pid>.claim` (its owner and shards) held under flock: the kernel drops the
     flock when its process ends however it ends, so a claim whose flock is free is stale and removed. Claims
-    are checked and written under one lock, so of two renders started at once exactly one proceeds.
+    are checked and written under one lock, so of two renders of the same shards started at once, one proceeds.
     """
     locks = out / LOCKS
     mine = {plan.relpath for plan in plans}
@@ -342,12 +342,12 @@ def claim_shards(out: Path, plans: list[ShardPlan]):
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:  # its render runs
-                    claim = json.loads(handle.read() or "{}")
-                    overlap = sorted(mine & set(claim.get("shards", [])))
+                    other = json.loads(handle.read() or "{}")
+                    overlap = sorted(mine & set(other.get("shards", [])))
                     if overlap:
                         raise RenderError(
-                            f"{out} is being rendered by another `lcsbench render` (pid {claim.get('pid')} on "
-                            f"{claim.get('host')}, since {claim.get('started')}), which claims {len(overlap)} of "
+                            f"{out} is being rendered by another `lcsbench render` (pid {other.get('pid')} on "
+                            f"{other.get('host')}, since {other.get('started')}), which claims {len(overlap)} of "
                             f"the shards asked for here (e.g. {overlap[0]}). Nothing was changed. Wait for it to "
                             f"finish (or stop it), or give this render other shards with --shards or "
                             f"--node-rank/--num-nodes.") from None
@@ -355,19 +355,17 @@ def claim_shards(out: Path, plans: list[ShardPlan]):
                 except OSError:  # no flock on this file system: claims cannot be told apart, keep them all
                     continue
             path.unlink(missing_ok=True)  # its render has ended
-        handle = open(own, "w")
+        claim = open(own, "w")
         json.dump({"host": socket.gethostname(), "pid": os.getpid(), "started": datetime.datetime.now(
-            datetime.timezone.utc).isoformat(timespec="seconds"), "shards": sorted(mine)}, handle)
-        handle.flush()
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            pass  # exclusive_lock has warned already
+            datetime.timezone.utc).isoformat(timespec="seconds"), "shards": sorted(mine)}, claim)
+        claim.flush()
+        with contextlib.suppress(OSError):  # no flock here: exclusive_lock has warned already
+            fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
     try:
         yield
     finally:
         own.unlink(missing_ok=True)
-        handle.close()
+        claim.close()
 
 
 # ---- rendering ----------------------------------------------------------------------------------
