@@ -234,6 +234,57 @@ def test_cli_fit_trains_and_writes_checkpoint_and_snapshots(clevr_shards, tmp_pa
     assert torch.load(version / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
 
 
+def test_resumed_fit_continues_in_its_run_folder(clevr_shards, tmp_path, monkeypatch, capsys):
+    """Issue 17 item 7: a resume wrote a new version_N with its own phema/, and reconstruct-ema then silently used
+    only the post-resume snapshots."""
+    from lcsbench.cli import main as lcsbench
+
+    monkeypatch.chdir(tmp_path)
+    keep_all = tmp_path / "keep_all.yaml"  # every checkpoint, not only the last
+    keep_all.write_text("""
+trainer:
+  callbacks:
+    - class_path: lcsbench.callbacks.ema.PowerFunctionEMA
+      init_args: {snapshot_every_n_steps: 2}
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {every_n_train_steps: 2, save_last: true, save_top_k: -1}
+""")
+    configs = ["--config", str(REPO / "configs" / "quickstart.yaml"),
+               "--config", str(micro_config(tmp_path, clevr_shards)), "--config", str(keep_all)]
+    assert lcsbench(["fit", *configs]) == 0
+    run = tmp_path / "runs" / "quickstart" / "lightning_logs" / "version_0"
+    stale = sorted(p.name for p in (run / "phema").glob("phema-00000004-*.pt"))
+    # resume from the step-2 checkpoint, as after a crash between step 4's snapshot and its checkpoint
+    assert lcsbench(["fit", *configs, "--trainer.max_steps", "6",
+                     "--ckpt_path", str(run / "checkpoints" / "epoch=0-step=2.ckpt")]) == 0
+    assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]  # no version_1
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")) == [
+        "epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt", "epoch=1-step=6.ckpt", "last.ckpt"]  # no last-v1.ckpt
+    assert [p.name for p in (run / "checkpoints" / "superseded-at-step-2").iterdir()] == ["epoch=0-step=4.ckpt"]
+    steps = sorted({p.name.split("-")[1] for p in (run / "phema").glob("phema-*.pt")})
+    assert steps == ["00000002", "00000004", "00000006"]  # one chain, step 4 written again by the resumed run
+    superseded = run / "phema" / "superseded-at-step-2"
+    assert sorted(p.name for p in superseded.iterdir()) == stale  # the abandoned trajectory's, kept aside
+    assert len(list(run.glob("events.out.tfevents.*"))) == 2  # TensorBoard reads both as one run
+    capsys.readouterr()
+    assert lcsbench(["reconstruct-ema", "--snapshots", str(run / "phema"), "--sigma-rel", "0.08",
+                     "--out", str(tmp_path / "ema.pt")]) == 0
+    assert "at step 6 from 6 snapshots at 3 steps (2..6)" in capsys.readouterr().err
+
+
+def test_failed_fit_leaves_no_run_folder(clevr_shards, tmp_path, monkeypatch):
+    from lcsbench.cli import main as lcsbench
+
+    monkeypatch.chdir(tmp_path)
+    configs = ["--config", str(REPO / "configs" / "quickstart.yaml"),
+               "--config", str(micro_config(tmp_path, clevr_shards))]
+    with pytest.raises(ValueError, match="the data is 32x32 but the model denoises 64x64 images"):
+        lcsbench(["fit", *configs, "--model.init_args.net.init_args.img_resolution", "64"])
+    runs = tmp_path / "runs" / "quickstart" / "lightning_logs"
+    assert not runs.exists() or not list(runs.iterdir()), list(runs.rglob("*"))  # the next run is version_0
+
+
 def micro_config(directory: Path, root) -> Path:
     """A second --config shrinking the quickstart experiment to the micro net and 4 steps."""
     path = directory / "micro.yaml"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,7 +19,7 @@ import pytest
 from PIL import Image
 
 from lcsbench.data.render import RenderError, parse_counts, render_dataset
-from lcsbench.data.shards import ShardError, read_shard_samples
+from lcsbench.data.shards import ShardError, read_shard_samples, verify_shard
 from tests.conftest import TINY_DATASET
 
 pytestmark = pytest.mark.blender  # every test here runs the Blender renderer
@@ -178,6 +180,7 @@ def test_missing_blender_is_a_clear_error(tmp_path):
     result = run_cli("--out", str(tmp_path / "x"), "--per-count", "2", env=env)
     assert result.returncode == 1
     assert "Blender executable 'blender' not found on PATH" in result.stderr
+    assert "lcsbench renders with Blender 3.4 to 5.0" in result.stderr
     assert "apt-get install -y blender" in result.stderr
     assert not (tmp_path / "x").exists()
 
@@ -214,3 +217,204 @@ def test_truncated_shard_is_named_and_repaired(clevr_shards, tmp_path):
     assert summary["rendered_images"] == 4  # only the damaged shard's images
     assert (out / "n2/train-000001.tar.corrupt").exists()  # kept, not deleted
     assert shard_bytes(out) == shard_bytes(clevr_shards)
+
+
+# --- bad and hostile input (issue 17, items 3, 4, 5, 10, 11) -------------------------------------------------
+
+
+def flip_png_byte(shard: Path) -> str:
+    """Flip one byte in the middle of the first image's PNG data, leaving the tar intact; returns the member."""
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        member = next(m for m in tar if m.name.endswith(".png") and not m.name.endswith(".mask.png"))
+    data = bytearray(shard.read_bytes())
+    data[member.offset_data + member.size // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    return member.name
+
+
+@pytest.mark.parametrize("counts", ["40", "1-1000000"])
+def test_counts_beyond_the_maximum_are_refused_before_anything_starts(counts, tmp_path, capsys):
+    from lcsbench.cli import main as cli_main
+
+    assert cli_main(["render", "--out", str(tmp_path / "x"), "--counts", counts]) == 1
+    assert "at most 12 are supported: CLEVR's placement rules fit 12 objects" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # no manifest, no Blender
+
+
+def test_a_count_that_cannot_fit_fails_fast_naming_count_size_and_resolution(tmp_path):
+    # 5 objects 3 units apart on CLEVR's 6x6 ground cannot be placed: this searched forever before
+    result = run_cli("--out", str(tmp_path / "x"), "--counts", "5", "--per-count", "1", "--val-per-count", "0",
+                     "--resolution", "16", "--samples", "1", "--min-dist", "3", "--workers", "1")
+    assert result.returncode == 1
+    assert re.search(r"Blender cannot render n5_train_00000000: 5 objects do not fit: in 50000 layouts at most "
+                     r"[1-4] could be placed .*object sizes large 1.4, small 0.7 scene units, min_dist 3, margin "
+                     r"0.4, image 16x16 px\)", result.stderr), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_flipped_png_bytes_are_found_by_verify_and_mended_by_repair(clevr_shards, tmp_path):
+    out = tmp_path / "flipped"
+    shutil.copytree(clevr_shards, out)
+    victim = out / "n2/train-000001.tar"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["shard_sha256"]) == set(manifest["shard_samples"])  # recorded at render time
+    member = flip_png_byte(victim)
+    options = {**TINY_DATASET, "progress": False}
+    assert render_dataset(out, **options)["rendered_images"] == 0  # a plain rerun checks structure only: fast
+    result = subprocess.run([sys.executable, "-m", "lcsbench", "render", "--out", str(out), "--verify"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert json.loads(result.stdout) == {**json.loads(result.stdout), "shards": 9, "verified": 8, "damaged": 1}
+    assert "n2/train-000001.tar does not match the checksum the manifest recorded" in result.stderr
+    assert render_dataset(out, repair=True, **options)["rendered_images"] == 4  # only the damaged shard
+    assert shard_bytes(out) == shard_bytes(clevr_shards)
+    first_corrupt = (out / "n2/train-000001.tar.corrupt").read_bytes()
+
+    # a manifest of an earlier lcsbench has no checksums: the decode check alone finds the flip (PNG chunk CRCs)
+    del manifest["shard_sha256"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    flip_png_byte(victim)
+    with pytest.raises(ShardError, match=f"holds a damaged member {member} .*fails its CRC"):
+        verify_shard(victim, 4, None, fix="repair it")
+    assert render_dataset(out, repair=True, **options)["rendered_images"] == 4
+    assert shard_bytes(out) == shard_bytes(clevr_shards)
+    # the second repair numbers its copy instead of overwriting the first
+    assert (out / "n2/train-000001.tar.corrupt").read_bytes() == first_corrupt
+    assert (out / "n2/train-000001.tar.corrupt.2").exists()
+    assert json.loads((out / "manifest.json").read_text())["shard_sha256"] == {
+        "n2/train-000001.tar": json.loads((clevr_shards / "manifest.json").read_text())["shard_sha256"][
+            "n2/train-000001.tar"]}  # the old manifest gains checksums for the shards rendered from now on
+
+
+def test_a_manifest_without_checksums_still_trains(clevr_shards, tmp_path):
+    import lightning as L
+
+    from lcsbench.data.datamodule import CLEVRDataModule
+    from lcsbench.models.edm2 import EDM2Diffusion
+    from lcsbench.nn.edm2 import Precond
+
+    out = tmp_path / "old"
+    shutil.copytree(clevr_shards, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["shard_sha256"]  # as written by lcsbench before checksums
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    net = Precond(img_resolution=32, img_channels=3, label_dim=256, model_channels=16, channel_mult=[1, 2],
+                  num_blocks=1, attn_resolutions=[16], channels_per_head=16)
+    data = CLEVRDataModule(str(out), counts="1-3", batch_size=2, num_workers=0, steps_per_epoch=1, shuffle_buffer=4)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=str(tmp_path))
+    trainer.fit(EDM2Diffusion(net=net), data)
+    assert trainer.global_step == 1
+
+
+def test_a_second_render_of_the_same_shards_is_refused_while_one_runs(clevr_shards, tmp_path):
+    from lcsbench.data.render import LOCKS, RenderSettings, claim_shards, plan_dataset
+
+    out = tmp_path / "busy"
+    shutil.copytree(clevr_shards, out)
+    before = shard_bytes(out)
+    plans = plan_dataset(RenderSettings(**{**TINY_DATASET, "counts": (2,)}))
+    with claim_shards(out, plans):  # the running render: this process holds the claim, as another would
+        with pytest.raises(RenderError, match=rf"{out} is being rendered by another `lcsbench render` \(pid "
+                                              rf"{os.getpid()} on .*claims 3 of the shards .*Nothing was changed"):
+            render_dataset(out, **{**TINY_DATASET, "progress": False, "repair": True})
+        assert shard_bytes(out) == before
+        # disjoint shards may be rendered at once (machines sharing a dataset): n1's first 3 shards
+        assert render_dataset(out, shards=slice(0, 3), **{**TINY_DATASET, "progress": False})["rendered_images"] == 0
+    stale = out / LOCKS / "otherhost-1.claim"  # left by a render that was killed: nobody holds its flock
+    stale.write_text(json.dumps({"host": "otherhost", "pid": 1, "shards": [p.relpath for p in plans]}))
+    assert render_dataset(out, **{**TINY_DATASET, "progress": False})["complete_shards"] == 9
+    assert not stale.exists() and not list((out / LOCKS).glob("*.claim"))
+
+
+def test_unsupported_blender_is_refused_before_rendering(tmp_path):
+    fake = tmp_path / "bin" / "blender"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'Blender 2.93.18'\n")  # an old release's --version, nothing else
+    fake.chmod(0o755)
+    result = run_cli("--out", str(tmp_path / "x"), "--per-count", "2", "--blender", str(fake))
+    assert result.returncode == 1
+    assert f"{fake} is Blender 2.93.18, which lcsbench's scene script does not support: it runs on Blender " \
+           f"3.4 to 5.0" in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_dataset_is_not_resumed_with_another_blender_release(clevr_shards, tmp_path):
+    out = tmp_path / "other-blender"
+    shutil.copytree(clevr_shards, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["renderer"]["blender"] = "4.5.0"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RenderError, match=r"rendered with Blender 4.5.0 and this is Blender 3\.4\.\d+: .*Nothing "
+                                          r"was changed"):
+        render_dataset(out, **{**TINY_DATASET, "progress": False})
+
+
+@pytest.mark.slow  # stops two Blender renders with signals and reruns them
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_ends_every_blender_and_the_rerun_resumes(stop, clevr_shards, tmp_path):
+    out = tmp_path / "stopped"
+    args = ["--out", str(out), "--counts", "1-3", "--per-count", "8", "--val-per-count", "4", "--shard-size", "4",
+            "--resolution", "32", "--samples", "8", "--seed", "0", "--workers", "2"]
+    # as `timeout` or SLURM would: a signal to the render process alone (Blender runs in sessions of its own)
+    process = subprocess.Popen([sys.executable, "-m", "lcsbench", "render", "--no-progress", *args], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    blenders: set[int] = set()  # every Blender render process seen
+    deadline = time.time() + 180
+    while time.time() < deadline and process.poll() is None:
+        running = [pid for pid in child_pids(process.pid) if "clevr_scene.py" in cmdline(pid)]
+        blenders |= set(running)
+        if running and list(out.rglob("*.tar")):
+            break
+        time.sleep(0.02)
+    assert running, "no Blender render ran while a shard was finished"
+    for pid in running:  # hold the render in progress (finished shards on disk, images in flight) meanwhile
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+    second = run_cli(*args)  # a second render into the same --out while the first runs
+    assert second.returncode == 1 and "is being rendered by another `lcsbench render`" in second.stderr
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + stop, stderr
+    assert f"stopped by {stop.name}: every Blender process was stopped" in stderr
+    survivors = [pid for pid in blenders if alive(pid)]
+    for pid in survivors:  # do not leave them behind (stopped) when the check fails
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, "a Blender process outlived the render"
+    finished = shard_bytes(out)
+    assert 0 < len(finished) < 9, "stop the render while it is in progress"
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["rendered_images"] < 36  # finished work was kept
+    assert shard_bytes(out) == shard_bytes(clevr_shards)
+
+
+def child_pids(parent: int) -> list[int]:
+    """Processes whose parent is `parent` (from /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -1,10 +1,12 @@
-"""Helpers shared by the commands: the checkpoint options of the analysis commands, the device default, and
-comma-separated number lists. Nothing here computes; the commands call the layers below for that."""
+"""Helpers shared by the commands: the checkpoint options of the analysis commands, the device default,
+comma-separated number lists and the names of EMA snapshot files. Nothing here computes; the commands call the
+layers below for that."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +14,13 @@ if TYPE_CHECKING:
     from lcsbench.diffusion.denoiser import Denoiser
 
 DEFAULT_SIGMAS = "0.05,0.2,0.5,1,2,5,10,40"  # the locality noise grid (Figure 2's rows and more)
+SNAPSHOT_NAME = re.compile(r"phema-(\d+)-(\d+\.\d+)\.pt$")  # PowerFunctionEMA's phema-<step>-<sigma_rel>.pt
+
+
+def snapshot_step(path: Path) -> int | None:
+    """The training step in an EMA snapshot's file name, or None when the name is not a snapshot's."""
+    match = SNAPSHOT_NAME.search(path.name)
+    return int(match.group(1)) if match else None
 
 
 def default_device() -> str:

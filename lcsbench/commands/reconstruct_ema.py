@@ -12,11 +12,10 @@ least-squares combination of their averaging profiles that best matches the targ
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
-SNAPSHOT_NAME = re.compile(r"phema-(\d+)-(\d+\.\d+)\.pt$")
+from lcsbench.commands._common import snapshot_step
 
 
 def main(argv: list[str]) -> int:
@@ -38,11 +37,11 @@ def main(argv: list[str]) -> int:
         target_gamma = sigma_rel_to_gamma(args.sigma_rel)
     except ValueError as error:
         raise SystemExit(f"reconstruct-ema: {error}") from None
-    files = sorted(p for p in Path(args.snapshots).glob("phema-*.pt") if SNAPSHOT_NAME.search(p.name))
+    files = sorted(p for p in Path(args.snapshots).glob("phema-*.pt") if snapshot_step(p) is not None)
     if not files:
         raise SystemExit(f"reconstruct-ema: no phema-<step>-<sigma_rel>.pt snapshots in {args.snapshots}: train with "
                          f"PowerFunctionEMA(snapshot_every_n_steps=N) (configs set it) and pass its <log_dir>/phema")
-    steps = [int(SNAPSHOT_NAME.search(p.name).group(1)) for p in files]
+    steps = [snapshot_step(p) for p in files]
     target_step = args.step if args.step is not None else max(steps)
     if target_step > max(steps):
         raise SystemExit(f"reconstruct-ema: --step {target_step} lies beyond the last snapshot (step {max(steps)}): "
@@ -59,9 +58,16 @@ def main(argv: list[str]) -> int:
         del payload
     coefficients = solve_posthoc_coefficients([h[1] for h in headers], [h[2] for h in headers],
                                               [target_step], [target_gamma])[:, 0]
+    used_steps = sorted({h[1] for h in headers})
     print(f"reconstruct-ema: sigma_rel {args.sigma_rel} (gamma {target_gamma:.3f}) at step {target_step} from "
-          f"{len(headers)} snapshots; coefficients in [{coefficients.min():.3f}, {coefficients.max():.3f}]",
-          file=sys.stderr)
+          f"{len(headers)} snapshots at {len(used_steps)} steps ({used_steps[0]}..{used_steps[-1]}) in "
+          f"{args.snapshots}; coefficients in [{coefficients.min():.3f}, {coefficients.max():.3f}]", file=sys.stderr)
+    spacing = min((b - a for a, b in zip(used_steps, used_steps[1:])), default=used_steps[0])
+    if used_steps[0] > spacing:  # snapshots every `spacing` steps, yet none in the run's first `spacing` steps
+        print(f"reconstruct-ema: warning: the first snapshot is at step {used_steps[0]} though they are {spacing} "
+              f"steps apart: the earlier ones are missing from {args.snapshots} (a fit resumed by lcsbench before "
+              f"resumed runs kept their folder wrote its snapshots into a new version_N: copy the earlier "
+              f"version's phema-*.pt here)", file=sys.stderr)
     states = (read_checkpoint(path, "a snapshot vanished while reading: rerun")["net_state"] for path, _, _ in headers)
     combined = weighted_state_sum(states, coefficients)
     out = Path(args.out)

@@ -8,8 +8,17 @@ import os
 import sys
 
 from lcsbench.data.layouts import LayoutError, load_layout_file
-from lcsbench.data.render import RenderError, RenderSettings, parse_counts, parse_shard_range, render_dataset, render_layouts
-from lcsbench.data.shards import ShardError
+from lcsbench.data.render import (
+    MAX_OBJECTS,
+    RenderError,
+    RenderInterrupted,
+    RenderSettings,
+    parse_counts,
+    parse_shard_range,
+    render_dataset,
+    render_layouts,
+)
+from lcsbench.data.shards import ShardError, verify_dataset
 
 DEFAULTS = RenderSettings()
 
@@ -19,10 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m lcsbench render",
         description="Render CLEVR scenes with Blender (Cycles) into WebDataset shards: "
                     "OUT/n<k>/{train,val}-NNNNNN.tar per object count k, plus OUT/manifest.json. "
-                    "Resumable: rerun the same command after a crash; finished shards are skipped.",
+                    "Resumable: rerun the same command after a crash or a stop (SIGTERM, Ctrl-C); finished "
+                    "shards are skipped.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--counts", default="1-3", help="object counts: a range '1-3' or a list '1,2,5'")
+    parser.add_argument("--counts", default="1-3",
+                        help=f"object counts: a range '1-3' or a list '1,2,5', each in 1..{MAX_OBJECTS} (CLEVR's "
+                             f"placement rules fit {MAX_OBJECTS} objects in about 1 of 2,000 layouts, "
+                             f"{MAX_OBJECTS + 1} in fewer than 1 of 100,000)")
     parser.add_argument("--per-count", type=int, default=1000, help="training images per object count")
     parser.add_argument("--val-per-count", type=int, default=None,
                         help="held-out images per object count (default: per-count / 50, rounded up)")
@@ -42,7 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="JSON file of requested scenes (see lcsbench/data/layouts.py): renders them exactly "
                              "into OUT/layout/eval-NNNNNN.tar instead of random scenes")
     parser.add_argument("--repair", action="store_true",
-                        help="move damaged finished shards aside (*.corrupt) and re-render them")
+                        help="verify finished shards fully (the manifest's checksum where recorded, every PNG and "
+                             "JSON member decodes), move damaged ones aside (*.corrupt, numbered) and re-render them")
+    parser.add_argument("--verify", action="store_true",
+                        help="only report: verify every shard the manifest in --out lists as --repair does, change "
+                             "nothing, exit 1 if any is damaged (needs no Blender; other options are not used)")
     parser.add_argument("--blender", default=None, help="Blender executable (default: $LCSBENCH_BLENDER or blender)")
     parser.add_argument("--fov", choices=("crop", "full"), default=DEFAULTS.fov,
                         help="crop: CLEVR's vertical field of view (square = centre crop of CLEVR); full: horizontal")
@@ -57,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verify:
+        if args.repair:
+            parser.error("--verify only reports and --repair mends: pass one of them")
+        return verify(args.out)
     if args.workers is not None and args.workers < 1:
         parser.error(f"--workers is the number of Blender processes at once, >= 1 (leave it out for one per "
                      f"usable core); found {args.workers}")
@@ -75,6 +96,9 @@ def main(argv: list[str]) -> int:
                                      val_per_count=args.val_per_count, resolution=args.resolution,
                                      samples=args.samples, seed=args.seed, shard_size=args.shard_size,
                                      **placement, **run)
+    except RenderInterrupted as error:
+        print(f"lcsbench render: {error}", file=sys.stderr)
+        return 128 + error.signum  # the shell's code for a process ended by that signal
     except (RenderError, ShardError, LayoutError, ValueError, FileNotFoundError) as error:
         print(f"lcsbench render: error: {error}", file=sys.stderr)
         return 1
@@ -83,3 +107,20 @@ def main(argv: list[str]) -> int:
         print(f"{summary['complete_shards']}/{summary['total_shards']} shards complete "
               f"(other machines render the rest, or rerun to resume)", file=sys.stderr)
     return 0
+
+
+def verify(out: str) -> int:
+    """`--verify`: the report of shards.verify_dataset as JSON; exit 1 if a shard is damaged."""
+    fix = f"mend it with the dataset's own render command plus --repair (`python -m lcsbench render --out {out} ...`)"
+    try:
+        report = verify_dataset(out, fix)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        print(f"lcsbench render: error: cannot verify {out}: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps({**report, "missing": len(report["missing"]), "damaged": len(report["damaged"])}, indent=2))
+    for line in report["damaged"]:
+        print(f"damaged: {line}", file=sys.stderr)
+    if report["missing"]:
+        print(f"{len(report['missing'])} shard(s) not rendered yet (e.g. {report['missing'][0]}): rerun the render "
+              f"to finish them", file=sys.stderr)
+    return 1 if report["damaged"] else 0

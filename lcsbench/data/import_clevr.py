@@ -19,7 +19,7 @@ from PIL import Image
 
 from lcsbench import __version__
 from lcsbench.data.scenes import COLOR_NAMES, IMAGE_EXT, SCENE_EXT
-from lcsbench.data.shards import MANIFEST, png_bytes, write_json_atomic, write_shard
+from lcsbench.data.shards import CHECKSUMS, MANIFEST, png_bytes, write_json_atomic, write_shard
 
 
 def load_scenes(path: Path) -> list[dict]:
@@ -139,13 +139,14 @@ def import_clevr(sources: list[tuple[Path, Path]], out: Path, resolution: int = 
                                            SCENE_EXT: json.dumps(record).encode()})
     shards: dict[str, dict[str, list[str]]] = {}
     shard_samples: dict[str, int] = {}
+    checksums: dict[str, str] = {}
     images: dict[str, dict[str, int]] = {}
     for (group, split), samples in sorted(groups.items(), key=lambda item: (int(item[0][0][1:]), item[0][1])):
         images.setdefault(group, {})[split] = len(samples)
         for shard_index in range(math.ceil(len(samples) / shard_size)):
             relpath = f"{group}/{split}-{shard_index:06d}.tar"
             chunk = samples[shard_index * shard_size:(shard_index + 1) * shard_size]
-            write_shard(out / relpath, chunk)
+            checksums[relpath] = write_shard(out / relpath, chunk)
             shards.setdefault(group, {}).setdefault(split, []).append(relpath)
             shard_samples[relpath] = len(chunk)
     totals: dict[str, int] = {}
@@ -157,7 +158,7 @@ def import_clevr(sources: list[tuple[Path, Path]], out: Path, resolution: int = 
         "settings": {"resolution": resolution, "shard_size": shard_size,
                      "counts": sorted(int(g[1:]) for g in images), "crop": "centre-square",
                      "sources": [[str(i), str(s)] for i, s in sources]},
-        "shards": shards, "shard_samples": shard_samples, "images": images, "totals": totals,
+        "shards": shards, "shard_samples": shard_samples, CHECKSUMS: checksums, "images": images, "totals": totals,
         "has_masks": False, "sample_keys": {"image": IMAGE_EXT, "scene": SCENE_EXT, "mask": None},
         "dropped_objects_outside_crop": dropped_total, "skipped_images_without_objects": skipped_empty,
         "renderer": {"lcsbench": __version__, "source": "CLEVR (clevr-dataset-gen)"},

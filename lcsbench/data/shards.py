@@ -3,16 +3,22 @@
 A shard is a plain tar of samples `<key>.png`, `<key>.json`, `<key>.mask.png` (see scenes.py). It
 is written to `<name>.tar.partial` and renamed to `<name>.tar` only when complete, so a visible
 shard is always whole; `check_shard` still verifies member counts, because files get copied,
-truncated or corrupted after the fact.
+truncated or corrupted after the fact. `write_shard` returns the shard's sha256, which the manifest
+records (`shard_sha256`); `verify_shard` checks it and decodes every member, which also finds bytes
+flipped inside an intact tar. Manifests written before checksums existed have none: their shards get
+the decode check only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import socket
+import struct
 import tarfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,16 +30,19 @@ from lcsbench.data.scenes import IMAGE_EXT, MASK_EXT, SCENE_EXT
 
 MANIFEST = "manifest.json"
 SAMPLE_EXTS = (IMAGE_EXT, SCENE_EXT, MASK_EXT)
+CHECKSUMS = "shard_sha256"  # manifest key: {relpath: sha256 hex} of finished shards (absent in older manifests)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class ShardError(RuntimeError):
     """A shard on disk is missing, truncated or corrupt."""
 
 
-def write_shard(path: Path, samples: list[dict[str, bytes | str]]) -> None:
+def write_shard(path: Path, samples: list[dict[str, bytes | str]]) -> str:
     """Write `samples` (dicts with `__key__` and raw bytes per extension) atomically to `path`.
 
-    Members get mtime 0 and fixed owners, so the same samples always give the same bytes.
+    Members get mtime 0 and fixed owners, so the same samples always give the same bytes. Returns the
+    sha256 of the bytes on disk (read back after fsync), for the manifest.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
@@ -44,7 +53,18 @@ def write_shard(path: Path, samples: list[dict[str, bytes | str]]) -> None:
         writer.close()
         stream.flush()
         os.fsync(stream.fileno())
+    digest = file_sha256(partial)
     os.replace(partial, path)
+    return digest
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_shard_members(path: Path) -> list[tarfile.TarInfo]:
@@ -78,6 +98,84 @@ def check_shard(path: Path, expected_samples: int, fix: str, exts: tuple[str, ..
         raise ShardError(
             f"shard {path} holds {len(per_key)} samples ({len(incomplete)} incomplete, e.g. "
             f"{incomplete[:3]}) where {expected_samples} complete samples were expected: {fix}")
+
+
+# ---- verification: checksum, then every member decodes -----------------------------------------
+
+
+def check_png(data: bytes) -> None:
+    """Raise ValueError unless `data` is a whole PNG: signature, every chunk's CRC, IEND, and pixels that decode.
+
+    The CRCs catch any flipped byte (a decoder may not read every chunk); the decode catches the rest.
+    """
+    if not data.startswith(PNG_SIGNATURE):
+        raise ValueError("no PNG signature")
+    offset, tag = len(PNG_SIGNATURE), b""
+    while tag != b"IEND":
+        if offset + 12 > len(data):
+            raise ValueError(f"cut inside a chunk at byte {offset}")
+        length, tag = struct.unpack(">I4s", data[offset:offset + 8])
+        end = offset + 12 + length
+        if end > len(data):
+            raise ValueError(f"chunk {tag!r} at byte {offset} runs past the end")
+        if zlib.crc32(data[offset + 4:end - 4]) != struct.unpack(">I", data[end - 4:end])[0]:
+            raise ValueError(f"chunk {tag!r} at byte {offset} fails its CRC")
+        offset = end
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+
+
+def check_member(ext: str, data: bytes) -> None:
+    """Raise ValueError unless one sample member decodes: PNG images and masks, JSON scene records."""
+    if ext.endswith("png"):
+        check_png(data)
+    elif ext == "json":
+        if not isinstance(json.loads(data), dict):
+            raise ValueError("the scene record is not a JSON object")
+
+
+def verify_shard(path: Path, expected_samples: int, sha256: str | None, fix: str,
+                 exts: tuple[str, ...] = SAMPLE_EXTS) -> None:
+    """Raise ShardError unless `path` is whole: its member count (`check_shard`), its recorded checksum (None:
+    not recorded, skipped), and every member decodes (`check_member`)."""
+    check_shard(path, expected_samples, fix, exts)
+    if sha256 is not None:
+        found = file_sha256(path)
+        if found != sha256:
+            raise ShardError(f"shard {path} does not match the checksum the manifest recorded when it was written "
+                             f"(sha256 {found[:16]}... where {sha256[:16]}... was recorded): its bytes changed; {fix}")
+    for sample in iter_shard_samples(path, fix):
+        for ext, data in sample.items():
+            if ext == "__key__":
+                continue
+            try:
+                check_member(ext, data)
+            except Exception as error:  # noqa: BLE001 - any decode failure means a damaged member; name it
+                raise ShardError(f"shard {path} holds a damaged member {sample['__key__']}.{ext} "
+                                 f"({type(error).__name__}: {error}); {fix}") from error
+
+
+def verify_dataset(root: Path, fix: str) -> dict:
+    """`verify_shard` on every shard the manifest of `root` lists. Returns the report: counts of shards
+    verified, without a recorded checksum and missing (not rendered yet), and one line per damaged shard."""
+    manifest = load_manifest(root)
+    checksums = manifest.get(CHECKSUMS, {})
+    exts = SAMPLE_EXTS if manifest.get("has_masks", True) else (IMAGE_EXT, SCENE_EXT)  # imports have no masks
+    report = {"root": str(root), "shards": len(manifest["shard_samples"]), "verified": 0,
+              "without_checksum": 0, "missing": [], "damaged": []}
+    for relpath, samples in manifest["shard_samples"].items():
+        path = Path(root) / relpath
+        if not path.exists():
+            report["missing"].append(relpath)
+            continue
+        try:
+            verify_shard(path, samples, checksums.get(relpath), fix, exts)
+        except ShardError as error:
+            report["damaged"].append(str(error))
+            continue
+        report["verified"] += 1
+        report["without_checksum"] += relpath not in checksums
+    return report
 
 
 def iter_shard_samples(path: Path | str, fix: str = "") -> Iterator[dict[str, bytes | str]]:

@@ -5,6 +5,9 @@ numpy). Invoked by `lcsbench.data.render` as
 
     blender -b --factory-startup --python-exit-code 1 -P clevr_scene.py -- --jobs JOBS.json --threads 1
 
+on Blender 3.4 to 5.0 (render.SUPPORTED_BLENDER; the API differences are behind `bpy.app.version` checks), or
+with `bpy` from PyPI as `python clevr_scene.py --jobs JOBS.json` (the Blender 4.x/5.x check in the tests).
+
 JOBS.json holds `settings` (resolution, samples, placement rules, jitter, CLEVR vocabulary) and `images`, each with a
 `key`, a staging `dir`, a `scene_seed` string and either `num_objects` (random CLEVR layout) or
 `layout` (requested objects at given pixel positions). For every image the script writes
@@ -46,7 +49,18 @@ LIGHTS = (  # name, base position, size (m), power (W), colour
     ("back", (-1.17, 2.65, 5.82), 1.0, 50.0, (1.0, 1.0, 1.0)),
 )
 SUN_POSITION, SUN_STRENGTH = (11.7, -6.6, 25.8), 0.45
+# Blender 4.0's Principled BSDF renamed "Specular" (0.5 = F0 of 4%) to "Specular IOR Level" (0.5 = the IOR's own
+# F0 of 4% at IOR 1.5): the same value gives the same reflectance at normal incidence.
+SPECULAR_INPUT = "Specular IOR Level" if bpy.app.version >= (4, 0, 0) else "Specular"
 GROUND_GRAY = 0.8
+# CLEVR restarts a layout forever when an object cannot be placed; we give up after this many layouts. 12
+# objects (render.MAX_OBJECTS) fit in about 1 of 2,000 layouts (measured with the default rules), so this
+# bound fails them with probability ~1e-11, and an impossible request fails in seconds (~0.2 ms a layout).
+MAX_PLACEMENT_RESTARTS = 50_000
+
+
+class SceneDoesNotFit(RuntimeError):
+    """The requested objects cannot be placed (or seen) in the frame under the placement rules."""
 
 
 def jitter(rng, amount):
@@ -89,11 +103,20 @@ def build_meshes():
         bm.free()
         for polygon in mesh.polygons:
             polygon.use_smooth = True
-        mesh.use_auto_smooth = True
-        mesh.auto_smooth_angle = math.radians(40.0)
+        smooth_below_angle(mesh, math.radians(40.0))
         mesh.materials.append(None)
         result[name] = mesh
     return result
+
+
+def smooth_below_angle(mesh, angle):
+    """Smooth shading across edges whose faces meet at less than `angle`, sharp across the rest: auto smooth
+    before Blender 4.1, which replaced it by sharp edges marked from the angle (same shading)."""
+    if bpy.app.version >= (4, 1, 0):
+        mesh.set_sharp_from_angle(angle=angle)
+    else:
+        mesh.use_auto_smooth = True
+        mesh.auto_smooth_angle = angle
 
 
 def build_materials():
@@ -108,7 +131,7 @@ def build_materials():
             if material_name == "rubber":
                 bsdf.inputs["Metallic"].default_value = 0.0
                 bsdf.inputs["Roughness"].default_value = 0.65
-                bsdf.inputs["Specular"].default_value = 0.3
+                bsdf.inputs[SPECULAR_INPUT].default_value = 0.3
             else:
                 bsdf.inputs["Metallic"].default_value = 1.0
                 bsdf.inputs["Roughness"].default_value = 0.2
@@ -205,7 +228,7 @@ def ground_directions(camera):
             "above": Vector((0.0, 0.0, 1.0)), "below": Vector((0.0, 0.0, -1.0))}
 
 
-def sample_positions(rng, num_objects, directions, settings):
+def sample_positions(rng, num_objects, directions, settings, max_restarts=MAX_PLACEMENT_RESTARTS):
     """Sizes and (x, y) by rejection; restart the whole layout after max_retries for one object.
 
     CLEVR's rule: a new object keeps min_dist between surfaces to every placed one, and a margin along the
@@ -213,13 +236,15 @@ def sample_positions(rng, num_objects, directions, settings):
     two: 0 < |offset . left| < margin and 0 < |offset . behind| < margin (exact in floating point). This
     loop is the hot path of many-object scenes (millions of tests at 12 objects), hence the inlining; it
     draws the same random numbers in the same order as the plain rule, so a seed gives the same layout.
+    CLEVR restarts forever; here `max_restarts` layouts are tried, then SceneDoesNotFit names what cannot fit.
     """
     lx, ly = directions["left"].x, directions["left"].y
     bx, by = directions["behind"].x, directions["behind"].y
     min_dist, margin, retries = settings["min_dist"], settings["margin"], settings["max_retries"]
     size_names = sorted(SIZES)
     random, hypot = rng.random, math.hypot  # -3 + 6 * random() is rng.uniform(-3, 3), bit for bit
-    while True:
+    most_placed = 0
+    for _ in range(max_restarts):
         placed = []  # (x, y, radius, size name)
         for _ in range(num_objects):
             size_name = rng.choice(size_names)
@@ -240,6 +265,13 @@ def sample_positions(rng, num_objects, directions, settings):
                 break
         if len(placed) == num_objects:
             return [{"size": name, "radius": radius, "x": x, "y": y} for x, y, radius, name in placed]
+        most_placed = max(most_placed, len(placed))
+    sizes = ", ".join(f"{name} {2 * SIZES[name]:g}" for name in sorted(SIZES))
+    raise SceneDoesNotFit(
+        f"{num_objects} objects do not fit: in {max_restarts} layouts at most {most_placed} could be placed on "
+        f"CLEVR's 6x6 ground (object sizes {sizes} scene units, min_dist {min_dist:g}, margin {margin:g}, "
+        f"image {settings['width']}x{settings['height']} px). Render fewer objects per image (--counts), or "
+        f"lower --min-dist / --margin")
 
 
 def draw_attributes(rng, positions):
@@ -413,8 +445,12 @@ class SceneBuilder:
             visible = [mask.count(r["mask_id"]) for r in records]
             if min(visible) >= min_visible:
                 return objects, records, mask, visible, attempt
-        raise RuntimeError(f"no layout of {num_objects} objects passed the in-frame and visibility checks "
-                           f"in {settings['max_layout_attempts']} attempts: lower --min-visible-fraction")
+        raise SceneDoesNotFit(
+            f"{num_objects} objects do not fit: no layout of them passed the in-frame and visibility checks "
+            f"in {settings['max_layout_attempts']} attempts (every object must show {min_visible} of the "
+            f"{width}x{height} px; object sizes {', '.join(f'{n} {2 * SIZES[n]:g}' for n in sorted(SIZES))} "
+            f"scene units). Render fewer objects per image (--counts), a higher --resolution, or lower "
+            f"--min-visible-fraction")
 
     def mask_ids(self):
         return {obj.name: index + 1 for index, obj in enumerate(self.objects)}
@@ -498,9 +534,14 @@ def main(argv):
     builder.scene.render.threads_mode = "FIXED"
     builder.scene.render.threads = args.threads
     for job in jobs["images"]:
-        seconds = builder.render(job)
+        try:
+            seconds = builder.render(job)
+        except SceneDoesNotFit as error:  # a request no retry can mend: one line for render.py to report
+            print(f"LCSBENCH_ERROR {job['key']}: {error}", flush=True)
+            raise
         print(f"LCSBENCH_DONE {job['key']} {seconds:.4f}", flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else [])
+    # `blender -b -P clevr_scene.py -- ARGS`, or `python clevr_scene.py ARGS` where bpy is a Python module (PyPI)
+    main(sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else sys.argv[1:])
