@@ -8,10 +8,10 @@ contiguous run of images (start-up costs ~0.6 s, so a process renders many). Ima
 there. Rerunning with the same arguments skips finished shards and finished images, so a crashed
 or killed render loses at most the images in flight. SIGTERM, SIGINT and SIGHUP stop every Blender
 process before the render exits (RenderInterrupted); where util-linux's setpriv can, Blender is also
-started to die with the render process, so even SIGKILL leaves no Blender behind. Each packed shard's sha256 goes into the manifest
-(`--repair` and `--verify` check it). A render claims its shards in `ROOT/.locks/` (flock), so a second
-render of the same shards into the same directory is refused while the first runs; renders of disjoint
-shards (`--shards`, `--node-rank`) share a directory.
+started to die with the render process, so even SIGKILL leaves no Blender behind. Each packed shard's
+sha256 goes into the manifest (`--repair` and `--verify` check it). A render claims its shards in
+`ROOT/.locks/` (flock), so a second render of the same shards into the same directory is refused while
+the first runs; renders of disjoint shards (`--shards`, `--node-rank`) share a directory.
 """
 
 from __future__ import annotations
