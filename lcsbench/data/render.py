@@ -7,10 +7,11 @@ contiguous run of images (start-up costs ~0.6 s, so a process renders many). Ima
 `ROOT/.staging/` as they finish; a shard is packed (write, then rename) once all its images are
 there. Rerunning with the same arguments skips finished shards and finished images, so a crashed
 or killed render loses at most the images in flight. SIGTERM, SIGINT and SIGHUP stop every Blender
-process before the render exits (RenderInterrupted). Each packed shard's sha256 goes into the manifest
-(`--repair` and `--verify` check it). A render claims its shards in `ROOT/.locks/` (flock), so a second
-render of the same shards into the same directory is refused while the first runs; renders of disjoint
-shards (`--shards`, `--node-rank`) share a directory.
+process before the render exits (RenderInterrupted); where util-linux's setpriv can, Blender is also
+started to die with the render process, so even SIGKILL leaves no Blender behind. Each packed shard's
+sha256 goes into the manifest (`--repair` and `--verify` check it). A render claims its shards in
+`ROOT/.locks/` (flock), so a second render of the same shards into the same directory is refused while
+the first runs; renders of disjoint shards (`--shards`, `--node-rank`) share a directory.
 """
 
 from __future__ import annotations
@@ -223,6 +224,19 @@ def blender_version(blender: str) -> str:
             return line.split()[1]
     raise RenderError(f"{blender} --version printed no version (exit {result.returncode}): "
                       f"{(result.stdout + result.stderr)[-500:]}")
+
+
+def parent_death_prefix() -> list[str]:
+    """`setpriv --pdeathsig KILL --` where util-linux has it (>= 2.33): the kernel then kills a Blender process
+    when the render process dies, even of SIGKILL, which no handler sees; elsewhere nothing."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return []
+    try:
+        usage = subprocess.run([setpriv, "--help"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [setpriv, "--pdeathsig", "KILL", "--"] if "--pdeathsig" in usage else []
 
 
 def usable_cores() -> int:
@@ -450,6 +464,7 @@ class _BlenderPool:
         self.starting = False  # a Blender process is being started: a stop signal waits until it is registered
         self.stopping = False  # every Blender process is being stopped: a stop signal changes nothing
         self.deferred_signal = 0
+        self.prefix = parent_death_prefix()  # Blender dies with this process, however it ends
         self.logs = out / STAGING / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
 
@@ -460,7 +475,7 @@ class _BlenderPool:
         jobs_file = self.logs / f"{self.tag}-task-{task_id:05d}.json"
         jobs_file.write_text(json.dumps({"settings": self.settings.scene_script_settings(), "images": jobs}))
         log_path = self.logs / f"{self.tag}-task-{task_id:05d}.log"
-        command = [self.blender, "-b", "--factory-startup", "-noaudio", "--python-exit-code", "1",
+        command = [*self.prefix, self.blender, "-b", "--factory-startup", "-noaudio", "--python-exit-code", "1",
                    "-P", str(SCENE_SCRIPT), "--", "--jobs", str(jobs_file), "--threads", str(self.threads)]
         self.starting = True
         try:  # its own session: a terminal's Ctrl-C reaches this process only, which then stops every Blender
