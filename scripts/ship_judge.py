@@ -33,13 +33,14 @@ def main(argv: list[str] | None = None) -> int:
 
     judge = load_judge(args.judge)
     payload = read_checkpoint(args.judge, "pass the judge's last.ckpt")
+    def read(path: str) -> dict:
+        return json.loads(Path(path).read_text())
+
     recipe = {"render": args.render, "fit": args.fit, "steps": int(payload.get("global_step", 0)),
               "seed": payload.get("hyper_parameters", {}).get("seed"), "lcsbench": __version__,
-              "resolution": judge.resolution, "accuracy_heldout": json.loads(Path(args.accuracy).read_text()),
-              "accuracy_oracle": json.loads(Path(args.accuracy_oracle).read_text())["rows"]["oracle"]
-              if args.accuracy_oracle else None,
-              "accuracy_degraded": {"levels": args.degradation, "table": json.loads(Path(args.accuracy_degraded)
-                                                                               .read_text())}
+              "resolution": judge.resolution, "accuracy_heldout": read(args.accuracy),
+              "accuracy_oracle": read(args.accuracy_oracle)["rows"]["oracle"] if args.accuracy_oracle else None,
+              "accuracy_degraded": {"levels": args.degradation, "table": read(args.accuracy_degraded)}
               if args.accuracy_degraded else None, "notes": args.notes}
     out = Path(__file__).resolve().parents[1] / "lcsbench" / "weights" / SHIPPED_JUDGE.format(resolution=judge.resolution)
     ship_judge(args.judge, out, recipe)

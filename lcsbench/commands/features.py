@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     summary = {"command": "features", "ckpt": str(args.ckpt), "ema": not args.no_ema,
                "kind": denoiser.conditioning, "site": args.site, "images": args.images, "sigmas": sigmas,
-               "samples": args.samples, "seed": args.seed, "seconds": round(time.perf_counter() - started, 2), **cosines.summary(),
+               "samples": args.samples, "seed": args.seed, "seconds": round(time.perf_counter() - started, 2),
+               **cosines.summary(),
                "baseline": None if baseline is None else {
                    key: baseline[key] for key in ("average_mean_abs_off_diagonal",
                                                   "per_resolution_mean_abs_off_diagonal", "average")}}

@@ -171,7 +171,7 @@ def degrade(
 ) -> torch.Tensor:
     """Each image blurred (separable Gaussian, reflected borders), colour-shifted, then noised; clamped to [-1, 1]."""
     b, c, h, w = images.shape
-    radius = max(1, math.ceil(3 * float(blur.max()))) if len(blur) else 1
+    radius = max(1, math.ceil(3 * float(blur.max())))
     offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
     sigma = blur.to(images).clamp_min(1e-3)[:, None]
     kernel = torch.exp(-0.5 * (offsets[None] / sigma) ** 2)
