@@ -41,10 +41,14 @@ trustworthy only up to the k where the oracle row stays near 100%.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import zipfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -449,6 +453,36 @@ def sample_requests(
         if progress is not None:
             progress(min(stop, len(requests)), len(requests))
     return (torch.cat(chunks) * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (names a checkpoint in the saved samples' settings)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_samples(path: str | Path, images: np.ndarray, settings: Mapping) -> None:
+    """Keep a model row's samples (`uint8 [N, H, W, 3]`) with the settings that drew them, so the row can be
+    judged again (another tolerance, another judge) without sampling again (`load_samples`)."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial.npz")
+    np.savez_compressed(partial, images=images, settings=np.array(json.dumps(dict(settings), sort_keys=True)))
+    partial.replace(path)  # a crash while writing leaves no half file under the real name
+
+
+def load_samples(path: str | Path, settings: Mapping) -> np.ndarray | None:
+    """The samples saved at `path` if they were drawn with exactly `settings`, else None (absent, unreadable,
+    or drawn with other settings: the caller samples again)."""
+    try:
+        with np.load(path) as saved:
+            if json.loads(str(saved["settings"])) != json.loads(json.dumps(dict(settings), sort_keys=True)):
+                return None
+            return saved["images"]
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
 
 
 def judge_images(

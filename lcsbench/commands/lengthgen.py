@@ -15,6 +15,9 @@ Blender as the oracle row, judges both with the trained judge and writes to OUT:
     samples_k{K}.png        model samples per k with requested centres (green +) and detections (yellow o
                             matched, red o extra); oracle_k{K}.png the same for the Blender renders
     table.md                a Table-1-style markdown row
+    samples.npz             the model row's samples and the settings that drew them: a rerun into the same OUT
+                            with the same checkpoint, ks, samples per k, order, seed and steps judges them again
+                            (another --judge or --tolerance-cells) without sampling
     oracle_render/          the oracle's shards (reused when the same layouts are asked again)
 
 The success rule follows the training data (E.2; analysis/lengthgen.SuccessRule): the trained object counts and
@@ -142,10 +145,18 @@ def main(argv: list[str]) -> int:
             raise SystemExit(f"lengthgen: {error}") from None
 
     # --- the model row: sample every request with the paper's sampler on the EMA weights
-    rows = {"model": lg.sample_requests(
-        denoiser, requests, grid_size, denoiser.image_shape, args.steps, args.batch, args.seed, device,
-        progress=lambda done, total: print(f"lengthgen: sampled {done}/{total} images", file=sys.stderr)),
-        **oracle}
+    sampling = {"ckpt_sha256": lg.file_sha256(args.ckpt), "kind": kind, "ks": ks,
+                "samples_per_k": args.samples_per_k, "order": args.order, "seed": args.seed, "steps": args.steps}
+    samples = lg.load_samples(out / "samples.npz", sampling)
+    if samples is None:
+        samples = lg.sample_requests(
+            denoiser, requests, grid_size, denoiser.image_shape, args.steps, args.batch, args.seed, device,
+            progress=lambda done, total: print(f"lengthgen: sampled {done}/{total} images", file=sys.stderr))
+        lg.save_samples(out / "samples.npz", samples, sampling)
+    else:
+        print(f"lengthgen: judging the {len(samples)} samples saved in {out / 'samples.npz'} (same checkpoint and "
+              f"sampling settings) without sampling again", file=sys.stderr)
+    rows = {"model": samples, **oracle}
     # --- judge both rows, tally, write
     tallies, detections = {}, {}
     for name, images in rows.items():
@@ -170,5 +181,5 @@ def main(argv: list[str]) -> int:
     for row_name, row in report["rows"].items():
         rates = " ".join(f"{k}:{v['success_rate']:.0%}" for k, v in row["per_k"].items())
         print(f"lengthgen: {row_name:6s} k_max {row['k_max']} (strict {row['k_max_strict']})  {rates}")
-    print(f"lengthgen: wrote {out / 'lengthgen.json'}, lengthgen.png, sample grids and table.md")
+    print(f"lengthgen: wrote {out / 'lengthgen.json'}, lengthgen.png, sample grids, table.md and samples.npz")
     return 0
