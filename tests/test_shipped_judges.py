@@ -35,3 +35,18 @@ def test_every_shipped_judge_counts_fresh_renders(resolution, tmp_path):
     counts = [d["count"] for d in judge.detect(images.float() / 127.5 - 1)]
     wanted = [len(scene) for scene in scenes]
     assert sum(c == w for c, w in zip(counts, wanted)) >= len(scenes) - 1, (counts, wanted)
+
+
+def test_eval_judge_without_a_judge_measures_the_shipped_one_at_the_data_resolution(clevr_shards, tmp_path, capsys):
+    import json
+
+    from lcsbench.commands.eval_judge import main
+
+    out = tmp_path / "table.json"
+    assert main(["--data", str(clevr_shards), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"judge {SHIPPED[32]} (shipped with lcsbench) on held-out renders" in printed
+    table = json.loads(out.read_text())
+    assert sorted(table) == ["1", "2", "3"] and sum(row["exact_count"] for row in table.values()) >= 2
+    with pytest.raises(SystemExit, match="eval-judge: .* is not an lcsbench dataset"):
+        main(["--data", str(tmp_path / "nowhere")])

@@ -3,6 +3,7 @@ localization and colour rates).
 
     python -m lcsbench eval-judge --judge runs/judge/lightning_logs/version_0/checkpoints/last.ckpt --data data/judge64
 
+Without --judge, the judge shipped with lcsbench for the data's resolution is measured (lcsbench/weights/).
 Reads the `val` shards of every object count in DATA's manifest (images the judge never trained on, when it was
 fitted on the `train` shards of the same render, or a separate render). Goal: exact count >= 95% for k = 1..12.
 """
@@ -17,7 +18,8 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lcsbench eval-judge", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--judge", required=True, help="judge checkpoint (fit --config configs/judge.yaml)")
+    parser.add_argument("--judge", default=None, help="judge checkpoint (fit --config configs/judge.yaml); default: "
+                                                      "the judge shipped for the data's resolution")
     parser.add_argument("--data", required=True, help="rendered dataset root with val shards")
     parser.add_argument("--counts", default=None, help="object counts to evaluate, e.g. 1-12 (default: all)")
     parser.add_argument("--tolerance-cells", type=float, default=1.0, help="localization tolerance in grid cells")
@@ -39,10 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     from lcsbench.models.judge import judge_accuracy, load_judge
 
     torch.set_grad_enabled(False)
-    judge = load_judge(args.judge)
+    try:
+        manifest = load_manifest(Path(args.data))
+        judge = load_judge(args.judge, resolution=manifest.get("settings", {}).get("resolution", 64))
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"eval-judge: {error}") from None
     counts = args.counts
     if counts is None:
-        groups = load_manifest(Path(args.data)).get("shards", {})
+        groups = manifest.get("shards", {})
         counts = sorted(int(g[1:]) for g, splits in groups.items() if splits.get("val"))
     data = CLEVRDataModule(args.data, counts=counts, batch_size=args.batch_size, num_workers=0,
                            grid_size=args.grid_size, resolution=judge.resolution)
@@ -50,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if levels is not None:
         batches = degraded_batches(batches, *levels)
     table = judge_accuracy(judge, batches, args.grid_size, args.tolerance_cells, args.clear_pixels)
-    print(f"judge {args.judge} on held-out renders of {args.data} ({judge.resolution}x{judge.resolution}), "
+    print(f"judge {judge.source}{'' if args.judge else ' (shipped with lcsbench)'} on held-out renders of {args.data} ({judge.resolution}x{judge.resolution}), "
           f"tolerance {args.tolerance_cells} cell(s)"
           + (f", degraded: blur {levels[0]:g} px, noise {levels[1]:g}, colour shift {levels[2]:g}" if levels else ""))
     clear = f"exact, objects >= {args.clear_pixels} px (images)"
