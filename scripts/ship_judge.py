@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
+
 from lcsbench import __version__
 from lcsbench.checkpoints import read_checkpoint
 from lcsbench.models.judge import SHIPPED_JUDGE, load_judge, ship_judge
@@ -33,11 +35,14 @@ def main(argv: list[str] | None = None) -> int:
 
     judge = load_judge(args.judge)
     payload = read_checkpoint(args.judge, "pass the judge's last.ckpt")
+    config = run_config(args.judge)
+
     def read(path: str) -> dict:
         return json.loads(Path(path).read_text())
 
     recipe = {"render": args.render, "fit": args.fit, "steps": int(payload.get("global_step", 0)),
-              "seed": payload.get("hyper_parameters", {}).get("seed"), "lcsbench": __version__,
+              "seed": yaml.safe_load(config).get("seed_everything") if config else None,
+              "config": config, "lcsbench": __version__,
               "resolution": judge.resolution, "accuracy_heldout": read(args.accuracy),
               "accuracy_oracle": read(args.accuracy_oracle)["rows"]["oracle"] if args.accuracy_oracle else None,
               "accuracy_degraded": {"levels": args.degradation, "table": read(args.accuracy_degraded)}
@@ -46,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     ship_judge(args.judge, out, recipe)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
     return 0
+
+
+def run_config(checkpoint: str) -> str | None:
+    """The config.yaml LightningCLI saved in the run folder of `checkpoint` (.../version_N/checkpoints/x.ckpt):
+    every setting of the fit, its seed included; None when the checkpoint is not in a CLI run folder."""
+    path = Path(checkpoint).resolve().parents[1] / "config.yaml"
+    return path.read_text() if path.is_file() else None
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ def test_every_shipped_judge_counts_fresh_renders(resolution, tmp_path):
 
     judge = load_judge(resolution=resolution)
     assert judge.resolution == resolution and judge.recipe["accuracy_heldout"]  # it says how it was made
+    assert judge.recipe["seed"] is not None and f"resolution: {resolution}" in judge.recipe["config"]
     # one to four large objects at the paper's first locations, seeds never used for the judge's training
     scenes = [[{"frac": list(PAPER_LOCATIONS[i]), "size": "large"} for i in range(k)] for k in (1, 2, 3, 4) * 2]
     render_layouts(tmp_path / "fresh", normalize_scenes(scenes, resolution), resolution=resolution, samples=16,
