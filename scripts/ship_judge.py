@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
               "accuracy_oracle": read(args.accuracy_oracle)["rows"]["oracle"] if args.accuracy_oracle else None,
               "accuracy_degraded": {"levels": args.degradation, "table": read(args.accuracy_degraded)}
               if args.accuracy_degraded else None, "notes": args.notes}
-    out = Path(__file__).resolve().parents[1] / "lcsbench" / "weights" / SHIPPED_JUDGE.format(resolution=judge.resolution)
+    weights = Path(__file__).resolve().parents[1] / "lcsbench" / "weights"
+    out = weights / SHIPPED_JUDGE.format(resolution=judge.resolution)
     ship_judge(args.judge, out, recipe)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
     return 0

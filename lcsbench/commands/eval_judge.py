@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     if levels is not None:
         batches = degraded_batches(batches, *levels)
     table = judge_accuracy(judge, batches, args.grid_size, args.tolerance_cells, args.clear_pixels)
-    print(f"judge {judge.source}{'' if args.judge else ' (shipped with lcsbench)'} on held-out renders of {args.data} ({judge.resolution}x{judge.resolution}), "
+    shipped = "" if args.judge else " (shipped with lcsbench)"
+    print(f"judge {judge.source}{shipped} on held-out renders of {args.data} ({judge.resolution}x{judge.resolution}), "
           f"tolerance {args.tolerance_cells} cell(s)"
           + (f", degraded: blur {levels[0]:g} px, noise {levels[1]:g}, colour shift {levels[2]:g}" if levels else ""))
     clear = f"exact, objects >= {args.clear_pixels} px (images)"
