@@ -41,7 +41,6 @@ trustworthy only up to the k where the oracle row stays near 100%.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import zipfile
@@ -453,15 +452,6 @@ def sample_requests(
         if progress is not None:
             progress(min(stop, len(requests)), len(requests))
     return (torch.cat(chunks) * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (names a checkpoint in the saved samples' settings)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_samples(path: str | Path, images: np.ndarray, settings: Mapping) -> None:

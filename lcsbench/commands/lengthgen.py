@@ -92,6 +92,7 @@ def main(argv: list[str]) -> int:
 
     from lcsbench.analysis import lengthgen as lg
     from lcsbench.checkpoints import read_checkpoint
+    from lcsbench.data.shards import file_sha256
     from lcsbench.models.edm2 import load_denoiser
     from lcsbench.models.judge import load_judge
 
@@ -145,7 +146,7 @@ def main(argv: list[str]) -> int:
             raise SystemExit(f"lengthgen: {error}") from None
 
     # --- the model row: sample every request with the paper's sampler on the EMA weights
-    sampling = {"ckpt_sha256": lg.file_sha256(args.ckpt), "kind": kind, "ks": ks,
+    sampling = {"ckpt_sha256": file_sha256(Path(args.ckpt)), "kind": kind, "ks": ks,
                 "samples_per_k": args.samples_per_k, "order": args.order, "seed": args.seed, "steps": args.steps}
     samples = lg.load_samples(out / "samples.npz", sampling)
     if samples is None:
