@@ -214,3 +214,45 @@ def test_tally_merge_histogram_and_report_json(tmp_path):
     for mode, cell in (("single", "0+(0-2)"), ("random", "0+(0-2)"), ("drop_one", "0+1")):
         report["protocol"]["label_mode"] = mode
         assert lg.table_row("m", report) == f"| m | {cell} (strict 0) | {cell} (strict 0) |"
+
+
+def test_cell_rule_measures_from_the_requested_cell_on_each_axis():
+    # 0.25 x 16 = 4.0 lies on a cell edge: the model is told cell 4 (centre at 4.5 cells), so an object drawn
+    # correctly near the cell's far corner is 1.34 cells from the point but 0.45 cells from the cell's centre.
+    request = {"k": 1, "locations": [(0.25, 0.25)]}
+    centre = lg.cell_centres_pixels(request["locations"], G, RES)
+    assert centre.tolist() == [[4.5 * CELL, 4.5 * CELL]]
+    inside_far_corner = {"centres": np.array([[4.95 * CELL, 4.95 * CELL]])}
+    assert lg.judge_request(request, inside_far_corner, RES, G, match="point")["matched"] == 0  # 1.34 cells
+    assert lg.judge_request(request, inside_far_corner, RES, G, match="cell")["matched"] == 1
+    # per axis: one cell along x and along y from the cell centre matches, a hair more does not
+    diagonal = {"centres": centre + CELL}
+    assert lg.judge_request(request, diagonal, RES, G, match="cell")["matched"] == 1
+    assert lg.judge_request(request, {"centres": centre + [1.01 * CELL, 0]}, RES, G, match="cell")["matched"] == 0
+    with pytest.raises(ValueError, match="cell, point"):
+        lg.judge_request(request, diagonal, RES, G, match="circle")
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_non_positive_or_nan_tolerance_is_refused(bad):
+    with pytest.raises(ValueError, match="positive number of grid cells"):
+        lg.match_locations(np.zeros((1, 2)), np.zeros((1, 2)), CELL, tolerance_cells=bad)
+
+
+def test_oracle_places_objects_inside_their_cells_under_the_cell_rule():
+    request = {"k": 12, "locations": list(PAPER_LOCATIONS)}
+    exact = lg.oracle_scene(request, RES)
+    assert [o["pixel"] for o in exact] == lg.fractions_to_pixels(PAPER_LOCATIONS, RES).tolist()
+    jittered = lg.oracle_scene(request, RES, G, torch.Generator().manual_seed(0))
+    points = np.array([o["pixel"] for o in jittered])
+    from lcsbench.data.conditioning import location_cell
+
+    assert [location_cell(x / RES, y / RES, G) for x, y in points] == \
+           [location_cell(x, y, G) for x, y in PAPER_LOCATIONS]
+    assert not np.allclose(points, lg.fractions_to_pixels(PAPER_LOCATIONS, RES))
+
+
+def test_crowding_is_the_mean_smallest_gap_per_k():
+    requests = [{"k": 2, "locations": [(0.1, 0.1), (0.1, 0.6)]}, {"k": 2, "locations": [(0.1, 0.1), (0.6, 0.1)]},
+                {"k": 1, "locations": [(0.5, 0.5)]}]
+    assert lg.crowding(requests, 100) == {"2": 50.0}

@@ -7,8 +7,12 @@ per image, and these pure functions turn them into per-k scores:
 1. requests: `requested_locations(k)` (the first k of PAPER_LOCATIONS, or a random k-subset) and
    `requested_colors(k)` (the first k of PAPER_COLORS);
 2. matching: `match_locations` pairs detections with requested centres by the Hungarian algorithm
-   (scipy.optimize.linear_sum_assignment) and keeps pairs closer than `tolerance_cells` grid cells
-   (default 1 cell = resolution / G pixels); `match_colors` matches colour multisets. Both return
+   (scipy.optimize.linear_sum_assignment) and keeps pairs within `tolerance_cells` grid cells
+   (default 1 cell = resolution / G pixels). Two rules (`MATCH_RULES`): `cell` (default, the paper's: a
+   location is a grid cell, as the model is told; a detection matches when its centre lies within the
+   tolerance of the requested cell's centre along each axis) and `point` (Euclidean distance to the requested
+   point itself: stricter, since a point on a cell edge is half a cell from where a correct object may sit);
+   `match_colors` matches colour multisets. Both return
    `{"matched", "missing", "extra", "detected"}`: requested objects found, requested objects not found,
    detections matched to no request;
 3. success (`SuccessRule`, E.2): every requested object present (missing = 0, at its location or of its
@@ -26,7 +30,7 @@ per image, and these pure functions turn them into per-k scores:
 `lengthgen.json` (written by `python -m lcsbench lengthgen`, see `lengthgen_report`):
 
     {
-      "protocol": {"kind", "ks", "order", "tolerance_cells", "grid_size", "resolution",
+      "protocol": {"kind", "ks", "order", "match", "tolerance_cells", "grid_size", "resolution",
                    "trained_counts", "label_mode", "samples_per_k", "success_rule"},
       "rows": {
         "model":  {"k_max", "k_max_strict", "per_k": {"<k>": {"samples", "successes", "success_rate",
@@ -56,6 +60,7 @@ from scipy.optimize import linear_sum_assignment
 from lcsbench.data.conditioning import LABEL_MODES, PAPER_COLORS, PAPER_LOCATIONS
 
 K_MAX_THRESHOLD = 0.25  # E.2: "succeeds ... more than 25% of the time"
+MATCH_RULES = ("cell", "point")  # where a requested location counts as hit (module docstring, item 2)
 K_MAX_STRICT_THRESHOLD = 0.5
 
 
@@ -94,6 +99,31 @@ def fractions_to_pixels(locations: Sequence[Sequence[float]], resolution: int) -
     return np.asarray(locations, dtype=np.float64).reshape(-1, 2) * resolution
 
 
+def cell_centres_pixels(locations: Sequence[Sequence[float]], grid_size: int, resolution: int) -> np.ndarray:
+    """`[k, 2]` pixel centres (x, y) of the grid cells holding (x, y) image fractions: the cell is what a
+    location conditioner tells the model (E.1, `location_cell`), so the cell rule measures from its centre."""
+    from lcsbench.data.conditioning import location_cell
+
+    cell = resolution / grid_size
+    cells = [location_cell(float(x), float(y), grid_size) for x, y in locations]
+    return np.asarray([((col + 0.5) * cell, (row + 0.5) * cell) for row, col in cells],
+                      dtype=np.float64).reshape(-1, 2)
+
+
+def check_tolerance(tolerance_cells: float) -> float:
+    """A matching tolerance must be a positive, finite number of cells: anything else is refused up front."""
+    if not (isinstance(tolerance_cells, (int, float)) and math.isfinite(tolerance_cells) and tolerance_cells > 0):
+        raise ValueError(f"the matching tolerance is a positive number of grid cells (1 is the protocol's), got "
+                         f"{tolerance_cells!r}")
+    return float(tolerance_cells)
+
+
+def check_match_rule(match: str) -> str:
+    if match not in MATCH_RULES:
+        raise ValueError(f"the location match rule is one of {', '.join(MATCH_RULES)}, got {match!r}")
+    return match
+
+
 # --- matching detections to requests -----------------------------------------------------------------
 
 
@@ -101,7 +131,8 @@ def match_locations(
     requested: np.ndarray | Sequence[Sequence[float]],  # [k, 2] requested centres (x, y) in pixels
     detected: np.ndarray | Sequence[Sequence[float]],  # [m, 2] detected centres (x, y) in pixels
     cell_pixels: float,  # size of one conditioning-grid cell in pixels (resolution / G)
-    tolerance_cells: float = 1.0,  # a pair matches when closer than this many cells (Euclidean)
+    tolerance_cells: float = 1.0,  # a pair matches when at most this many cells apart
+    per_axis: bool = False,  # True: the distance along each axis (the cell rule); False: Euclidean
 ) -> dict:
     """Hungarian matching of detections to requested centres; pairs farther than the tolerance do not match.
 
@@ -110,10 +141,11 @@ def match_locations(
     """
     requested = np.asarray(requested, dtype=np.float64).reshape(-1, 2)
     detected = np.asarray(detected, dtype=np.float64).reshape(-1, 2)
-    radius = tolerance_cells * cell_pixels
+    radius = check_tolerance(tolerance_cells) * cell_pixels
     pairs: list[tuple[int, int]] = []
     if len(requested) and len(detected):
-        distance = np.linalg.norm(requested[:, None, :] - detected[None, :, :], axis=-1)
+        offset = np.abs(requested[:, None, :] - detected[None, :, :])
+        distance = offset.max(axis=-1) if per_axis else np.linalg.norm(offset, axis=-1)
         # An out-of-tolerance pair costs more than all in-tolerance pairs together, so the assignment first
         # maximizes the number of in-tolerance pairs, then minimizes their distance; out-of-tolerance pairs drop.
         out_of_tolerance = radius * (len(requested) + len(detected)) + 1.0
@@ -327,6 +359,21 @@ def protocol_requests(
     return requests
 
 
+def crowding(requests: Sequence[Mapping], resolution: int) -> dict[str, float]:
+    """Per k, the mean over a protocol's location requests of the smallest distance (pixels) between two
+    requested locations: random k-subsets of the paper's 12 are more crowded than its prefixes, and objects
+    closer than about one object width merge. k = 1 and colour requests have no pair and are left out."""
+    smallest: dict[int, list[float]] = {}
+    for request in requests:
+        if "locations" not in request or len(request["locations"]) < 2:
+            continue
+        points = fractions_to_pixels(request["locations"], resolution)
+        gaps = np.linalg.norm(points[:, None, :] - points[None, :, :], axis=-1)
+        gaps[np.diag_indices(len(points))] = np.inf
+        smallest.setdefault(request["k"], []).append(float(gaps.min()))
+    return {str(k): round(float(np.mean(values)), 3) for k, values in sorted(smallest.items())}
+
+
 def request_conditioner(request: Mapping, grid_size: int) -> torch.Tensor:
     """The conditioner a request names: `[G, G]` location grid or `[8]` colour counts (conditioning.py)."""
     from lcsbench.data.conditioning import counts_from_colors, grid_from_locations
@@ -336,14 +383,28 @@ def request_conditioner(request: Mapping, grid_size: int) -> torch.Tensor:
     return counts_from_colors(request["colors"])
 
 
-def oracle_scene(request: Mapping, resolution: int) -> list[dict]:
-    """The render_layouts scene of a request: objects at the requested pixels; a colour request puts its k
-    objects at the first k paper locations (colours as requested). Objects are small: the paper's locations
+def oracle_scene(
+    request: Mapping,  # a protocol request
+    resolution: int,  # image size in pixels
+    grid_size: int | None = None,  # the cell rule: place each object inside its requested cell of this grid
+    generator: torch.Generator | None = None,  # draws the points inside the cells (required with grid_size)
+) -> list[dict]:
+    """The render_layouts scene of a request: objects at the requested pixels or, under the cell rule (a grid
+    size given), each at a uniformly random point inside its requested cell, as training renders place
+    objects, so that the oracle row measures the judge under the model's own geometry. A colour request puts its
+    k objects at the first k paper locations (colours as requested). Objects are small: the paper's locations
     lie 0.1 image widths apart, where large CLEVR objects intersect and hide each other from k ~ 9 on, and
     the oracle row should measure the judge, not a physically impossible layout. Other attributes random."""
     if "locations" in request:
-        return [{"pixel": [float(x * resolution), float(y * resolution)], "size": "small"}
-                for x, y in request["locations"]]
+        if grid_size is None:
+            points = fractions_to_pixels(request["locations"], resolution)
+        else:
+            if generator is None:
+                raise ValueError("oracle_scene with grid_size draws points inside cells: pass generator=")
+            cell = resolution / grid_size
+            corners = cell_centres_pixels(request["locations"], grid_size, resolution) - cell / 2
+            points = corners + torch.rand(len(corners), 2, generator=generator, dtype=torch.float64).numpy() * cell
+        return [{"pixel": [float(x), float(y)], "size": "small"} for x, y in points]
     return [{"pixel": [float(x * resolution), float(y * resolution)], "color": color, "size": "small"}
             for (x, y), color in zip(PAPER_LOCATIONS, request["colors"])]
 
@@ -354,13 +415,17 @@ def judge_request(
     resolution: int,  # image size in pixels
     grid_size: int,  # conditioning grid G (the tolerance is in its cells)
     tolerance_cells: float = 1.0,
+    match: str = "cell",  # cell | point (MATCH_RULES)
 ) -> dict:
     """Match one judged image against its request (locations: Hungarian; colours: multisets)."""
     if "locations" in request:
         centres = detection["centres"]
         centres = centres.numpy() if isinstance(centres, torch.Tensor) else np.asarray(centres)
-        return match_locations(fractions_to_pixels(request["locations"], resolution), centres,
-                               resolution / grid_size, tolerance_cells)
+        if check_match_rule(match) == "cell":
+            wanted = cell_centres_pixels(request["locations"], grid_size, resolution)
+        else:
+            wanted = fractions_to_pixels(request["locations"], resolution)
+        return match_locations(wanted, centres, resolution / grid_size, tolerance_cells, per_axis=match == "cell")
     return match_colors(request["colors"], detection["colors"])
 
 
@@ -396,9 +461,12 @@ def detection_grid(
     grid_size: int = 16,  # conditioning grid G (the matching tolerance is one of its cells)
     scale: int = 4,  # upscaling so the marks are visible
     columns: int | None = None,  # tiles per row; default: a square grid
+    tolerance_cells: float = 1.0,  # the matching of the report the grid illustrates
+    match: str = "cell",
 ):
-    """A PIL image: the samples tiled, requested centres as green crosses, detections as circles
-    (yellow when matched to a request, red when extra; colour requests: circles only)."""
+    """A PIL image: the samples tiled, requested centres as green crosses (and, under the cell rule, the
+    requested cells as green squares), detections as circles (yellow when matched to a request, red when
+    extra; colour requests: circles only)."""
     from PIL import Image, ImageDraw
 
     n, h, w, _ = images.shape
@@ -414,10 +482,15 @@ def detection_grid(
         request, detection = requests[i], detections[i]
         matched = set()
         if "locations" in request:
-            match = judge_request(request, detection, w, grid_size)
-            matched = {d for _, d in match["pairs"]}
+            pairs = judge_request(request, detection, w, grid_size, tolerance_cells, match)["pairs"]
+            matched = {d for _, d in pairs}
             for x, y in request["locations"]:
                 px, py = left + x * tile_w, top + y * tile_h
+                if match == "cell":
+                    cx, cy = cell_centres_pixels([(x, y)], grid_size, w)[0] * scale
+                    half = scale * w / grid_size / 2
+                    draw.rectangle([left + cx - half, top + cy - half, left + cx + half, top + cy + half],
+                                   outline=(0, 160, 0))
                 draw.line([(px - 3, py), (px + 3, py)], fill=(0, 255, 0))
                 draw.line([(px, py - 3), (px, py + 3)], fill=(0, 255, 0))
         centres = detection["centres"]
@@ -484,6 +557,7 @@ def judge_images(
     tolerance_cells: float = 1.0,
     batch: int = 64,
     device: torch.device | str = "cpu",
+    match: str = "cell",  # cell | point (MATCH_RULES)
 ) -> tuple[LengthGenTally, list[dict]]:
     """Judge images against their requests: the tally and the per-image detections."""
     pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -493,5 +567,6 @@ def judge_images(
     tally = LengthGenTally()
     resolution = images.shape[2]
     for request, detection in zip(requests, detections):
-        tally.add(request["k"], judge_request(request, detection, resolution, grid_size, tolerance_cells), rule)
+        tally.add(request["k"], judge_request(request, detection, resolution, grid_size, tolerance_cells, match),
+                  rule)
     return tally, detections

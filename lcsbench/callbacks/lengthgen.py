@@ -36,11 +36,14 @@ class LengthGenCurve(EveryNSteps):
         trained_counts: Sequence[int] | None = None,  # training object counts; default: the DataModule's
         label_mode: str | None = None,  # all | single | random | drop_one; default: the DataModule's
         tolerance_cells: float = 1.0,  # matching tolerance in grid cells
+        match: str = "cell",  # cell (the paper's: the requested grid cell) | point (analysis/lengthgen.py)
         seed: int = 0,  # noise seed (the same noise every evaluation, so curves compare over training)
     ) -> None:
         if every_n_steps < 1 or samples_per_k < 1 or num_steps < 2:
             raise ValueError(f"need every_n_steps >= 1, samples_per_k >= 1, num_steps >= 2; got {every_n_steps}, "
                              f"{samples_per_k}, {num_steps}")
+        lg.check_tolerance(tolerance_cells)
+        self.match = lg.check_match_rule(match)
         super().__init__(every_n_steps)
         self.judge_path, self.ks = judge, list(ks) if ks else None
         self.samples_per_k, self.num_steps, self.tolerance_cells, self.seed = samples_per_k, num_steps, tolerance_cells, seed
@@ -80,8 +83,9 @@ class LengthGenCurve(EveryNSteps):
         images = lg.sample_requests(denoiser, self.requests, pl_module.grid_size, denoiser.image_shape,
                                     self.num_steps, seed=self.seed, device=device)
         tally, _ = lg.judge_images(judge, images, self.requests, self.rule, pl_module.grid_size,
-                                   self.tolerance_cells, device=device)
-        report = lg.lengthgen_report({"kind": pl_module.conditioning, "ks": self.ks}, {"model": tally})
+                                   self.tolerance_cells, device=device, match=self.match)
+        report = lg.lengthgen_report({"kind": pl_module.conditioning, "ks": self.ks, "match": self.match,
+                                      "tolerance_cells": self.tolerance_cells}, {"model": tally})
         self.last_report = report
         writer = tensorboard_writer(trainer)
         if writer is not None:

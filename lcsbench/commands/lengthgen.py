@@ -76,6 +76,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--order", choices=("paper", "random"), default="paper",
                         help="location requests: the paper's order (prefixes) or random k-subsets")
     parser.add_argument("--tolerance-cells", type=float, default=1.0, help="matching tolerance in grid cells")
+    parser.add_argument("--match", choices=("cell", "point"), default="cell",
+                        help="cell (default, the paper's): a detection matches when its centre lies within the "
+                             "tolerance of the requested cell's centre along each axis, and the oracle places each "
+                             "object at a random point of its cell; point: Euclidean distance to the requested "
+                             "point, oracle objects exactly there")
     parser.add_argument("--trained-counts", default=None, help="training object counts (default: the checkpoint's)")
     parser.add_argument("--label-mode", choices=LABEL_MODES, default=None,
                         help="training label mode, which sets the success rule (default: the checkpoint's)")
@@ -89,6 +94,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.samples_per_k < 1 or args.steps < 2 or args.batch < 1:
         raise SystemExit("lengthgen: need --samples-per-k >= 1, --steps >= 2, --batch >= 1")
+    if not (args.tolerance_cells > 0 and args.tolerance_cells < float("inf")):  # NaN fails this too
+        raise SystemExit(f"lengthgen: --tolerance-cells is a positive number of grid cells (1 is the protocol's), "
+                         f"got {args.tolerance_cells}")
 
     from lcsbench.analysis import lengthgen as lg
     from lcsbench.checkpoints import read_checkpoint
@@ -133,7 +141,11 @@ def main(argv: list[str]) -> int:
         from lcsbench.data.render import RenderError, render_layouts
         from lcsbench.data.shards import ShardError, read_layout_images
 
-        scenes = [lg.oracle_scene(r, resolution) for r in requests]
+        import torch
+
+        placement = torch.Generator().manual_seed(args.seed)
+        scenes = [lg.oracle_scene(r, resolution, grid_size if args.match == "cell" else None, placement)
+                  for r in requests]
         oracle_root = out / "oracle_render"
         try:  # an --out rendered with other settings is refused here, before any sampling
             render_layouts(oracle_root, scenes, resolution=resolution, samples=args.oracle_samples,
@@ -162,8 +174,9 @@ def main(argv: list[str]) -> int:
     tallies, detections = {}, {}
     for name, images in rows.items():
         tallies[name], detections[name] = lg.judge_images(judge, images, requests, rule, grid_size,
-                                                          args.tolerance_cells, args.batch, device)
-    protocol = {"kind": kind, "ks": ks, "order": args.order, "tolerance_cells": args.tolerance_cells,
+                                                          args.tolerance_cells, args.batch, device, args.match)
+    protocol = {"kind": kind, "ks": ks, "order": args.order, "match": args.match,
+                "tolerance_cells": args.tolerance_cells, "crowding": lg.crowding(requests, resolution),
                 "grid_size": grid_size, "resolution": resolution, "trained_counts": list(trained_counts),
                 "label_mode": label_mode, "samples_per_k": args.samples_per_k, "success_rule": rule.describe(),
                 "ckpt": str(args.ckpt), "judge": judge.source, "steps": args.steps, "seed": args.seed,
@@ -176,7 +189,8 @@ def main(argv: list[str]) -> int:
         for k in ks:
             index = [i for i, r in enumerate(requests) if r["k"] == k]
             lg.detection_grid(images[index], [requests[i] for i in index], [detections[name][i] for i in index],
-                              grid_size).save(out / f"{prefix}_k{k}.png")
+                              grid_size, tolerance_cells=args.tolerance_cells, match=args.match
+                              ).save(out / f"{prefix}_k{k}.png")
     name = args.name or Path(args.ckpt).resolve().parent.parent.name
     (out / "table.md").write_text(f"{lg.TABLE_HEADER}\n{lg.table_row(name, report)}\n")
     for row_name, row in report["rows"].items():

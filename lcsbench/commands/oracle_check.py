@@ -37,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     ks = list(range(1, 13 if args.kind == "location" else 9))
     requests = lg.protocol_requests(args.kind, ks, args.samples_per_k, seed=args.seed)
     out = Path(args.out)
-    render_layouts(out / "oracle_render", [lg.oracle_scene(r, resolution) for r in requests], resolution=resolution,
+    import torch
+
+    placement = torch.Generator().manual_seed(args.seed)  # the cell rule: each object at a random point of its cell
+    scenes = [lg.oracle_scene(r, resolution, args.grid_size, placement) for r in requests]
+    render_layouts(out / "oracle_render", scenes, resolution=resolution,
                    samples=args.oracle_samples, seed=args.seed)
     images = read_layout_images(out / "oracle_render", len(requests))
     rule = lg.SuccessRule(args.kind, (max(ks),), "all")  # exactly the requested objects at every k
