@@ -275,12 +275,33 @@ def test_bad_arguments_are_refused(tmp_path):
         cli_main(study_argv(tmp_path, "--stage", "evaluate", "--judge", str(tmp_path / "none.ckpt")))
 
 
+def test_a_second_reproduce_on_the_same_study_is_refused_with_the_holders_pid(tmp_path):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from lcsbench.commands import reproduce\n"
+         "with reproduce.study_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)",
+         str(tmp_path / "out")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit, match=f"another reproduce \\(pid {holder.pid}\\) is working on"):
+            cli_main(study_argv(tmp_path, "--stage", "fit"))
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died: its lock went with it, and the same study runs (here: refused only for its missing data)
+    with pytest.raises(SystemExit, match="run `--stage render` first"):
+        cli_main(study_argv(tmp_path, "--stage", "fit"))
+
+
 def test_every_scale_names_its_configs_and_a_render_that_feeds_them():
     import yaml
 
     assert set(reproduce.SCALES) == {"smoke", "cpu", "paper"}
     cpu = reproduce.SCALES["cpu"]
-    assert cpu.data == "data/reproduce32" and cpu.resolution == 32 and cpu.render["counts"] == "1-10"
+    assert cpu.data == "data/reproduce32" and cpu.resolution == 32 and cpu.render["counts"] == "1-3"
+    assert list(cpu.configs) == ["exp1", "exp2", "exp3", "fig4_global", "fig4_local"]
     assert cpu.lengthgen["ks"] == "1-10" and cpu.lengthgen["samples-per-k"] == 32
     # patch-local sampling is ~25x the global net's work: Exp 3 alone takes the paper's 8 samples per k
     assert cpu.lengthgen_flags("exp3") == {**cpu.lengthgen, "samples-per-k": 8, "steps": 16}
@@ -288,7 +309,8 @@ def test_every_scale_names_its_configs_and_a_render_that_feeds_them():
     assert reproduce.SCALES["paper"].lengthgen["ks"] == "1-12" and reproduce.SCALES["paper"].resolution == 64
     repo = Path(__file__).resolve().parents[1]
     expected = {"exp1": ("all", "EDM2Diffusion"), "exp2": ("single", "EDM2Diffusion"),
-                "exp3": ("single", "PatchLocalDiffusion")}
+                "exp3": ("single", "PatchLocalDiffusion"), "fig4_global": ("all", "EDM2Diffusion"),
+                "fig4_local": ("all", "PatchLocalDiffusion")}
     for name, scale in reproduce.SCALES.items():
         for exp, path in scale.configs.items():
             if not (repo / path).exists():
@@ -297,7 +319,8 @@ def test_every_scale_names_its_configs_and_a_render_that_feeds_them():
             config = yaml.safe_load((repo / path).read_text())
             data = config["data"]["init_args"]
             assert (data["label_mode"], config["model"]["class_path"].rsplit(".", 1)[1]) == expected[exp], path
-            assert data["counts"] == "1-3" and data["resolution"] == scale.resolution, path
+            assert data["counts"] == ("1" if exp.startswith("fig4") else "1-3"), path
+            assert data["resolution"] == scale.resolution, path
 
 
 def test_the_smoke_configs_parse_and_instantiate(clevr_shards, tmp_path, monkeypatch):

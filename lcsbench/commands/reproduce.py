@@ -30,6 +30,7 @@ pipeline only, tested in CI), `cpu` (32 px, G = 16, what 2 CPU cores train in ho
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -69,8 +70,12 @@ class Scale:
         return {**self.lengthgen, **self.lengthgen_by_experiment.get(exp, {})}
 
 
-def scale_configs(folder: str) -> dict:
-    return {exp: f"{folder}/{exp}.yaml" for exp in ("exp1", "exp2", "exp3")}
+EXPERIMENTS = ("exp1", "exp2", "exp3")  # Table 1's location rows
+FIGURE4 = ("fig4_global", "fig4_local")  # Figure 4's pair: the global and the patch-local model on 1 object
+
+
+def scale_configs(folder: str, experiments: tuple[str, ...] = EXPERIMENTS) -> dict:
+    return {exp: f"{folder}/{exp}.yaml" for exp in experiments}
 
 
 SCALES: dict[str, Scale] = {
@@ -82,10 +87,11 @@ SCALES: dict[str, Scale] = {
         locality={"sigmas": "0.5,40", "samples": 1, "sample-steps": 4, "locations": 3},
         note="tiny everything: the pipeline in minutes, no claim about results"),
     "cpu": Scale(
-        data="data/reproduce32",  # counts 1-10: the same render feeds the 32 px judge; the models train on 1-3
-        render={"counts": "1-10", "per-count": 1500, "val-per-count": 30, "resolution": 32, "samples": 16,
+        data="data/reproduce32",  # 10,000 images per count: minutes of Blender, and the judge ships (judge-32.pt)
+        render={"counts": "1-3", "per-count": 10000, "val-per-count": 100, "resolution": 32, "samples": 16,
                 "seed": 3},
-        configs=scale_configs("configs/reproduce/cpu"),  # tiny U-Nets at 32 px, G = 16 (2 px cells), 3000 steps
+        # tiny U-Nets at 32 px, G = 16 (2 px cells), bf16-mixed, 15000 steps; Figure 4's pair on n1 only
+        configs=scale_configs("configs/reproduce/cpu", EXPERIMENTS + FIGURE4),
         lengthgen={"ks": "1-10", "samples-per-k": 32, "steps": 32, "oracle-samples": 16},
         locality={"sigmas": DEFAULT_SIGMAS, "samples": 2, "sample-steps": 32, "locations": 3},
         note="32 px, G = 16, 1-3 objects: hours on 2 CPU cores",
@@ -169,6 +175,9 @@ class Study:
         self.say(f"{what}: {shlex.join(line)}")
         self.record(line, what)
         env = dict(os.environ)  # the child imports the same lcsbench as this process
+        # one command at a time, on every core this process may use (a fit beside another one, or with threads
+        # beyond the cores, runs many times slower: issue 22); a user's own setting wins
+        env.setdefault("OMP_NUM_THREADS", str(usable_cores()))
         package_root = str(Path(lcsbench.__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         started = time.perf_counter()
@@ -199,6 +208,49 @@ class Study:
         timings[what] = {"seconds": round(seconds, 1),
                          "finished": datetime.datetime.now().isoformat(timespec="seconds")}
         path.write_text(json.dumps(timings, indent=2))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), which is what a fit should use as threads."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+LOCK_NAME = ".reproduce.lock"
+
+
+@contextlib.contextmanager
+def study_lock(*folders: Path):
+    """Hold an exclusive lock on each folder (its LOCK_NAME file, with this process's pid) for the duration, so
+    that two `reproduce` runs never train or write into one study at once; a held lock is refused with its
+    holder's pid. The operating system drops the lock when the holder dies, so a crash leaves nothing to clean."""
+    import fcntl
+
+    handles = []
+    try:
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            handle = open(folder / LOCK_NAME, "a+")  # noqa: SIM115 - held until the study ends
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                handle.close()
+                raise SystemExit(f"reproduce: another reproduce (pid {holder}) is working on {folder} "
+                                 f"({folder / LOCK_NAME}): wait for it to end, or stop it, then rerun this "
+                                 f"command; two studies at once would train into the same runs") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            handles.append(handle)
+        yield
+    finally:
+        for handle in handles:
+            handle.close()
 
 
 def refuse(study: Study, text: str) -> None:
@@ -553,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default=None, help="the rendered dataset (default: the scale's, e.g. "
                                                      "data/reproduce32 for cpu)")
     parser.add_argument("--stage", choices=(*STAGES, "all"), default="all", help="run one stage (default: all)")
-    parser.add_argument("--experiments", default=None, help="comma list among exp1,exp2,exp3 (default: all)")
+    parser.add_argument("--experiments", default=None, help="comma list of the scale's experiments, e.g. exp1,exp2 (default: all)")
     parser.add_argument("--judge", default=None, help="judge checkpoint for lengthgen (default: the judge shipped "
                                                       "for the scale's resolution)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
@@ -580,9 +632,10 @@ def main(argv: list[str]) -> int:
         base += ["--judge", args.judge]
     study = Study(args.scale, scale, Path(args.out), runs, data, experiments, args.judge, args.dry_run, base)
     stages = STAGES if args.stage == "all" else (args.stage,)
-    for stage in stages:
-        study.say(f"stage {stage}" + (" (dry run: commands only)" if args.dry_run else ""))
-        STAGE_FUNCTIONS[stage](study)
+    with contextlib.nullcontext() if args.dry_run else study_lock(study.out, study.runs):
+        for stage in stages:
+            study.say(f"stage {stage}" + (" (dry run: commands only)" if args.dry_run else ""))
+            STAGE_FUNCTIONS[stage](study)
     if not args.dry_run and "report" in stages:
         study.say(f"done: {study.out / 'table.md'}")
     return 0
