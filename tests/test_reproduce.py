@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -275,6 +276,21 @@ def test_bad_arguments_are_refused(tmp_path):
         cli_main(study_argv(tmp_path, "--stage", "evaluate", "--judge", str(tmp_path / "none.ckpt")))
 
 
+def test_parallel_fits_pin_each_fit_to_its_own_cores(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert reproduce.core_slots(2) == [[0, 2], [1, 3]] and reproduce.core_slots(4) == [[0], [1], [2], [3]]
+    fake_render(tmp_path / "data")
+    assert cli_main(study_argv(tmp_path, "--stage", "fit", "--parallel-fits", "2", "--dry-run")) == 0
+    fits = [line for line in capsys.readouterr().out.splitlines() if line.startswith("taskset")]
+    assert [f.split(" python")[0] for f in fits] == ["taskset -c 0,2 env OMP_NUM_THREADS=2",
+                                                     "taskset -c 1,3 env OMP_NUM_THREADS=2",
+                                                     "taskset -c 0,2 env OMP_NUM_THREADS=2"]
+    with pytest.raises(SystemExit, match="--parallel-fits 5 needs at least 5 cores"):
+        cli_main(study_argv(tmp_path, "--stage", "fit", "--parallel-fits", "5"))
+    with pytest.raises(SystemExit, match="--parallel-fits is a number of fits"):
+        cli_main(study_argv(tmp_path, "--stage", "fit", "--parallel-fits", "0"))
+
+
 def test_a_second_reproduce_on_the_same_study_is_refused_with_the_holders_pid(tmp_path):
     import subprocess
     import sys
@@ -395,7 +411,8 @@ def test_smoke_scale_end_to_end(tmp_path, capsys):
                                        steps_per_epoch=3, shuffle_buffer=8, resolution=32))
     trainer.save_checkpoint(tmp_path / "judge.ckpt")
     argv += ["--judge", str(tmp_path / "judge.ckpt")]
-    assert cli_main(argv) == 0
+    parallel = min(2, len(os.sched_getaffinity(0)))  # two fits at once, one core each, where there are two
+    assert cli_main([*argv, "--parallel-fits", str(parallel)]) == 0
 
     out = tmp_path / "out"
     report = json.loads((out / "report.json").read_text())
@@ -413,7 +430,10 @@ def test_smoke_scale_end_to_end(tmp_path, capsys):
     table = (out / "table.md").read_text()
     assert "| Exp 2: global EDM2, one object labelled | 1+(0-2) |" in table
     commands = (out / "commands.sh").read_text()
-    for line in ("python -m lcsbench render --out", "python -m lcsbench fit --config configs/reproduce/smoke/exp3.yaml",
+    if parallel == 2:
+        assert "taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench fit" in commands
+        assert "taskset -c 1 env OMP_NUM_THREADS=1 python -m lcsbench fit" in commands
+    for line in ("python -m lcsbench render --out", "configs/reproduce/smoke/exp3.yaml",
                  "python -m lcsbench lengthgen --ckpt", "python -m lcsbench locality --ckpt", "--stage report"):
         assert line in commands, line
     assert commands.count("lcsbench render --out") == 1  # the render stage skipped its finished render
