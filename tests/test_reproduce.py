@@ -45,9 +45,10 @@ def first_failure(rates: dict[int, float], threshold: float) -> int:
     return k
 
 
-def locality_document(conditional_at_high: float) -> dict:
+def locality_document(conditional_at_high: float, spread: float = 1.0) -> dict:
     return {"sigmas": [0.5, 40.0], "fraction": 0.9, "pixel_radius_mean": [2.0, 3.0],
-            "conditional_radius_mean": [4.0, conditional_at_high]}
+            "conditional_radius_mean": [4.0, conditional_at_high], "pixel_radius_scene_std": [0.5, 0.5],
+            "conditional_radius_scene_std": [0.5, spread]}
 
 
 def locality_maps(seed: int) -> dict[str, np.ndarray]:
@@ -108,7 +109,19 @@ def test_summaries_and_goals_from_hand_made_rows():
     assert goals["exp2_fails"]["passed"] is True and goals["exp2_fails"]["measured"]["k_max"] == 1
     assert goals["exp3_length_generalizes"]["passed"] is None  # not run
     assert goals["figure2_conditional_locality"]["passed"] is True
-    assert goals["figure2_conditional_locality"]["measured"]["conditional_radius"] == {"exp1": 3.0, "exp2": 12.0}
+    assert goals["figure2_conditional_locality"]["measured"]["per_sigma"] == {
+        "40": {"exp1": 3.0, "exp2": 12.0, "spread": 1.0}}
+    assert goals["fig4_local_length_generalizes"]["passed"] is None and "study_time" not in goals  # not run
+    # the gap must exceed the spread across scenes: 9 px apart with scenes spread 10 px is no evidence
+    spread = rp.goal_checks(experiments, {"exp1": locality_document(3.0, 10.0), "exp2": locality_document(12.0)})
+    assert {g["id"]: g for g in spread}["figure2_conditional_locality"]["passed"] is False
+    # the study's busy time: overlapping commands (two fits side by side) count once
+    timings = {"fit exp1": {"seconds": 3600, "finished": "2026-01-01T02:00:00"},
+               "fit exp2": {"seconds": 1800, "finished": "2026-01-01T01:45:00"},
+               "lengthgen exp1": {"seconds": 900, "finished": "2026-01-01T05:15:00"}}
+    assert rp.busy_hours(timings) == 1.25
+    timed = {g["id"]: g for g in rp.goal_checks(experiments, timings=timings)}["study_time"]
+    assert timed["passed"] is True and timed["measured"] == {"busy_hours": 1.25}
     # an Exp 2 that never learned its conditioner (k = 1 below 50%) is no evidence of the failure
     weak = rp.experiment_summary(lengthgen_document("single", {1: 4, 2: 0}, {1: 10, 2: 10}))
     goals = {g["id"]: g for g in rp.goal_checks({"exp2": weak})}
@@ -118,12 +131,15 @@ def test_summaries_and_goals_from_hand_made_rows():
 def test_table_and_figures_from_hand_made_outputs():
     lengthgens = {"exp1": EXP1, "exp2": EXP2, "exp3": EXP3}
     experiments = {e: rp.experiment_summary(d) for e, d in lengthgens.items()}
-    table = rp.table_markdown("cpu", lengthgens, rp.goal_checks(experiments), {"exp1": {1: "exp1/x.png"}})
+    randoms = {"exp1": lengthgen_document("all", {1: 10, 2: 5, 3: 2, 4: 0, 5: 0}, {k: 10 for k in range(1, 6)})}
+    table = rp.table_markdown("cpu", lengthgens, rp.goal_checks(experiments), {"exp1": {1: "exp1/x.png"}}, randoms)
     rows = {line.split(" | ")[0]: line for line in table.splitlines() if line.startswith("| Exp ")}
-    assert rows["| Exp 1: global EDM2, all objects labelled"].split(" | ")[1:4] == ["9", "4", "3"]
-    assert rows["| Exp 2: global EDM2, one object labelled"].split(" | ")[1:3] == ["1+(0-2)", "1+(0-2)"]
-    assert rows["| Exp 3: patch-local EDM2, one object labelled"].split(" | ")[1:3] == ["9+(0-2)", "5+(0-2)"]
-    assert "| 3 | 0.80 [0.49, 0.94] (8/10) | 1.00 [0.72, 1.00] (10/10) |" in table
+    assert rows["| Exp 1: global EDM2, all objects labelled"].split(" | ")[1:6] == [
+        "1-3 objects, all labels", "9", "4", "3", "2"]  # ..., random k-subsets k_max
+    assert rows["| Exp 2: global EDM2, one object labelled"].split(" | ")[2:4] == ["1+(0-2)", "1+(0-2)"]
+    assert rows["| Exp 3: patch-local EDM2, one object labelled"].split(" | ")[2:4] == ["9+(0-2)", "5+(0-2)"]
+    # k = 3 of Exp 1: 8/10 succeed, every sample has 3 objects (count rate 1), random subsets 2/10, oracle 10/10
+    assert "| 3 | 0.80 [0.49, 0.94] (8/10) | 1.00 | 0.20 [0.06, 0.51] (2/10) | 1.00 [0.72, 1.00] (10/10) |" in table
     assert "[k=1](exp1/x.png)" in table
     figures = [rp.success_figure(lengthgens), rp.locality_radius_figure({"exp1": locality_document(3.0)}),
                rp.locality_maps_figure({"exp1": locality_maps(0), "exp2": locality_maps(1)}),
@@ -149,11 +165,13 @@ def test_report_stage_writes_table_json_and_figures(tmp_path, capsys):
     assert report["oracle"]["success"]["3"] == 1.0 and report["oracle"]["passes_90_up_to_k"] == 5
     assert {g["id"]: g["passed"] for g in report["goals"]} == {
         "exp1_length_generalizes": True, "exp2_learned_its_conditioner": True, "exp2_fails": True,
-        "exp3_length_generalizes": True, "figure2_conditional_locality": True}
+        "exp3_length_generalizes": True, "figure2_conditional_locality": True, "fig4_local_length_generalizes": None,
+        "fig4_global_fails": None, "study_time": None}  # no Figure 4 pair and no timings in this study
     assert report["machine"]["cpus"] >= 1 and report["paper_table1"]["exp3"] == "9+(0-2)"
     for name in ("success_vs_k", "locality_radius", "locality_maps", "samples_by_k"):
         assert (out / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
-    assert "| Exp 1: global EDM2, all objects labelled | 9 | 4 | 3 |" in (out / "table.md").read_text()
+    assert "| Exp 1: global EDM2, all objects labelled | 1-3 objects, all labels | 9 | 4 | 3 | - |" in \
+        (out / "table.md").read_text()
     assert "--stage report" in (out / "commands.sh").read_text()
     capsys.readouterr()
     assert cli_main(argv) == 0  # nothing newer than report.json: skipped
@@ -207,7 +225,8 @@ def test_dry_run_prints_the_stage_commands_skipping_and_resuming(tmp_path, capsy
     assert "--ckpt_path" not in fits[1] and "exp3.yaml" in fits[1]
     assert any("--stage export --experiments exp3" in c for c in commands)
     lengthgen = [c for c in commands if " lengthgen " in c]
-    assert len(lengthgen) == 3 and all(f"--judge {__file__}" in c and "--ks 1-3" in c for c in lengthgen)
+    assert len(lengthgen) == 6 and all(f"--judge {__file__}" in c and "--ks 1-3" in c for c in lengthgen)
+    assert sum("--order random" in c and "lengthgen_random" in c for c in lengthgen) == 3  # beside the paper's
     assert len([c for c in commands if " locality " in c]) == 3
     assert "(would need: evaluate exp1: no weights" in out  # noted, not refused: export would write them
     assert not (tmp_path / "out" / "commands.sh").exists()  # a dry run records nothing
@@ -226,7 +245,8 @@ def test_finished_stages_are_skipped_and_run_nothing(tmp_path, capsys):
     for exp in ("exp1", "exp2"):
         (weights / f"{exp}.pt").write_bytes(b"weights")
         (weights / f"{exp}.json").write_text(json.dumps({"exported": "2024-01-01T00:00:00", "step": 20}))
-        for folder, result in (("lengthgen", "lengthgen.json"), ("locality", "locality_maps.npz")):
+        for folder, result in (("lengthgen", "lengthgen.json"), ("lengthgen_random", "lengthgen.json"),
+                               ("locality", "locality_maps.npz")):
             (out / exp / folder).mkdir(parents=True)
             (out / exp / folder / result).write_text("{}")
             (out / exp / folder / "evaluated.json").write_text(json.dumps({"exported": "2024-01-01T00:00:00"}))
@@ -236,13 +256,13 @@ def test_finished_stages_are_skipped_and_run_nothing(tmp_path, capsys):
     assert cli_main([*argv, "--stage", "export"]) == 0
     assert cli_main([*argv, "--stage", "evaluate"]) == 0
     text = capsys.readouterr().out
-    assert text.count("is the current export, skipped") == 2 and text.count("exists, skipped") == 4
+    assert text.count("is the current export, skipped") == 2 and text.count("exists, skipped") == 6
     assert not (out / "commands.sh").exists()
     # a new export (another stamp) makes the evaluation stale: its commands are planned again
     (weights / "exp2.json").write_text(json.dumps({"exported": "2024-02-02T00:00:00", "step": 30}))
     assert cli_main([*argv, "--stage", "evaluate", "--dry-run"]) == 0
     commands = [c for c in capsys.readouterr().out.splitlines() if c.startswith("python -m lcsbench")]
-    assert len(commands) == 2 and all("weights/exp2.pt" in c for c in commands)
+    assert len(commands) == 3 and all("weights/exp2.pt" in c for c in commands)
 
 
 def test_the_oracle_renders_are_shared_between_experiments(tmp_path, capsys):

@@ -95,9 +95,9 @@ SCALES: dict[str, Scale] = {
         lengthgen={"ks": "1-10", "samples-per-k": 32, "steps": 32, "oracle-samples": 16},
         locality={"sigmas": DEFAULT_SIGMAS, "samples": 2, "sample-steps": 32, "locations": 3},
         note="32 px, G = 16, 1-3 objects: hours on 2 CPU cores",
-        # full-image patch-local sampling runs the patch U-Net on all 256 patches per step (about 25x the global
-        # net's work): the paper's 8 samples per k, 16 Heun steps (about 20 CPU-core minutes)
-        lengthgen_by_experiment={"exp3": {"samples-per-k": 8, "steps": 16}}),
+        # full-image patch-local sampling runs the patch U-Net on all 256 patches per step (about 22x the global
+        # net's work): 16 Heun steps, checked against 32 at k = 1..4 (STEPS_CHECK)
+        lengthgen_by_experiment={"exp3": {"steps": 16}, "fig4_local": {"steps": 16}}),
     "paper": Scale(
         data="data/clevr64",
         render={"counts": "1-3", "per-count": 500000, "val-per-count": 1000, "resolution": 64, "samples": 64,
@@ -112,7 +112,17 @@ RUN_VERSION = "run"  # the TensorBoardLogger version folder: a resumed fit write
 
 
 def flags(options: dict) -> list[str]:
-    return [item for name, value in options.items() for item in (f"--{name}", str(value))]
+    """Command-line flags of a dict: `{"ks": "1-4"}` -> --ks 1-4; a value True is a bare switch (--no-oracle)."""
+    return [item for name, value in options.items()
+            for item in ((f"--{name}",) if value is True else (f"--{name}", str(value)))]
+
+
+# The length-generalization evaluations of each experiment: folder -> lengthgen flags beside the scale's. Random
+# k-subsets of the 12 locations are more crowded than the paper's prefixes (issue 22); an experiment sampled
+# with fewer than the paper's 32 Heun steps is checked against 32 steps at k = 1..4 (issue 22: the fewer steps
+# stand only where both agree within their intervals).
+EVALUATIONS = {"lengthgen": {}, "lengthgen_random": {"order": "random"}}
+STEPS_CHECK = ("lengthgen_steps32", {"ks": "1-4", "no-oracle": True})  # at the scale's own steps
 
 
 # --- one invocation: paths, the command log, subprocesses -----------------------------------------------------
@@ -426,8 +436,47 @@ def training_wall_seconds(log_dir: Path) -> float | None:
     return round(total, 1) if found else None
 
 
+CURVE_TAGS = ("cond_gap/gap@", "lengthgen/success@", "lengthgen/k_max", "val/loss")  # the learning curves
+
+
+def read_scalars(log_dir: Path, prefixes: tuple[str, ...] = CURVE_TAGS) -> dict[str, dict[int, float]]:
+    """The TensorBoard scalars of a run folder whose tags start with a prefix: tag -> step -> value (the last
+    write of a step wins, so a resumed run's repeated steps count once)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    series: dict[str, dict[int, float]] = {}
+    for tag in events.Tags()["scalars"]:
+        if tag.startswith(prefixes):
+            series[tag] = {event.step: float(event.value) for event in events.Scalars(tag)}
+    return series
+
+
+def write_curves(log_dir: Path, folder: Path, title: str) -> None:
+    """OUT/<exp>/curves.csv (step, tag, value) and curves.png: the conditioning gap, the length-generalization
+    curve and the validation loss over training, from the run's TensorBoard events (issue 22)."""
+    from lcsbench.analysis import report as rp
+    from lcsbench.analysis.plots import save_figure
+
+    series = read_scalars(log_dir)
+    if not series:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ["step,tag,value"] + [f"{step},{tag},{value:.6g}" for tag, values in sorted(series.items())
+                                 for step, value in sorted(values.items())]
+    (folder / "curves.csv").write_text("\n".join(rows) + "\n")
+    save_figure(rp.learning_curves_figure(series, title), folder / "curves.png")
+
+
 def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def rp_name(exp: str) -> str:
+    from lcsbench.analysis.report import EXPERIMENT_NAMES
+
+    return EXPERIMENT_NAMES.get(exp, exp)
 
 
 def stage_export(study: Study) -> None:
@@ -463,6 +512,7 @@ def stage_export(study: Study) -> None:
         except (FileNotFoundError, ValueError) as error:
             raise SystemExit(f"reproduce: export {exp}: {error}") from None
         weights.with_suffix(".json").write_text(json.dumps(recorded, indent=2, default=str))
+        write_curves(study.log_dir(exp), study.out / exp, rp_name(exp))
         study.timing(f"export {exp}", time.perf_counter() - started)
         if recorded["step"] < config["max_steps"]:
             study.say(f"export {exp}: note: the run is at step {recorded['step']} of {config['max_steps']}")
@@ -501,24 +551,36 @@ def stamp(folder: Path, weights: Path, export: dict | None) -> None:
         indent=2))
 
 
-def share_oracle(study: Study, exp: str, folder: Path) -> None:
-    """Copy the oracle renders another experiment's lengthgen made (the same requests, so the same renders)."""
-    if (folder / "oracle_render").exists():
+def evaluations(study: Study, exp: str) -> dict[str, dict]:
+    """The lengthgen runs of one experiment: OUT/<exp>/<folder> -> its full flags (EVALUATIONS, STEPS_CHECK)."""
+    base = study.scale.lengthgen_flags(exp)
+    runs = {folder: {**base, **extra} for folder, extra in EVALUATIONS.items()}
+    scale_steps = int(study.scale.lengthgen.get("steps", 32))
+    if int(base.get("steps", scale_steps)) < scale_steps:  # this experiment samples with fewer steps
+        folder, extra = STEPS_CHECK
+        runs[folder] = {key: value for key, value in {**base, **extra, "steps": scale_steps}.items()
+                        if key != "oracle-samples"}
+    return runs
+
+
+def share_oracle(study: Study, exp: str, folder: Path, options: dict) -> None:
+    """Copy the oracle renders another experiment's lengthgen made of the same requests (same flags)."""
+    if (folder / "oracle_render").exists() or options.get("no-oracle"):
         return
     for other in study.scale.configs:
-        source = study.out / other / "lengthgen" / "oracle_render"
-        same_requests = study.scale.lengthgen_flags(other) == study.scale.lengthgen_flags(exp)
-        if (other != exp and same_requests and (source.parent / "lengthgen.json").exists()
-                and (source / "manifest.json").exists()):
-            line = ["cp", "-r", str(source), str(folder / "oracle_render")]
-            if study.dry_run:
-                print(shlex.join(line), flush=True)
+        for other_folder, other_options in evaluations(study, other).items() if other != exp else ():
+            source = study.out / other / other_folder / "oracle_render"
+            if (other_options == options and (source.parent / "lengthgen.json").exists()
+                    and (source / "manifest.json").exists()):
+                line = ["cp", "-r", str(source), str(folder / "oracle_render")]
+                if study.dry_run:
+                    print(shlex.join(line), flush=True)
+                    return
+                study.say(f"{folder.name} {exp}: reusing the oracle renders of {other}")
+                study.record(line, f"{folder.name} {exp}: the oracle renders of {other}")
+                folder.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(source, folder / "oracle_render")
                 return
-            study.say(f"lengthgen {exp}: reusing the oracle renders of {other}")
-            study.record(line, f"lengthgen {exp}: the oracle renders of {other}")
-            folder.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(source, folder / "oracle_render")
-            return
 
 
 def stage_evaluate(study: Study) -> None:
@@ -529,16 +591,17 @@ def stage_evaluate(study: Study) -> None:
             refuse(study, f"evaluate {exp}: no weights at {weights}: run `--stage fit` and `--stage export` "
                           f"first (export writes OUT/weights/<exp>.pt from the fit stage's run)")
         export = read_json(weights.with_suffix(".json"))
-        lengthgen = study.out / exp / "lengthgen"
-        if evaluation_is_current(lengthgen, "lengthgen.json", export):
-            study.say(f"lengthgen {exp}: {lengthgen / 'lengthgen.json'} exists, skipped")
-        else:
+        for name, options in evaluations(study, exp).items():
+            folder = study.out / exp / name
+            if evaluation_is_current(folder, "lengthgen.json", export):
+                study.say(f"{name} {exp}: {folder / 'lengthgen.json'} exists, skipped")
+                continue
             judge = judge_arguments(study) if judge is None else judge
-            share_oracle(study, exp, lengthgen)
-            study.run(["lengthgen", "--ckpt", str(weights), "--out", str(lengthgen), "--name", exp, *judge,
-                       *flags(study.scale.lengthgen_flags(exp))], f"lengthgen {exp}")
+            share_oracle(study, exp, folder, options)
+            study.run(["lengthgen", "--ckpt", str(weights), "--out", str(folder), "--name", exp, *judge,
+                       *flags(options)], f"{name} {exp}")
             if not study.dry_run:
-                stamp(lengthgen, weights, export)
+                stamp(folder, weights, export)
         locality = study.out / exp / "locality"
         if evaluation_is_current(locality, "locality_maps.npz", export):
             study.say(f"locality {exp}: {locality / 'locality.json'} exists, skipped")
@@ -567,8 +630,13 @@ def machine() -> dict:
             "lcsbench": lcsbench.__version__, "commit": commit}
 
 
+OPTIONAL_INPUTS = ("export", "random", "steps32")  # the report is written without them (older studies)
+
+
 def report_inputs(study: Study) -> dict[str, dict[str, Path]]:
     return {exp: {"lengthgen": study.out / exp / "lengthgen" / "lengthgen.json",
+                  "random": study.out / exp / "lengthgen_random" / "lengthgen.json",
+                  "steps32": study.out / exp / STEPS_CHECK[0] / "lengthgen.json",
                   "locality": study.out / exp / "locality" / "locality.json",
                   "maps": study.out / exp / "locality" / "locality_maps.npz",
                   "export": study.weights(exp).with_suffix(".json")} for exp in study.experiments}
@@ -576,7 +644,8 @@ def report_inputs(study: Study) -> dict[str, dict[str, Path]]:
 
 def stage_report(study: Study) -> None:
     inputs = report_inputs(study)
-    missing = [str(p) for files in inputs.values() for key, p in files.items() if key != "export" and not p.exists()]
+    missing = [str(p) for files in inputs.values() for key, p in files.items()
+               if key not in OPTIONAL_INPUTS and not p.exists()]
     if missing:
         refuse(study, f"report: {len(missing)} evaluation output(s) missing, e.g. {missing[0]}: run `--stage "
                       f"evaluate` first")
@@ -602,11 +671,16 @@ def write_report(study: Study, inputs: dict[str, dict[str, Path]]) -> None:
     from lcsbench.analysis.plots import save_figure
 
     lengthgens = {exp: read_json(files["lengthgen"]) for exp, files in inputs.items()}
+    randoms = {exp: read_json(files["random"]) for exp, files in inputs.items() if files["random"].exists()}
+    steps32 = {exp: read_json(files["steps32"]) for exp, files in inputs.items() if files["steps32"].exists()}
     localities = {exp: read_json(files["locality"]) for exp, files in inputs.items()}
     exports = {exp: read_json(files["export"]) for exp, files in inputs.items()}
+    timings = read_json(study.out / "timings.json") or {}
     experiments = {}
     for exp in inputs:
-        summary = rp.experiment_summary(lengthgens[exp], localities[exp])
+        summary = rp.experiment_summary(lengthgens[exp], localities[exp], randoms.get(exp))
+        if exp in steps32:
+            summary["steps_check"] = rp.steps_agreement(lengthgens[exp], steps32[exp])
         export = exports[exp] or {}
         summary |= {"weights": str(study.weights(exp)), "paper": rp.PAPER_TABLE1.get(exp),
                     "name": rp.EXPERIMENT_NAMES.get(exp, exp), "steps": export.get("step"),
@@ -615,7 +689,7 @@ def write_report(study: Study, inputs: dict[str, dict[str, Path]]) -> None:
                     "config": export.get("config"), "lengthgen_protocol": lengthgens[exp]["protocol"],
                     "lengthgen_rows": lengthgens[exp]["rows"], "locality_json": localities[exp]}  # every number
         experiments[exp] = summary
-    goals = rp.goal_checks(experiments, localities)
+    goals = rp.goal_checks(experiments, localities, timings)
     oracles = {exp: rp.oracle_summary(lengthgens[exp]) for exp in inputs}
     first_oracle = next((o for o in oracles.values() if o is not None), None)
     links, grids = {}, {}
@@ -625,7 +699,7 @@ def write_report(study: Study, inputs: dict[str, dict[str, Path]]) -> None:
         found = {k: folder / f"samples_k{k}.png" for k in ks if (folder / f"samples_k{k}.png").exists()}
         links[exp] = {k: str(p.relative_to(study.out)) for k, p in found.items()}
         grids[exp] = {k: np.asarray(Image.open(p).convert("RGB")) for k, p in found.items()}
-    figures = {"success_vs_k": rp.success_figure(lengthgens),
+    figures = {"success_vs_k": rp.success_figure(lengthgens, randoms),
                "locality_radius": rp.locality_radius_figure(localities),
                "locality_maps": rp.locality_maps_figure(
                    {exp: dict(np.load(files["maps"], allow_pickle=False)) for exp, files in inputs.items()})}
@@ -633,14 +707,13 @@ def write_report(study: Study, inputs: dict[str, dict[str, Path]]) -> None:
         figures["samples_by_k"] = rp.sample_grid_figure({exp: g for exp, g in grids.items() if g})
     for name, figure in figures.items():
         save_figure(figure, study.out / f"{name}.png")
-    (study.out / "table.md").write_text(rp.table_markdown(study.scale_name, lengthgens, goals, links))
-    timings = read_json(study.out / "timings.json") or {}
+    (study.out / "table.md").write_text(rp.table_markdown(study.scale_name, lengthgens, goals, links, randoms))
     document = {
         "scale": study.scale_name, "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "paper_table1": rp.PAPER_TABLE1, "experiments": experiments,
         "oracle": {**(first_oracle or {}), "per_experiment": oracles},
         "goals": goals, "render": {"data": str(study.data), **study.scale.render},
-        "evaluation": {"lengthgen": {exp: study.scale.lengthgen_flags(exp) for exp in study.scale.configs},
+        "evaluation": {"lengthgen": {exp: evaluations(study, exp) for exp in study.scale.configs},
                        "locality": study.scale.locality},
         "timings": timings, "machine": machine(), "commands": "commands.sh",
         "figures": [f"{name}.png" for name in figures], "sample_grids": links,
