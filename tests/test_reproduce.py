@@ -339,9 +339,16 @@ def test_every_scale_names_its_configs_and_a_render_that_feeds_them():
     assert cpu.data == "data/reproduce32" and cpu.resolution == 32 and cpu.render["counts"] == "1-3"
     assert list(cpu.configs) == ["exp1", "exp2", "exp3", "fig4_global", "fig4_local"]
     assert cpu.lengthgen["ks"] == "1-10" and cpu.lengthgen["samples-per-k"] == 32
-    # patch-local sampling is ~25x the global net's work: Exp 3 alone takes the paper's 8 samples per k
-    assert cpu.lengthgen_flags("exp3") == {**cpu.lengthgen, "samples-per-k": 8, "steps": 16}
+    # patch-local sampling is ~22x the global net's work: the patch models sample with 16 Heun steps, checked
+    # against the scale's 32 at k = 1..4, with the same 32 samples per k
+    for exp in ("exp3", "fig4_local"):
+        assert cpu.lengthgen_flags(exp) == {**cpu.lengthgen, "steps": 16}
     assert cpu.lengthgen_flags("exp1") == cpu.lengthgen_flags("exp2") == cpu.lengthgen
+    study = reproduce.Study("cpu", cpu, Path("out"), Path("runs"), Path("data"), list(cpu.configs), None, True)
+    assert list(reproduce.evaluations(study, "exp1")) == ["lengthgen", "lengthgen_random"]
+    assert reproduce.evaluations(study, "exp3")["lengthgen_steps32"] == {
+        "ks": "1-4", "samples-per-k": 32, "steps": 32, "no-oracle": True}
+    assert reproduce.flags({"ks": "1-4", "no-oracle": True}) == ["--ks", "1-4", "--no-oracle"]
     assert reproduce.SCALES["paper"].lengthgen["ks"] == "1-12" and reproduce.SCALES["paper"].resolution == 64
     repo = Path(__file__).resolve().parents[1]
     expected = {"exp1": ("all", "EDM2Diffusion"), "exp2": ("single", "EDM2Diffusion"),
