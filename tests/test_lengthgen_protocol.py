@@ -256,3 +256,13 @@ def test_crowding_is_the_mean_smallest_gap_per_k():
     requests = [{"k": 2, "locations": [(0.1, 0.1), (0.1, 0.6)]}, {"k": 2, "locations": [(0.1, 0.1), (0.6, 0.1)]},
                 {"k": 1, "locations": [(0.5, 0.5)]}]
     assert lg.crowding(requests, 100) == {"2": 50.0}
+
+
+def test_saved_samples_of_another_shape_are_sampled_again(tmp_path):
+    images = np.zeros((3, 8, 8, 3), np.uint8)
+    lg.save_samples(tmp_path / "samples.npz", images, {"steps": 2})
+    assert lg.load_samples(tmp_path / "samples.npz", {"steps": 2}, shape=(3, 8, 8, 3)).shape == (3, 8, 8, 3)
+    assert lg.load_samples(tmp_path / "samples.npz", {"steps": 2}, shape=(2, 8, 8, 3)) is None  # more than asked
+    assert lg.load_samples(tmp_path / "samples.npz", {"steps": 2}, shape=(3, 16, 16, 3)) is None
+    lg.save_samples(tmp_path / "floats.npz", images.astype(np.float32), {"steps": 2})
+    assert lg.load_samples(tmp_path / "floats.npz", {"steps": 2}, shape=(3, 8, 8, 3)) is None

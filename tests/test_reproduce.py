@@ -176,6 +176,39 @@ def test_report_stage_writes_table_json_and_figures(tmp_path, capsys):
     capsys.readouterr()
     assert cli_main(argv) == 0  # nothing newer than report.json: skipped
     assert "skipped" in capsys.readouterr().out
+    # a half-written report.json (a crash while writing) is named and rebuilt, though newer than its inputs
+    (out / "report.json").write_text(json.dumps(report)[:200])
+    assert cli_main(argv) == 0
+    assert "report.json is unreadable" in capsys.readouterr().out
+    assert json.loads((out / "report.json").read_text())["experiments"]["exp1"]["k_max"] == 4
+    assert not list(out.glob("*.partial"))  # written whole, then renamed
+
+
+def test_swapped_weights_are_caught_by_their_recorded_sha256(tmp_path, capsys):
+    from lcsbench.data.shards import file_sha256
+
+    out = tmp_path / "out"
+    weights = out / "weights"
+    weights.mkdir(parents=True)
+    (weights / "exp1.pt").write_bytes(b"the exported weights")
+    record = {"exported": "2024-01-01T00:00:00", "step": 20, "sha256": file_sha256(weights / "exp1.pt")}
+    (weights / "exp1.json").write_text(json.dumps(record))
+    folder = out / "exp1" / "lengthgen"
+    folder.mkdir(parents=True)
+    (folder / "lengthgen.json").write_text("{}")
+    reproduce.stamp(folder, weights / "exp1.pt", record)
+    assert reproduce.evaluation_is_current(folder, "lengthgen.json", record)
+    (weights / "exp1.pt").write_bytes(b"other weights, same name")  # swapped after the export
+    argv = ["reproduce", "--scale", "smoke", "--out", str(out), "--runs", str(tmp_path / "no-runs"),
+            "--experiments", "exp1"]
+    with pytest.raises(SystemExit, match="exp1.pt does not match the sha256 its export recorded"):
+        cli_main([*argv, "--stage", "evaluate"])
+    # export notices too: with no run to export from, it refuses instead of keeping the swapped file
+    with pytest.raises(SystemExit, match="no trained run at"):
+        cli_main([*argv, "--stage", "export"])
+    assert "does not match the sha256 its export recorded: exporting again" in capsys.readouterr().out
+    # an evaluation stamped for other weights is not current
+    assert not reproduce.evaluation_is_current(folder, "lengthgen.json", {**record, "sha256": "0" * 64})
 
 
 # --- the stage logic on hand-made files ---------------------------------------------------------------------------

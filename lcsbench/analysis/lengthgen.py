@@ -536,16 +536,20 @@ def save_samples(path: str | Path, images: np.ndarray, settings: Mapping) -> Non
     partial.replace(path)  # a crash while writing leaves no half file under the real name
 
 
-def load_samples(path: str | Path, settings: Mapping) -> np.ndarray | None:
-    """The samples saved at `path` if they were drawn with exactly `settings`, else None (absent, unreadable,
-    or drawn with other settings: the caller samples again)."""
+def load_samples(path: str | Path, settings: Mapping, shape: Sequence[int] | None = None) -> np.ndarray | None:
+    """The samples saved at `path` if they were drawn with exactly `settings` (and, given `shape`, are uint8
+    images of exactly that shape `[N, H, W, 3]`), else None (absent, unreadable, other settings or another shape:
+    the caller samples again)."""
     try:
-        with np.load(path) as saved:
+        with np.load(path, allow_pickle=False) as saved:
             if json.loads(str(saved["settings"])) != json.loads(json.dumps(dict(settings), sort_keys=True)):
                 return None
-            return saved["images"]
+            images = saved["images"]
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
         return None
+    if shape is not None and (images.dtype != np.uint8 or tuple(images.shape) != tuple(shape)):
+        return None
+    return images
 
 
 def judge_images(

@@ -160,7 +160,8 @@ def main(argv: list[str]) -> int:
     # --- the model row: sample every request with the paper's sampler on the EMA weights
     sampling = {"ckpt_sha256": file_sha256(Path(args.ckpt)), "kind": kind, "ks": ks,
                 "samples_per_k": args.samples_per_k, "order": args.order, "seed": args.seed, "steps": args.steps}
-    samples = lg.load_samples(out / "samples.npz", sampling)
+    samples = lg.load_samples(out / "samples.npz", sampling,
+                              shape=(len(requests), *denoiser.image_shape[1:], denoiser.image_shape[0]))
     if samples is None:
         samples = lg.sample_requests(
             denoiser, requests, grid_size, denoiser.image_shape, args.steps, args.batch, args.seed, device,

@@ -233,10 +233,10 @@ class Study:
     def timing(self, what: str, seconds: float) -> None:
         """Keep the seconds of each step in OUT/timings.json (the report reads them)."""
         path = self.out / "timings.json"
-        timings = json.loads(path.read_text()) if path.exists() else {}
+        timings = read_json(path) or {}
         timings[what] = {"seconds": round(seconds, 1),
                          "finished": datetime.datetime.now().isoformat(timespec="seconds")}
-        path.write_text(json.dumps(timings, indent=2))
+        write_atomic(path, json.dumps(timings, indent=2))
 
 
 def usable_cores() -> int:
@@ -470,7 +470,32 @@ def write_curves(log_dir: Path, folder: Path, title: str) -> None:
 
 
 def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    """A study file's JSON, or None when it is missing or unreadable (half written, damaged): an unreadable file
+    is named and then treated as missing, so the stage that writes it runs again."""
+    if not path.exists():
+        return None
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        print(f"reproduce: {path} is unreadable ({error}): treated as missing, its stage rebuilds it", flush=True)
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a study file whole or not at all (a temporary file, then a rename): a crash leaves the old one."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+def weights_match_record(weights: Path, sidecar: dict | None) -> bool | None:
+    """Whether the weights file is the one its export recorded (sha256); None when no hash was recorded."""
+    from lcsbench.data.shards import file_sha256
+
+    if sidecar is None or "sha256" not in sidecar:
+        return None
+    return weights.exists() and file_sha256(weights) == sidecar["sha256"]
 
 
 def rp_name(exp: str) -> str:
@@ -483,10 +508,13 @@ def stage_export(study: Study) -> None:
     for exp in study.experiments:
         last, weights = study.last_ckpt(exp), study.weights(exp)
         sidecar = read_json(weights.with_suffix(".json"))
-        if weights.exists() and sidecar is not None and (
+        intact = weights_match_record(weights, sidecar) is not False
+        if weights.exists() and sidecar is not None and intact and (
                 not last.exists() or sidecar.get("source_mtime") == last.stat().st_mtime):
             study.say(f"export {exp}: {weights} is the current export, skipped")
             continue
+        if weights.exists() and not intact:
+            study.say(f"export {exp}: {weights} does not match the sha256 its export recorded: exporting again")
         if not last.exists():  # in a dry run a note: the fit stage of the same run may write it
             refuse(study, f"export {exp}: no trained run at {last}: run `--stage fit` first (or pass the --runs "
                           f"folder the fit stage wrote)")
@@ -511,7 +539,10 @@ def stage_export(study: Study) -> None:
             recorded = export_ema_weights(last, weights, metadata)
         except (FileNotFoundError, ValueError) as error:
             raise SystemExit(f"reproduce: export {exp}: {error}") from None
-        weights.with_suffix(".json").write_text(json.dumps(recorded, indent=2, default=str))
+        from lcsbench.data.shards import file_sha256
+
+        recorded["sha256"] = file_sha256(weights)
+        write_atomic(weights.with_suffix(".json"), json.dumps(recorded, indent=2, default=str))
         write_curves(study.log_dir(exp), study.out / exp, rp_name(exp))
         study.timing(f"export {exp}", time.perf_counter() - started)
         if recorded["step"] < config["max_steps"]:
@@ -538,17 +569,21 @@ def judge_arguments(study: Study) -> list[str]:
 
 
 def evaluation_is_current(folder: Path, result: str, export: dict | None) -> bool:
-    """The evaluation in `folder` exists and was made from the current export (its stamp names the export)."""
+    """The evaluation in `folder` exists and was made from the current export (its stamp names the export and
+    the weights' sha256)."""
     stamp = read_json(folder / "evaluated.json")
     if not (folder / result).exists():
         return False
-    return stamp is None or export is None or stamp.get("exported") == export.get("exported")
+    if stamp is None or export is None:
+        return True
+    return stamp.get("exported") == export.get("exported") and stamp.get("sha256") == export.get("sha256")
 
 
 def stamp(folder: Path, weights: Path, export: dict | None) -> None:
-    (folder / "evaluated.json").write_text(json.dumps(
-        {"weights": str(weights), "exported": (export or {}).get("exported"), "step": (export or {}).get("step")},
-        indent=2))
+    export = export or {}
+    write_atomic(folder / "evaluated.json", json.dumps(
+        {"weights": str(weights), "exported": export.get("exported"), "step": export.get("step"),
+         "sha256": export.get("sha256")}, indent=2))
 
 
 def evaluations(study: Study, exp: str) -> dict[str, dict]:
@@ -591,6 +626,10 @@ def stage_evaluate(study: Study) -> None:
             refuse(study, f"evaluate {exp}: no weights at {weights}: run `--stage fit` and `--stage export` "
                           f"first (export writes OUT/weights/<exp>.pt from the fit stage's run)")
         export = read_json(weights.with_suffix(".json"))
+        if not study.dry_run and weights_match_record(weights, export) is False:
+            raise SystemExit(f"reproduce: evaluate {exp}: {weights} does not match the sha256 its export recorded in "
+                             f"{weights.with_suffix('.json')}: the file was replaced or damaged. Rerun `--stage "
+                             f"export` (from the run folder) or restore the exported file")
         for name, options in evaluations(study, exp).items():
             folder = study.out / exp / name
             if evaluation_is_current(folder, "lengthgen.json", export):
@@ -654,7 +693,8 @@ def stage_report(study: Study) -> None:
         return
     report_path = study.out / "report.json"
     newest = max(p.stat().st_mtime for files in inputs.values() for p in files.values() if p.exists())
-    if report_path.exists() and report_path.stat().st_mtime >= newest and (study.out / "table.md").exists():
+    if (read_json(report_path) is not None and report_path.stat().st_mtime >= newest
+            and (study.out / "table.md").exists()):
         study.say(f"report: {report_path} is newer than its inputs, skipped")
         return
     study.in_process("report", None, f"report: {study.out / 'table.md'}, report.json and figures")
@@ -707,7 +747,7 @@ def write_report(study: Study, inputs: dict[str, dict[str, Path]]) -> None:
         figures["samples_by_k"] = rp.sample_grid_figure({exp: g for exp, g in grids.items() if g})
     for name, figure in figures.items():
         save_figure(figure, study.out / f"{name}.png")
-    (study.out / "table.md").write_text(rp.table_markdown(study.scale_name, lengthgens, goals, links, randoms))
+    write_atomic(study.out / "table.md", rp.table_markdown(study.scale_name, lengthgens, goals, links, randoms))
     document = {
         "scale": study.scale_name, "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "paper_table1": rp.PAPER_TABLE1, "experiments": experiments,
@@ -718,7 +758,7 @@ def write_report(study: Study, inputs: dict[str, dict[str, Path]]) -> None:
         "timings": timings, "machine": machine(), "commands": "commands.sh",
         "figures": [f"{name}.png" for name in figures], "sample_grids": links,
     }
-    (study.out / "report.json").write_text(json.dumps(document, indent=2, default=str))
+    write_atomic(study.out / "report.json", json.dumps(document, indent=2, default=str))
     for exp, summary in experiments.items():
         study.say(f"{exp}: k_max {summary['k_max_notation']} (strict {summary['k_max_strict']}), paper "
                   f"{summary['paper']}")
