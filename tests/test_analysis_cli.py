@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from lcsbench.callbacks.features import FeatureCosine
 from lcsbench.callbacks.lengthgen import LengthGenCurve
 from lcsbench.callbacks.locality import LocalityHeatmaps
 from lcsbench.cli import main as cli_main
+from lcsbench.data.conditioning import PAPER_LOCATIONS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -88,7 +90,9 @@ def test_figures_are_written(tmp_path):
     profile = locality_profile(net, images, cond, [0.1, 1.0, 10.0], [(3, 5)],
                                conditioner_centres=lambda c: grid_cell_centre(c, 16, 16))
     figure = locality_grid(profile)
-    assert len(figure.axes) == 3 * (3 + len(profile.conditioners))
+    maps = [axis for axis in figure.axes if axis.images]  # colourbars are axes too
+    assert len(maps) == 3 * (3 + len(profile.conditioners))
+    assert len(figure.axes) - len(maps) == 3 * (1 + len(profile.conditioners))  # a colourbar per map
     vectors = mean_difference_vectors(net, images, [1.0], torch.eye(256)[:4].view(4, 16, 16), site="scale")
     paths = [save_figure(figure, tmp_path / "grid.png"), save_figure(radius_curves(profile), tmp_path / "r.png"),
              save_figure(cosine_matrices(feature_cosines(vectors, list("abcd"))), tmp_path / "cos.png")]
@@ -210,6 +214,20 @@ def test_locality_command_writes_json_and_figures(trained_checkpoint, tmp_path):
     assert len(report["pixel_radius"]) == 2 and all(len(row) == 2 for row in report["pixel_radius"])
     for name in ("locality_grid_t0.png", "locality_grid_t1.png", "locality_radius.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    assert report["scenes"] == 1 and report["pixel_radius_scene_std"] == [0.0, 0.0]
+    # several scenes: the first is the paper's first k locations, the others random k-subsets; mean and spread
+    assert cli_main(["locality", "--ckpt", str(ckpt), "--out", str(out), "--sigmas", "0.2,4", "--locations", "2",
+                     "--samples", "1", "--sample-steps", "2", "--scenes", "3"]) == 0
+    report = json.loads((out / "locality.json").read_text())
+    assert report["scenes"] == 3 and len(set(map(tuple, report["scene_conditioned"]))) > 1
+    assert report["scene_conditioned"][0] == [f"{x:.2f},{y:.2f}" for x, y in PAPER_LOCATIONS[:2]]
+    per_scene = np.array(report["pixel_radius_per_scene"], dtype=float)
+    assert per_scene.shape == (3, 2)
+    assert np.allclose(report["pixel_radius_mean"], per_scene.mean(0)) and np.allclose(
+        report["pixel_radius_scene_std"], per_scene.std(0))
+    assert len(report["pixel_radius_without_skip_mean"]) == 2
+    with np.load(out / "locality_maps.npz") as maps:
+        assert maps["heat_without_skip"].shape == maps["heat"].shape
     with pytest.raises(SystemExit, match="outside the 32x32 image"):
         cli_main(["locality", "--ckpt", str(ckpt), "--out", str(out), "--targets", "40,3", "--sigmas", "1",
                   "--sample-steps", "2"])

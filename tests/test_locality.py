@@ -330,3 +330,36 @@ def test_parameters_stay_trainable_after_the_analysis():
     with pytest.raises(RuntimeError, match="boom"):
         pixel_jacobian(net, torch.randn(1, 1, 4, 4), 1.0, None, [(1, 1)])
     assert [p.requires_grad for p in net.parameters()] == flags
+
+
+def test_the_skip_removed_map_drops_exactly_the_skip_term():
+    from lcsbench.analysis.locality import SIGMA_DATA, scenes_summary, without_skip
+    from lcsbench.diffusion.denoiser import BoundDenoiser
+
+    def c_skip(sigma):
+        return SIGMA_DATA ** 2 / (sigma ** 2 + SIGMA_DATA ** 2)
+
+    # D = c_skip x + (a local blur scaled by c_out-like 0.3): the network's part is the blur alone
+    blur = torch.ones(3, 1, 3, 3, dtype=torch.float64) / 9
+
+    def denoise(x, sigma, cond):
+        return c_skip(torch.as_tensor(sigma, dtype=x.dtype)) * x + 0.3 * F.conv2d(x, blur, padding=1, groups=3)
+
+    denoiser = BoundDenoiser(denoise, (3, 8, 8), "location", 4)
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    cond = torch.zeros(1, 4, 4)
+    target = (4, 4)
+    full = pixel_jacobian(denoiser, x, 0.1, cond, [target])[0]
+    residual = pixel_jacobian(without_skip(denoiser), x, 0.1, cond, [target])[0]
+    # the spike: the target pixel's own entry carries c_skip(0.1) (summed over input channels, mean over outputs)
+    assert full[target] == pytest.approx(c_skip(0.1) + 0.3 / 9, rel=1e-9)
+    assert residual[target] == pytest.approx(0.3 / 9, rel=1e-9)
+    assert torch.allclose(full - residual, torch.zeros_like(full).index_put_(
+        (torch.tensor([4]), torch.tensor([4])), torch.tensor([c_skip(0.1)], dtype=torch.float64)))
+    profiles = [locality_profile(denoiser, x, cond, [0.1, 10.0], [target], conditional=False, skip_removed=True,
+                                 seed=seed) for seed in range(3)]
+    assert profiles[0].heat_without_skip.shape == (2, 1, 8, 8)
+    summary = scenes_summary(profiles)
+    assert summary["scenes"] == 3 and len(summary["pixel_radius_without_skip_mean"]) == 2
+    assert summary["pixel_radius_scene_std"] == [0.0, 0.0]  # a linear denoiser: the same maps in every scene
+    assert summary["pixel_radius_without_skip_mean"][0] == 1.0  # the 3x3 blur: radius 1 once the spike is gone

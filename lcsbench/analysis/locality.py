@@ -11,7 +11,10 @@ colour counts `[B, 8]`, or any `[B, ...]` tensor of counts). No Lightning, no mo
   conditioner j, with all ablations in one batched forward.
 - `locality_radius`: Appendix F, the half-width of the smallest square centred on the target that holds
   a given fraction (90%) of the map's total energy.
-- `locality_profile`: the same measurements over a grid of noise levels (Figures 2 and 10).
+- `locality_profile`: the same measurements over a grid of noise levels (Figures 2 and 10), optionally also
+  the Eq. 9 map of `D - c_skip x` (`without_skip`): the skip term c_skip x of EDM's preconditioning puts a spike
+  at the target pixel at low noise that says nothing about what the network learned;
+- `scenes_summary`: radii over several scenes, their mean and spread across scenes (Figure 2's evidence).
 
 The denoiser must be in eval mode (the caller's job): the analyses never change module state.
 """
@@ -27,7 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from lcsbench.data.scenes import cell_centre
-from lcsbench.diffusion.denoiser import Denoiser
+from lcsbench.diffusion.denoiser import BoundDenoiser, Denoiser
+
+SIGMA_DATA = 0.5  # EDM2's data standard deviation: c_skip = sigma_data^2 / (sigma^2 + sigma_data^2)
 
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes the batched backward of one chunk may use (a heuristic, see below)
@@ -357,6 +362,18 @@ def grid_cell_centre(cell: Sequence[int], grid_size: int, resolution: int) -> tu
     return int(y * resolution), int(x * resolution)
 
 
+def without_skip(denoiser: Denoiser, sigma_data: float = SIGMA_DATA) -> BoundDenoiser:
+    """`D(x) - c_skip(sigma) x`, the network's part of EDM's denoiser (c_skip = sigma_data^2 / (sigma^2 +
+    sigma_data^2), EDM Table 1): its Eq. 9 map has no identity spike at the target pixel."""
+    def residual(x: Tensor, sigma, cond) -> Tensor:
+        sigma_t = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+        sigma_t = sigma_t.reshape(-1, 1, 1, 1) if sigma_t.ndim else sigma_t
+        return denoiser(x, sigma, cond) - sigma_data ** 2 / (sigma_t ** 2 + sigma_data ** 2) * x
+
+    return BoundDenoiser(residual, denoiser.image_shape, denoiser.conditioning, denoiser.grid_size,
+                         getattr(denoiser, "network", None))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Summaries over noise levels (Figures 2 and 10).
 
@@ -383,6 +400,8 @@ class LocalityProfile:
     influence_at_targets: Tensor | None
     noisy: Tensor
     denoised: Tensor
+    heat_without_skip: Tensor | None = None  # Eq. 9 of D - c_skip x `[S, P, H, W]` (when measured)
+    pixel_radius_without_skip: Tensor | None = None  # its radii `[S, P]`
 
     def summary(self) -> dict:
         """JSON-ready numbers (no maps): radii and influences per noise level."""
@@ -402,6 +421,10 @@ class LocalityProfile:
                 "conditional_radius_mean": _nan_to_none(_nanmean(self.conditional_radius, dim=1).tolist()),
                 "influence_at_targets": self.influence_at_targets.tolist(),
             }
+        if self.pixel_radius_without_skip is not None:
+            out["pixel_radius_without_skip"] = _nan_to_none(self.pixel_radius_without_skip.tolist())
+            out["pixel_radius_without_skip_mean"] = _nan_to_none(
+                _nanmean(self.pixel_radius_without_skip, dim=1).tolist())
         out["pixel_radius"] = _nan_to_none(out["pixel_radius"])
         out["pixel_radius_mean"] = _nan_to_none(out["pixel_radius_mean"])
         return out
@@ -429,17 +452,22 @@ def locality_profile(
     chunk_size: int | None = None,          # cotangents per batched backward (pixel_jacobian)
     memory_budget: int = DEFAULT_MEMORY_BUDGET,  # bytes per chunk when chunk_size is None
     conditional: bool = True,               # also measure Eq. 10 (needs an active conditioner)
+    skip_removed: bool = False,             # also Eq. 9 of D - c_skip x (`without_skip`)
 ) -> LocalityProfile:
     """Eq. 9 and Eq. 10 maps and their radii at each sigma for x = images + sigma * n, one fixed n."""
     _check_image_batch(images)
     targets = check_pixels(pixels, images.shape[2], images.shape[3])
     generator = torch.Generator(device="cpu").manual_seed(seed)
     noise = torch.randn(images.shape, generator=generator).to(images.device, images.dtype)
-    heat, influence, noisy, denoised = [], [], [], []
+    heat, heat_residual, influence, noisy, denoised = [], [], [], [], []
+    residual = without_skip(denoiser) if skip_removed else None
     conditioners: list[tuple[int, ...]] = []
     for sigma in sigmas:
         x = images + float(sigma) * noise
         heat.append(pixel_jacobian(denoiser, x, float(sigma), cond, targets, chunk_size, memory_budget).cpu())
+        if residual is not None:
+            heat_residual.append(pixel_jacobian(residual, x, float(sigma), cond, targets, chunk_size,
+                                                memory_budget).cpu())
         with torch.no_grad():
             denoised.append(denoiser(x[:1], float(sigma), cond[:1]).float().cpu()[0])
         noisy.append(x[0].float().cpu())
@@ -450,6 +478,11 @@ def locality_profile(
     heat_t = torch.stack(heat)
     pixel_radius = torch.tensor([[locality_radius(h, t, fraction) for h, t in zip(level, targets)]
                                  for level in heat_t])
+    heat_residual_t = residual_radius = None
+    if residual is not None:
+        heat_residual_t = torch.stack(heat_residual)
+        residual_radius = torch.tensor([[locality_radius(h, t, fraction) for h, t in zip(level, targets)]
+                                        for level in heat_residual_t])
     influence_t = conditional_radius = at_targets = centres = None
     if conditional:
         influence_t = torch.stack(influence)
@@ -464,5 +497,24 @@ def locality_profile(
         sigmas=[float(s) for s in sigmas], pixels=targets, conditioners=conditioners, conditioner_centres=centres,
         fraction=fraction, heat=heat_t, influence=influence_t, pixel_radius=pixel_radius,
         conditional_radius=conditional_radius, influence_at_targets=at_targets,
-        noisy=torch.stack(noisy), denoised=torch.stack(denoised),
+        noisy=torch.stack(noisy), denoised=torch.stack(denoised), heat_without_skip=heat_residual_t,
+        pixel_radius_without_skip=residual_radius,
     )
+
+
+def scenes_summary(profiles: Sequence[LocalityProfile]) -> dict:
+    """Radii of several scenes (each a LocalityProfile over the same sigmas): per scene the mean over its
+    targets / conditioners, then the mean and the standard deviation across scenes per sigma (Figure 2 with
+    its spread). Keys `<radius>_mean`, `<radius>_scene_std` and `<radius>_per_scene` for pixel_radius,
+    conditional_radius and pixel_radius_without_skip, where measured."""
+    out: dict = {"scenes": len(profiles)}
+    for name in ("pixel_radius", "conditional_radius", "pixel_radius_without_skip"):
+        radii = [getattr(p, name) for p in profiles]
+        if any(r is None for r in radii):
+            continue
+        per_scene = torch.stack([_nanmean(r, dim=1) for r in radii])  # [scenes, S]
+        std = per_scene.std(dim=0, unbiased=False) if len(profiles) > 1 else torch.zeros(per_scene.shape[1])
+        out[f"{name}_mean"] = _nan_to_none(_nanmean(per_scene, dim=0).tolist())
+        out[f"{name}_scene_std"] = _nan_to_none(std.tolist())
+        out[f"{name}_per_scene"] = _nan_to_none(per_scene.tolist())
+    return out

@@ -63,10 +63,16 @@ def locality_grid(
     title: str | None = None,               # figure title
 ) -> Figure:
     """Figure-2-style grid: one row per noise level; columns: noisy input, denoised output, pixel heatmap at
-    the target (Eq. 9, with its 90% square), and one conditional-influence map per conditioner (Eq. 10)."""
+    the target (Eq. 9, with its 90% square), the same for D - c_skip x when measured, and one conditional-
+    influence map per conditioner (Eq. 10). Every map has its colourbar; pixels are (row, col) from the
+    top-left corner, as in the caption."""
+    from matplotlib.lines import Line2D
+
     num_cond = 0 if profile.influence is None else min(len(profile.conditioners), max_conditioners)
-    rows, cols = len(profile.sigmas), 3 + num_cond
-    figure = Figure(figsize=(1.9 * cols, 1.9 * rows + 0.6), layout="constrained")
+    residual = profile.heat_without_skip is not None
+    first_cond = 4 if residual else 3
+    rows, cols = len(profile.sigmas), first_cond + num_cond
+    figure = Figure(figsize=(2.2 * cols, 2.0 * rows + 1.0), layout="constrained")
     axes = figure.subplots(rows, cols, squeeze=False)
     centre = profile.pixels[target]
     for s, sigma in enumerate(profile.sigmas):
@@ -74,55 +80,87 @@ def locality_grid(
         _mark(axes[s, 0], centre)
         axes[s, 0].set_ylabel(f"sigma={sigma:.3g}")
         axes[s, 1].imshow(_image(profile.denoised[s]))
-        heat = profile.heat[s, target]
-        axes[s, 2].imshow(heat.numpy(), cmap="magma")
-        _mark(axes[s, 2], centre)
-        _radius_box(axes[s, 2], centre, float(profile.pixel_radius[s, target]))
+        maps = [(2, profile.heat[s, target], "magma", float(profile.pixel_radius[s, target]))]
+        if residual:
+            maps.append((3, profile.heat_without_skip[s, target], "magma",
+                         float(profile.pixel_radius_without_skip[s, target])))
+        for column, heat, cmap, radius in maps:
+            image = axes[s, column].imshow(heat.numpy(), cmap=cmap)
+            figure.colorbar(image, ax=axes[s, column], shrink=0.8).ax.tick_params(labelsize=5)
+            _mark(axes[s, column], centre)
+            _radius_box(axes[s, column], centre, radius)
         for j in range(num_cond):
-            axis = axes[s, 3 + j]
-            axis.imshow(profile.influence[s, j].numpy(), cmap="viridis")
+            axis = axes[s, first_cond + j]
+            image = axis.imshow(profile.influence[s, j].numpy(), cmap="viridis")
+            figure.colorbar(image, ax=axis, shrink=0.8).ax.tick_params(labelsize=5)
             if profile.conditioner_centres:
                 _mark(axis, profile.conditioner_centres[j], color="red")
                 _radius_box(axis, profile.conditioner_centres[j], float(profile.conditional_radius[s, j]))
             _mark(axis, centre)
-    headers = ["x (noisy)", "D(x)", f"pixel |J| at {tuple(centre)}"]
-    headers += [f"cond {tuple(profile.conditioners[j])}" for j in range(num_cond)]
+    headers = ["x (noisy)", "D(x)", f"Eq. 9 |dD/dx| at {tuple(centre)}"]
+    headers += [f"Eq. 9 of D - c_skip x"] if residual else []
+    headers += [f"Eq. 10 cell {tuple(profile.conditioners[j])}" for j in range(num_cond)]
     for c, header in enumerate(headers):
         axes[0, c].set_title(header, fontsize=8)
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
-    if title:
-        figure.suptitle(title, fontsize=10)
+    figure.legend(handles=[Line2D([], [], marker="+", color="lime", ls="", label="target pixel"),
+                           Line2D([], [], marker="+", color="red", ls="", label="conditioned cell's centre"),
+                           Line2D([], [], marker="s", mfc="none", color="0.5", ls="", label="90% radius square")],
+                  loc="outside lower center", ncols=3, fontsize=7)
+    figure.suptitle((title + "\n" if title else "") + "pixels: (row, col) from the top-left; grid cells: (row, "
+                    "col) of the G x G grid", fontsize=9)
     return figure
 
 
-def radius_curves(profile: LocalityProfile, title: str | None = None) -> Figure:
+def radius_curves(profile: LocalityProfile, title: str | None = None, scenes: dict | None = None) -> Figure:
     """Figure-10-style curves against sigma: the 90% locality radius (pixel, per target, and conditional, per
-    conditioner), and each conditioner's influence at each target pixel."""
+    conditioner), and each conditioner's influence at each target pixel. With `scenes` (analysis.locality.
+    scenes_summary over several scenes) the radius panels show the mean over scenes with a band of one standard
+    deviation across scenes instead. The radius axis runs from 0 to the image size (a radius of half the image
+    size already covers the whole image from its centre)."""
     panels = 1 if profile.influence is None else 3
-    figure = Figure(figsize=(4.2 * panels, 3.4), layout="constrained")
+    figure = Figure(figsize=(4.4 * panels, 3.6), layout="constrained")
     axes = figure.subplots(1, panels, squeeze=False)[0]
     sigmas = profile.sigmas
-    for p, pixel in enumerate(profile.pixels):
-        axes[0].plot(sigmas, profile.pixel_radius[:, p].numpy(), marker="o", ms=3, label=f"pixel {tuple(pixel)}")
-    axes[0].set_title(f"pixel locality: {profile.fraction:.0%} radius", fontsize=9)
+    size = profile.heat.shape[-1]
+    many = scenes is not None and scenes.get("scenes", 1) > 1
+    keys = [("pixel_radius", 0, "D"), ("pixel_radius_without_skip", 0, "D - c_skip x")]
+    keys += [("conditional_radius", 1, "conditioners")] if profile.influence is not None else []
+    if many:
+        for key, panel, label in keys:
+            mean, std = scenes.get(f"{key}_mean"), scenes.get(f"{key}_scene_std")
+            if mean is None:
+                continue
+            mean = torch.tensor([float("nan") if v is None else v for v in mean])
+            std = torch.tensor([0.0 if v is None else v for v in std])
+            axes[panel].plot(sigmas, mean.numpy(), marker="o", ms=3, label=f"{label}: mean of {scenes['scenes']} scenes")
+            axes[panel].fill_between(sigmas, (mean - std).numpy(), (mean + std).numpy(), alpha=0.2, lw=0)
+    else:
+        for p, pixel in enumerate(profile.pixels):
+            axes[0].plot(sigmas, profile.pixel_radius[:, p].numpy(), marker="o", ms=3, label=f"D at {tuple(pixel)}")
+        if profile.influence is not None:
+            for j, cond in enumerate(profile.conditioners):
+                axes[1].plot(sigmas, profile.conditional_radius[:, j].numpy(), marker="o", ms=3,
+                             label=f"cell {tuple(cond)}")
+    axes[0].set_title(f"pixel locality (Eq. 9): {profile.fraction:.0%} radius", fontsize=9)
     if profile.influence is not None:
-        for j, cond in enumerate(profile.conditioners):
-            axes[1].plot(sigmas, profile.conditional_radius[:, j].numpy(), marker="o", ms=3,
-                         label=f"cond {tuple(cond)}")
-        axes[1].set_title(f"conditional locality: {profile.fraction:.0%} radius", fontsize=9)
+        axes[1].set_title(f"conditional locality (Eq. 10): {profile.fraction:.0%} radius", fontsize=9)
         for p, pixel in enumerate(profile.pixels[:4]):
             for j, cond in enumerate(profile.conditioners[:8]):
                 axes[2].plot(sigmas, profile.influence_at_targets[:, p, j].numpy(), marker=".", ms=3,
-                             label=f"{tuple(cond)} at {tuple(pixel)}")
-        axes[2].set_title("Eq. 10 influence at target pixels", fontsize=9)
+                             label=f"cell {tuple(cond)} at pixel {tuple(pixel)}")
+        axes[2].set_title("Eq. 10 influence at target pixels (first scene)", fontsize=9)
         axes[2].set_yscale("symlog", linthresh=1e-4)
     for axis in axes:
         axis.set_xscale("log")
-        axis.set_xlabel("sigma")
+        axis.set_xlabel("sigma (noise level)")
         axis.legend(fontsize=6)
-    axes[0].set_ylabel("radius (pixels)")
+    for axis in axes[:min(2, panels)]:
+        axis.set_ylim(0, size)
+        axis.axhline(size / 2, color="0.6", lw=0.8, ls=":")
+        axis.set_ylabel(f"radius (pixels; image {size} px, dotted: half of it)")
     if title:
         figure.suptitle(title, fontsize=10)
     return figure

@@ -424,23 +424,43 @@ def learning_curves_figure(series: Mapping[str, Mapping[int, float]], title: str
 
 
 def locality_radius_figure(localities: Mapping[str, Mapping]) -> Figure:
-    """Figure 2's summary: the pixel (Eq. 9) and conditional (Eq. 10) 90% radii, averaged over targets and
-    conditioners, against the noise level, one line per experiment."""
-    figure = Figure(figsize=(9.0, 3.6), layout="constrained")
+    """Figure 2's summary: the pixel (Eq. 9; dashed: of D - c_skip x) and conditional (Eq. 10) 90% radii against
+    the noise level, one line per experiment: the mean over scenes (targets and conditioners averaged within a
+    scene) with a band of one standard deviation across scenes where several were measured. The radius axis
+    runs from 0 to the image size."""
+    figure = Figure(figsize=(10.0, 3.8), layout="constrained")
     axes = figure.subplots(1, 2)
+    size = 0
     for exp, locality in localities.items():
         sigmas = locality["sigmas"]
-        for axis, key in zip(axes, ("pixel_radius_mean", "conditional_radius_mean")):
-            values = [np.nan if v is None else v for v in (locality.get(key) or [None] * len(sigmas))]
-            axis.plot(sigmas, values, marker="o", ms=3, color=COLORS.get(exp), label=EXPERIMENT_NAMES.get(exp, exp))
-    fraction = next(iter(localities.values())).get("fraction", 0.9)
+        size = max(size, int(locality.get("resolution") or 0))
+        for axis, key, style in ((axes[0], "pixel_radius", "-"), (axes[0], "pixel_radius_without_skip", "--"),
+                                 (axes[1], "conditional_radius", "-")):
+            mean = locality.get(f"{key}_mean")
+            if mean is None:
+                continue
+            values = np.array([np.nan if v is None else v for v in mean], dtype=float)
+            label = EXPERIMENT_NAMES.get(exp, exp) + (" (D - c_skip x)" if "without" in key else "")
+            axis.plot(sigmas, values, ls=style, marker="o", ms=3, color=COLORS.get(exp), label=label)
+            spread = locality.get(f"{key}_scene_std")
+            if spread is not None and locality.get("scenes", 1) > 1 and style == "-":
+                spread = np.array([0.0 if v is None else v for v in spread], dtype=float)
+                axis.fill_between(sigmas, values - spread, values + spread, color=COLORS.get(exp), alpha=0.15, lw=0)
+    first = next(iter(localities.values()))
+    fraction, scenes = first.get("fraction", 0.9), first.get("scenes", 1)
     axes[0].set_title(f"pixel locality (Eq. 9): {fraction:.0%} radius", fontsize=9)
     axes[1].set_title(f"conditional locality (Eq. 10): {fraction:.0%} radius", fontsize=9)
     for axis in axes:
         axis.set_xscale("log")
         axis.set_xlabel("sigma (noise level)")
         axis.set_ylabel("radius (pixels)")
+        if size:
+            axis.set_ylim(0, size)
+            axis.axhline(size / 2, color="0.6", lw=0.8, ls=":")
         axis.legend(fontsize=7)
+    figure.suptitle(f"Figure 2: mean over {scenes} scene(s) x {first.get('noise_draws', first.get('samples', '?'))} "
+                    f"noise draws x every conditioner; band: one standard deviation across scenes"
+                    + (f"; image {size} px (dotted: half of it)" if size else ""), fontsize=9)
     return figure
 
 
@@ -458,7 +478,7 @@ def locality_maps_figure(maps: Mapping[str, Mapping[str, np.ndarray]], max_condi
         target = m["pixels"][0]
         axes[row, 1].imshow(m["heat"][top, 0], cmap="magma")
         axes[row, 1].plot([target[1]], [target[0]], marker="+", color="lime", ms=8)
-        axes[row, 1].set_title(f"pixel |J| at {tuple(int(v) for v in target)}", fontsize=7)
+        axes[row, 1].set_title(f"Eq. 9 at pixel {tuple(int(v) for v in target)}", fontsize=7)
         conditioners = m.get("conditioners", np.zeros((0, 2)))
         for j in range(columns - 2):
             axis = axes[row, 2 + j]
@@ -469,12 +489,13 @@ def locality_maps_figure(maps: Mapping[str, Mapping[str, np.ndarray]], max_condi
             if "conditioner_centres" in m:
                 centre = m["conditioner_centres"][j]
                 axis.plot([centre[1]], [centre[0]], marker="+", color="red", ms=8)
-            axis.set_title(f"cond {tuple(int(v) for v in conditioners[j])}", fontsize=7)
+            axis.set_title(f"Eq. 10, cell {tuple(int(v) for v in conditioners[j])}", fontsize=7)
         axes[row, 0].set_title(f"sample; sigma={float(m['sigmas'][top]):g}", fontsize=7)
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
-    figure.suptitle("Eq. 10 conditional influence at the highest noise level", fontsize=10)
+    figure.suptitle("Pixel (Eq. 9) and conditional (Eq. 10) maps at the highest noise level; pixels and cells are "
+                    "(row, col) from the top-left", fontsize=9)
     return figure
 
 

@@ -93,7 +93,8 @@ SCALES: dict[str, Scale] = {
         # tiny U-Nets at 32 px, G = 16 (2 px cells), bf16-mixed, 15000 steps; Figure 4's pair on n1 only
         configs=scale_configs("configs/reproduce/cpu", EXPERIMENTS + FIGURE4),
         lengthgen={"ks": "1-10", "samples-per-k": 32, "steps": 32, "oracle-samples": 16},
-        locality={"sigmas": DEFAULT_SIGMAS, "samples": 2, "sample-steps": 32, "locations": 3},
+        # Figure 2 with its spread (issue 22): 8 scenes x 4 noise draws x every conditioner of each scene
+        locality={"sigmas": DEFAULT_SIGMAS, "samples": 4, "scenes": 8, "sample-steps": 32, "locations": 3},
         note="32 px, G = 16, 1-3 objects: hours on 2 CPU cores",
         # full-image patch-local sampling runs the patch U-Net on all 256 patches per step (about 22x the global
         # net's work): 16 Heun steps, checked against 32 at k = 1..4 (STEPS_CHECK)
