@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import traceback
 
 TRAINER_COMMANDS = {
     "fit": "train a model (LightningCLI; --config configs/<experiment>.yaml)",
@@ -97,6 +98,9 @@ def run(argv: list[str]) -> int:
     except SystemExit as stop:
         if stop.code is None or isinstance(stop.code, int):
             raise  # argparse and LightningCLI have printed their message
+        if debug:
+            traceback.print_exc()  # where the command refused (Python prints a SystemExit's message only)
+            raise
         error: BaseException = stop
     except Exception as caught:  # noqa: BLE001 - sorted by is_input_error
         if debug or not is_input_error(caught):

@@ -57,10 +57,11 @@ def nearest_existing(path: Path) -> Path:
     return path
 
 
-def check_writable_under(path: Path, flag: str) -> None:
-    """SystemExit unless files can be created where `path` would go: its closest existing ancestor must be a
-    folder we can write in (tried with a temporary file, which also catches read-only file systems)."""
-    base = nearest_existing(path)
+def check_writable_under(path: Path, folder: Path, flag: str) -> None:
+    """SystemExit unless `path` can be created in `folder` (its own folder, or itself for an output folder): the
+    closest existing ancestor of `folder` must be a folder we can write in (tried with a temporary file, which
+    also catches read-only file systems). Nothing is left behind."""
+    base = nearest_existing(folder)
     if not base.is_dir():
         raise SystemExit(f"{flag} {path}: {base} is a file, so nothing can be written under it: choose another "
                          f"{flag}")
@@ -76,7 +77,7 @@ def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise SystemExit(f"{flag} {path} is a file; {flag} is the folder the outputs go into: pass a folder path")
-    check_writable_under(path, flag)
+    check_writable_under(path, path, flag)
     return path
 
 
@@ -85,7 +86,7 @@ def check_output_file(path: str | Path, flag: str = "--out") -> Path:
     path = Path(path)
     if path.is_dir():
         raise SystemExit(f"{flag} {path} is a folder; {flag} is the file to write: pass a file path")
-    check_writable_under(path.parent, flag)
+    check_writable_under(path, path.parent, flag)
     return path
 
 
