@@ -195,9 +195,10 @@ def verify_dataset(root: Path, fix: str) -> dict:
     exts = SAMPLE_EXTS if manifest.get("has_masks", True) else (IMAGE_EXT, SCENE_EXT)  # imports have no masks
     resolution = manifest.get("settings", {}).get("resolution")
     resolution = resolution if isinstance(resolution, int) and not isinstance(resolution, bool) else None
-    report = {"root": str(root), "shards": len(manifest["shard_samples"]), "verified": 0,
+    shard_samples = manifest.get("shard_samples", {})
+    report = {"root": str(root), "shards": len(shard_samples), "verified": 0,
               "without_checksum": 0, "missing": [], "damaged": []}
-    for relpath, samples in manifest["shard_samples"].items():
+    for relpath, samples in shard_samples.items():
         path = Path(root) / relpath
         if not path.exists():
             report["missing"].append(relpath)
