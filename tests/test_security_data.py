@@ -128,7 +128,7 @@ def test_import_clevr_refuses_a_scene_with_non_finite_pixel_coords(coords, tmp_p
     scenes = tmp_path / "scenes.json"
     scenes.write_text(json.dumps({"scenes": [{"split": "train", "image_filename": "a.png", "objects": objects}]}))
     with pytest.raises(ValueError, match=r"scene 0 of .*scenes.json: object 1 has pixel_coords \[.*\]: expected "
-                                         r"finite numbers"):
+                                         r"numbers \[x, y, depth\] in source pixels, all finite"):
         import_clevr([(images, scenes)], tmp_path / "out", resolution=32)
     assert not (tmp_path / "out").exists()  # before: the image was filed under n1, its blue object dropped
 

@@ -64,8 +64,8 @@ def check_object(obj: object, where: str) -> None:
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in coords)):
         # NaN or inf (Python's JSON reads both) would fail the crop test and drop the object silently, filing the
         # image under the wrong object count (issue 25 item 11)
-        raise ValueError(f"{where} has pixel_coords {coords!r}: expected finite numbers [x, y, depth] in source "
-                         f"pixels; fix or remove the scene")
+        raise ValueError(f"{where} has pixel_coords {coords!r}: expected numbers [x, y, depth] in source pixels, "
+                         f"all finite; fix or remove the scene")
 
 
 def convert_scene(scene: dict, image: Image.Image, resolution: int) -> tuple[Image.Image, dict]:
