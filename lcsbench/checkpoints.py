@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +61,37 @@ def register_class(cls: type) -> type:
     return cls
 
 
-def import_class(path: str, source: str | Path = "a checkpoint") -> type:
-    """The class at `path`, if it is one checkpoints may rebuild (REBUILDABLE); else a ValueError."""
-    if path not in REBUILDABLE:
+def check_class_path(path: object, source: str | Path = "a checkpoint") -> str:
+    """`path` if it names a class checkpoints may rebuild (REBUILDABLE), else a ValueError; imports nothing, so a
+    file's class path is checked before any module it names runs."""
+    if not isinstance(path, str) or path not in REBUILDABLE:
         raise ValueError(f"{source} asks to build {path!r}, which is not one of lcsbench's networks or modules "
                          f"({sorted(REBUILDABLE)}): refused, since building it could run any code. If it is your "
                          f"own class, call lcsbench.checkpoints.register_class on it before loading")
-    module, _, name = path.rpartition(".")
+    return path
+
+
+def import_class(path: str, source: str | Path = "a checkpoint") -> type:
+    """The class at `path`, if it is one checkpoints may rebuild (REBUILDABLE); else a ValueError."""
+    module, _, name = check_class_path(path, source).rpartition(".")
     return getattr(importlib.import_module(module), name)
+
+
+RECORD_FIELDS = {"net_class": str, "net_config": dict, "module_class": str, "module_hparams": dict}
+
+
+def check_record(record: object, source: str | Path) -> dict[str, Any]:
+    """`record` if it has the architecture record's four fields with their types, else a ValueError naming them."""
+    if not isinstance(record, dict):
+        wrong = [f"the record is a {type(record).__name__}"]
+    else:
+        wrong = [f"{key} is {type(record[key]).__name__}" if key in record else f"{key} is missing"
+                 for key, kind in RECORD_FIELDS.items() if not isinstance(record.get(key), kind)]
+    if wrong:
+        expected = ", ".join(f"{key}: {kind.__name__}" for key, kind in RECORD_FIELDS.items())
+        raise ValueError(f"{source} holds a malformed architecture record ({'; '.join(wrong)}; expected {expected}): "
+                         f"the file is damaged or was not written by lcsbench; use a checkpoint lcsbench wrote")
+    return record
 
 
 def architecture_record(net: torch.nn.Module, module: Any) -> dict[str, Any]:
@@ -85,12 +110,18 @@ def rebuild(record: dict[str, Any], source: str | Path = "a checkpoint", **overr
     Only REBUILDABLE classes are built. Hyperparameters the module's constructor does not take are dropped
     (LightningCLI records e.g. `_class_path`); `overrides` replace recorded ones (e.g. `compile=False`).
     """
+    check_record(record, source)
     net_cls = import_class(record["net_class"], source)
     module_cls = import_class(record["module_class"], source)
-    net = net_cls(**record["net_config"])
     accepted = inspect.signature(module_cls.__init__).parameters
     hparams = {k: v for k, v in record["module_hparams"].items() if k in accepted and k != "net"}
-    return module_cls(net=net, **{**hparams, **overrides})
+    try:
+        net = net_cls(**record["net_config"])
+        return module_cls(net=net, **{**hparams, **overrides})
+    except (TypeError, ValueError) as error:  # a record whose arguments the classes do not take
+        raise ValueError(f"{source}: its architecture record does not build {record['module_class']} with "
+                         f"{record['net_class']} ({type(error).__name__}: {str(error).splitlines()[0]}): the file "
+                         f"is damaged or was written by another lcsbench version") from None
 
 
 def network_differences(theirs: dict[str, Any], ours: dict[str, Any]) -> dict[str, tuple[Any, Any]] | None:
@@ -119,6 +150,12 @@ def read_checkpoint(path: str | Path, missing_hint: str, map_location: str | tor
                          f"writes and which could run code when unpickled: refused ({str(error).splitlines()[0]}). "
                          f"Load only checkpoints written by lcsbench, or re-save the weights as plain tensors"
                          ) from None
+    except (EOFError, RuntimeError, KeyError, ValueError, zipfile.BadZipFile) as error:  # torch's unreadable file
+        size = path.stat().st_size
+        found = "is empty (0 bytes)" if size == 0 else f"({size} bytes) is truncated or not a PyTorch checkpoint"
+        raise ValueError(f"{path} {found}: torch cannot read it ({type(error).__name__}: "
+                         f"{(str(error).splitlines() or [''])[0][:160]}). A save or copy was cut short: copy it "
+                         f"again, or {missing_hint}") from None
     if not isinstance(payload, dict):
         raise ValueError(f"{path} is not an lcsbench checkpoint (found a {type(payload).__name__})")
     return payload
@@ -128,7 +165,13 @@ def read_record(payload: dict, key: str, path: str | Path, what: str, hint: str)
     """The architecture record under `key`, or a ValueError saying that `path` is not `what`, with `hint`."""
     record = payload.get(key)
     if record is None:
-        raise ValueError(f"{path} is not {what}: it has no '{key}' entry (keys: {sorted(payload)[:8]}). {hint}")
+        raise ValueError(f"{path} is not {what}: it has no '{key}' entry (keys: {sorted(map(str, payload))[:8]}). "
+                         f"{hint}")
+    if not isinstance(record, dict) or "net_class" in record or key == ARCH_KEY:  # judges keep an older shape too
+        check_record(record, path)
+    elif not all(isinstance(record.get(field), dict) for field in ("net_config", "hparams")):
+        raise ValueError(f"{path} holds a malformed '{key}' record: expected dicts 'net_config' and 'hparams' (or "
+                         f"the four fields {list(RECORD_FIELDS)}); found keys {sorted(map(str, record))[:8]}")
     return record
 
 
@@ -171,7 +214,17 @@ def write_export(
                "net_state": {k: v.detach().cpu() for k, v in net_state.items()}}
     if data_settings is not None:
         payload[DATA_HPARAMS_KEY] = dict(data_settings)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(payload, partial)
-    partial.replace(path)
+    return save_atomic(payload, path)
+
+
+def save_atomic(payload: dict, path: str | Path) -> Path:
+    """`torch.save` to a temporary name beside `path`, then rename: an interrupted write never leaves a file that
+    looks complete, and a reader never sees half of one (the temporary name is unique per process)."""
+    path = Path(path)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    try:
+        torch.save(payload, partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path

@@ -2,12 +2,19 @@
 
 Each command lives in its own module of `lcsbench/commands/` exposing `main(argv: list[str]) -> int`; modules are
 imported only when their command runs, so `--help` stays fast and a tool never pays for Lightning's import.
+
+From a terminal (`main()` without arguments, as `python -m lcsbench` and the `lcsbench` script call it) the
+project's errors and the usual input mistakes end as one line on stderr and exit status 2 (`run`); `--debug`
+anywhere on the command line, or LCSBENCH_DEBUG=1, shows the traceback instead. Called from Python with an argv
+list, `main` lets every exception through (tests, notebooks).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import traceback
 
 TRAINER_COMMANDS = {
     "fit": "train a model (LightningCLI; --config configs/<experiment>.yaml)",
@@ -30,11 +37,15 @@ TOOLS: dict[str, tuple[str, str]] = {
 }
 
 TRAINER_MODULE = "lcsbench.commands.trainer"
+DEBUG_FLAG, DEBUG_ENV = "--debug", "LCSBENCH_DEBUG"
+USAGE_ERROR = 2  # the exit status of a refused input, as argparse's
 
 
 def usage() -> str:
     width = max(len(name) for name in [*TRAINER_COMMANDS, *TOOLS])
-    lines = ["usage: python -m lcsbench <command> [options]   (python -m lcsbench <command> --help)", ""]
+    lines = ["usage: python -m lcsbench <command> [options]   (python -m lcsbench <command> --help)",
+             f"       {DEBUG_FLAG} (or {DEBUG_ENV}=1): show the traceback of an error instead of its one-line message",
+             ""]
     lines.append("training (LightningCLI):")
     lines += [f"  {name:<{width}}  {text}" for name, text in TRAINER_COMMANDS.items()]
     lines.append("")
@@ -43,8 +54,8 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def dispatch(argv: list[str]) -> int:
+    """Run one command; its exceptions propagate."""
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
@@ -56,4 +67,52 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(TOOLS[command][0])
         return int(module.main(rest) or 0)
     print(f"lcsbench: unknown command {command!r}.\n\n{usage()}", file=sys.stderr)
-    return 2
+    return USAGE_ERROR
+
+
+def is_input_error(error: BaseException) -> bool:
+    """The errors a user meets with bad input: the project's own exception classes, ValueError (bad values, bad
+    files), OSError (missing or unwritable paths) and Lightning's configuration errors. Anything else is a bug
+    and keeps its traceback."""
+    kind = type(error)
+    return (isinstance(error, (ValueError, OSError)) or kind.__module__.split(".")[0] == "lcsbench"
+            or kind.__name__ == "MisconfigurationException")
+
+
+def one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if isinstance(error, SystemExit) else f"{text} ({type(error).__name__}; {DEBUG_FLAG} shows where)"
+
+
+def run(argv: list[str]) -> int:
+    """`dispatch` for a terminal: an input error becomes one line on stderr and exit status 2 (module docstring)."""
+    debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [arg for arg in argv if arg != DEBUG_FLAG]
+    if debug:
+        os.environ[DEBUG_ENV] = "1"  # DDP ranks relaunched from sys.argv inherit it
+    if sys.argv[1:] != argv and DEBUG_FLAG in sys.argv:
+        sys.argv[1:] = argv  # LightningCLI reads sys.argv itself when argv is the command line
+    command = argv[0] if argv else ""
+    try:
+        return dispatch(argv)
+    except SystemExit as stop:
+        if stop.code is None or isinstance(stop.code, int):
+            raise  # argparse and LightningCLI have printed their message
+        if debug:
+            traceback.print_exc()  # where the command refused (Python prints a SystemExit's message only)
+            raise
+        error: BaseException = stop
+    except Exception as caught:  # noqa: BLE001 - sorted by is_input_error
+        if debug or not is_input_error(caught):
+            raise
+        error = caught
+    message = one_line(error)
+    prefix = f"lcsbench {command}".rstrip()
+    print(message if message.startswith(("lcsbench", f"{command}:")) else f"{prefix}: error: {message}",
+          file=sys.stderr)
+    return USAGE_ERROR
+
+
+def main(argv: list[str] | None = None) -> int:
+    """From a terminal (no argv): `run` on the command line. From Python (an argv list): `dispatch`."""
+    return run(sys.argv[1:]) if argv is None else dispatch(list(argv))

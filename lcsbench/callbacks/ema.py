@@ -10,12 +10,16 @@ state (key "PowerFunctionEMA", checkpoints.EMA_STATE_KEY), so a resumed run cont
 `models.edm2.load_denoiser` reads them.
 
 Snapshots (every `snapshot_every_n_steps` steps, fp16, self-describing) go to `<log_dir>/phema/`; from them
-`python -m lcsbench reconstruct-ema` builds the average for any sigma_rel (Alg. 3).
+`python -m lcsbench reconstruct-ema` builds the average for any sigma_rel (Alg. 3). Each snapshot carries its
+run's id (`run_id`: drawn when a fresh fit starts, kept in the checkpoint so a resumed fit keeps it), so that
+`reconstruct-ema` refuses to mix the snapshots of two runs (issue 25 item 10). Runs begun before ids existed
+keep `run_id: None`, also when resumed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +53,8 @@ class PowerFunctionEMA(L.Callback):
         self.snapshot_dir = snapshot_dir
         self.step = 0  # optimizer steps folded into the averages
         self.averages: list[dict[str, torch.Tensor]] | None = None  # one {param name: fp32 tensor} per sigma_rel
+        self.run_id: str | None = None  # this training run's id, written into every snapshot
+        self.restored = False  # state came from a checkpoint: keep its run id (None for runs older than ids)
 
     @property
     def state_key(self) -> str:
@@ -57,6 +63,8 @@ class PowerFunctionEMA(L.Callback):
     # -- tracking --
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.restored and self.run_id is None:  # a fresh run (a resumed one loaded its id already)
+            self.run_id = uuid.uuid4().hex[:16]
         self._ensure_averages(pl_module)
         # trainer.log_dir broadcasts from rank 0: every rank must ask, here, never inside a rank-0-only branch
         log_dir = trainer.log_dir
@@ -121,7 +129,7 @@ class PowerFunctionEMA(L.Callback):
             state = {k: v.to(torch.float16).cpu() for k, v in self.net_state(pl_module, sigma_rel).items()}
             path = directory / f"phema-{self.step:08d}-{sigma_rel:.3f}.pt"
             payload = {"kind": SNAPSHOT_KIND, "step": self.step, "sigma_rel": sigma_rel, "gamma": gamma,
-                       "net_state": state}
+                       "run_id": self.run_id, "net_state": state}
             if callable(describe):
                 payload[ARCH_KEY] = describe()
             tmp = path.with_suffix(".pt.tmp")
@@ -135,7 +143,7 @@ class PowerFunctionEMA(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {"sigma_rels": list(self.sigma_rels), "gammas": list(self.gammas), "step": self.step,
-                "averages": self.averages}
+                "averages": self.averages, "run_id": self.run_id}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if [round(s, 9) for s in state_dict["sigma_rels"]] != [round(s, 9) for s in self.sigma_rels]:
@@ -143,4 +151,6 @@ class PowerFunctionEMA(L.Callback):
                              f"for {self.sigma_rels}: resume with the same PowerFunctionEMA sigma_rels")
         self.step = int(state_dict["step"])
         self.averages = state_dict["averages"]
+        self.run_id = state_dict.get("run_id")  # None: a checkpoint of a run older than run ids
+        self.restored = True
 

@@ -11,8 +11,10 @@ fitted on the `train` shards of the same render, or a separate render). Goal: ex
 from __future__ import annotations
 
 import argparse
-import json
+import math
 from pathlib import Path
+
+from lcsbench.commands._common import check_output_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,26 +35,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the table to this JSON file")
     args = parser.parse_args(argv)
     levels = parse_degradation(parser, args.degrade) if args.degrade else None
+    check_options(args)
+    if args.json:
+        check_output_file(args.json, "--json")
 
     import torch
 
+    from lcsbench.data.conditioning import check_grid_size
     from lcsbench.data.datamodule import CLEVRDataModule
+    from lcsbench.data.scenes import parse_counts
     from lcsbench.data.shards import load_manifest
     from lcsbench.models.judge import judge_accuracy, load_judge
 
     torch.set_grad_enabled(False)
     try:
+        counts = parse_counts(args.counts) if args.counts is not None else None
         manifest = load_manifest(Path(args.data))
-        judge = load_judge(args.judge, resolution=manifest.get("settings", {}).get("resolution", 64))
+        resolution = manifest.get("settings", {}).get("resolution", 64)
+        judge = load_judge(args.judge, resolution=resolution)
+        check_grid_size(args.grid_size, judge.resolution, judge.resolution)
+        if counts is None:
+            groups = manifest.get("shards", {})
+            counts = sorted(int(g[1:]) for g, splits in groups.items() if g[1:].isdecimal() and splits.get("val"))
+        data = CLEVRDataModule(args.data, counts=counts, batch_size=args.batch_size, num_workers=0,
+                               grid_size=args.grid_size, resolution=judge.resolution)
+        batches = data.val_dataloader()
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"eval-judge: {error}") from None
-    counts = args.counts
-    if counts is None:
-        groups = manifest.get("shards", {})
-        counts = sorted(int(g[1:]) for g, splits in groups.items() if splits.get("val"))
-    data = CLEVRDataModule(args.data, counts=counts, batch_size=args.batch_size, num_workers=0,
-                           grid_size=args.grid_size, resolution=judge.resolution)
-    batches = data.val_dataloader()
     if levels is not None:
         batches = degraded_batches(batches, *levels)
     table = judge_accuracy(judge, batches, args.grid_size, args.tolerance_cells, args.clear_pixels)
@@ -68,8 +77,24 @@ def main(argv: list[str] | None = None) -> int:
               f"| {row['undercount']:.1%} | {row['overcount']:.1%} | {row['clear_exact_count']:.1%} "
               f"({row['clear_images']}) | {row['least_visible_missed']:g} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({str(k): v for k, v in table.items()}, indent=2))
+        from lcsbench.data.shards import write_json_atomic
+
+        write_json_atomic(Path(args.json), {str(k): v for k, v in table.items()})
     return 0
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """The numeric options, before anything is read: a SystemExit naming the flag and what it takes."""
+    from lcsbench.analysis.lengthgen import check_tolerance
+
+    try:
+        check_tolerance(args.tolerance_cells)
+    except ValueError as error:
+        raise SystemExit(f"eval-judge: --tolerance-cells: {error}") from None
+    if args.grid_size < 1 or args.batch_size < 1 or args.clear_pixels < 0:
+        raise SystemExit(f"eval-judge: need --grid-size >= 1 (cells per side, dividing the resolution; 16 is the "
+                         f"paper's), --batch-size >= 1 and --clear-pixels >= 0; found {args.grid_size}, "
+                         f"{args.batch_size}, {args.clear_pixels}")
 
 
 def parse_degradation(parser: argparse.ArgumentParser, text: str) -> tuple[float, float, float]:
@@ -77,7 +102,7 @@ def parse_degradation(parser: argparse.ArgumentParser, text: str) -> tuple[float
         blur, noise, color = (float(v) for v in text.split(","))
     except ValueError:
         parser.error(f"--degrade takes three numbers BLUR,NOISE,COLOR, e.g. 1.0,0.05,0.03; got {text!r}")
-    if not all(0 <= v < float("inf") for v in (blur, noise, color)):
+    if not all(math.isfinite(v) and v >= 0 for v in (blur, noise, color)):
         parser.error(f"--degrade levels must be finite and >= 0; got {text!r}")
     return blur, noise, color
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import time
 from pathlib import Path
 
@@ -28,16 +30,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lcsbench.commands._common import DEFAULT_SIGMAS, add_model_arguments, load_trained_denoiser, parse_floats
+from lcsbench.commands._common import (DEFAULT_SIGMAS, add_model_arguments, check_device, check_output_dir,
+                                      load_trained_denoiser, parse_floats)
 
 
 def parse_pixels(texts: list[str]) -> list[tuple[int, int]]:
     pixels = []
     for text in texts:
-        parts = text.split(",")
-        if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+        match = re.fullmatch(r"\s*(-?[0-9]{1,9})\s*,\s*(-?[0-9]{1,9})\s*", text)  # ASCII digits only
+        if match is None:
             raise SystemExit(f"--targets takes pixels as ROW,COL (e.g. 20,41); found {text!r}")
-        pixels.append((int(parts[0]), int(parts[1])))
+        pixels.append((int(match.group(1)), int(match.group(2))))
     return pixels
 
 
@@ -94,10 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.fraction <= 1:
         raise SystemExit(f"--fraction is the share of the map's energy the radius holds, in (0, 1]; found "
                          f"{args.fraction}")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise SystemExit(f"--chunk-size is the number of cotangents per batched backward, >= 1 (leave it out to size "
+                         f"batches by --memory-budget-gib); found {args.chunk_size}")
+    if not (math.isfinite(args.memory_budget_gib) and args.memory_budget_gib > 0):
+        raise SystemExit(f"--memory-budget-gib is the memory one batched backward may use, a positive number of GiB "
+                         f"(default 2); found {args.memory_budget_gib}")
     fixed_targets = parse_pixels(args.targets) if args.targets else None
+    out = check_output_dir(args.out)
+    check_device(args.device)
     denoiser = load_trained_denoiser(args.ckpt, ema=not args.no_ema, device=args.device)
     res = denoiser.image_shape[-1]
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     from lcsbench.analysis.locality import scenes_summary

@@ -11,8 +11,8 @@ and detection grids per k. The rule is the strict one (exactly the requested obj
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
+
+from lcsbench.commands._common import check_output_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,30 +26,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.samples_per_k < 1 or args.oracle_samples < 1 or args.grid_size < 1:
+        raise SystemExit(f"oracle-check: need --samples-per-k >= 1, --oracle-samples >= 1 and --grid-size >= 1 (cells "
+                         f"per side, dividing the resolution; 16 is the paper's); found {args.samples_per_k}, "
+                         f"{args.oracle_samples}, {args.grid_size}")
+    out = check_output_dir(args.out)
 
-    from lcsbench.analysis import lengthgen as lg
-    from lcsbench.data.render import render_layouts
-    from lcsbench.data.shards import read_layout_images
-    from lcsbench.models.judge import load_judge
-
-    judge = load_judge(args.judge)
-    resolution = judge.resolution
-    ks = list(range(1, 13 if args.kind == "location" else 9))
-    requests = lg.protocol_requests(args.kind, ks, args.samples_per_k, seed=args.seed)
-    out = Path(args.out)
     import torch
 
+    from lcsbench.analysis import lengthgen as lg
+    from lcsbench.data.conditioning import check_grid_size
+    from lcsbench.data.render import RenderError, render_layouts
+    from lcsbench.data.shards import ShardError, read_layout_images, write_json_atomic
+    from lcsbench.models.judge import load_judge
+
+    try:
+        judge = load_judge(args.judge)
+        resolution = judge.resolution
+        check_grid_size(args.grid_size, resolution, resolution)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"oracle-check: {error}") from None
+    ks = list(range(1, 13 if args.kind == "location" else 9))
+    requests = lg.protocol_requests(args.kind, ks, args.samples_per_k, seed=args.seed)
     placement = torch.Generator().manual_seed(args.seed)  # the cell rule: each object at a random point of its cell
     scenes = [lg.oracle_scene(r, resolution, args.grid_size, placement) for r in requests]
-    render_layouts(out / "oracle_render", scenes, resolution=resolution,
-                   samples=args.oracle_samples, seed=args.seed)
-    images = read_layout_images(out / "oracle_render", len(requests))
+    try:
+        render_layouts(out / "oracle_render", scenes, resolution=resolution,
+                       samples=args.oracle_samples, seed=args.seed)
+        images = read_layout_images(out / "oracle_render", len(requests))
+    except (RenderError, ShardError, ValueError, OSError) as error:
+        raise SystemExit(f"oracle-check: the oracle render in {out / 'oracle_render'} failed: {error}") from None
     rule = lg.SuccessRule(args.kind, (max(ks),), "all")  # exactly the requested objects at every k
     tally, detections = lg.judge_images(judge, images, requests, rule, args.grid_size)
     report = lg.lengthgen_report({"kind": args.kind, "ks": ks, "resolution": resolution, "judge": args.judge,
                                   "samples_per_k": args.samples_per_k, "success_rule": rule.describe()},
                                  {"oracle": tally})
-    (out / "lengthgen.json").write_text(json.dumps(report, indent=2))
+    write_json_atomic(out / "lengthgen.json", report)
     lg.plot_success_curves(report, out / "lengthgen.png", title="oracle: judge on Blender renders")
     for k in ks:
         index = [i for i, r in enumerate(requests) if r["k"] == k]

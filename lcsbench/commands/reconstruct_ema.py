@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lcsbench.commands._common import snapshot_step
+from lcsbench.commands._common import check_output_file, snapshot_step
 
 
 def main(argv: list[str]) -> int:
@@ -28,15 +28,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="output .pt file")
     args = parser.parse_args(argv)
 
-    import torch
-
+    from lcsbench.checkpoints import ARCH_KEY, RECONSTRUCTION_KIND, read_checkpoint, save_atomic
     from lcsbench.diffusion.phema import sigma_rel_to_gamma, solve_posthoc_coefficients, weighted_state_sum
-    from lcsbench.checkpoints import ARCH_KEY, RECONSTRUCTION_KIND, read_checkpoint
 
     try:
         target_gamma = sigma_rel_to_gamma(args.sigma_rel)
     except ValueError as error:
         raise SystemExit(f"reconstruct-ema: {error}") from None
+    out = check_output_file(args.out)
     files = sorted(p for p in Path(args.snapshots).glob("phema-*.pt") if snapshot_step(p) is not None)
     if not files:
         raise SystemExit(f"reconstruct-ema: no phema-<step>-<sigma_rel>.pt snapshots in {args.snapshots}: train with "
@@ -50,30 +49,65 @@ def main(argv: list[str]) -> int:
     if not usable:
         raise SystemExit(f"reconstruct-ema: no snapshot at or before step {target_step} (first: {min(steps)})")
 
-    headers = []
-    for path, _ in usable:  # read the small fields first; weights are streamed in the sum below
-        payload = read_checkpoint(path, "a snapshot vanished while reading: rerun")
-        headers.append((path, payload["step"], payload["gamma"]))
-        description = payload.get(ARCH_KEY)
-        del payload
-    coefficients = solve_posthoc_coefficients([h[1] for h in headers], [h[2] for h in headers],
+    headers = [snapshot_header(path, step) for path, step in usable]  # small fields; weights are streamed below
+    check_one_run(headers, args.snapshots)
+    description = headers[-1]["architecture"]
+    coefficients = solve_posthoc_coefficients([h["step"] for h in headers], [h["gamma"] for h in headers],
                                               [target_step], [target_gamma])[:, 0]
-    used_steps = sorted({h[1] for h in headers})
+    used_steps = sorted({h["step"] for h in headers})
     print(f"reconstruct-ema: sigma_rel {args.sigma_rel} (gamma {target_gamma:.3f}) at step {target_step} from "
           f"{len(headers)} snapshots at {len(used_steps)} steps ({used_steps[0]}..{used_steps[-1]}) in "
           f"{args.snapshots}; coefficients in [{coefficients.min():.3f}, {coefficients.max():.3f}]", file=sys.stderr)
     spacing = min((b - a for a, b in zip(used_steps, used_steps[1:])), default=used_steps[0])
     if used_steps[0] > spacing:  # snapshots every `spacing` steps, yet none in the run's first `spacing` steps
         print(f"reconstruct-ema: warning: the first snapshot is at step {used_steps[0]} though they are {spacing} "
-              f"steps apart: the earlier ones are missing from {args.snapshots} (a fit resumed by lcsbench before "
-              f"resumed runs kept their folder wrote its snapshots into a new version_N: copy the earlier "
-              f"version's phema-*.pt here)", file=sys.stderr)
-    states = (read_checkpoint(path, "a snapshot vanished while reading: rerun")["net_state"] for path, _, _ in headers)
+              f"steps apart: the earlier ones are missing from {args.snapshots}. A fit resumed by an lcsbench "
+              f"older than run folders wrote its later snapshots into a new version_N: copy the earlier snapshots "
+              f"of the same run here (snapshots of another run are refused)", file=sys.stderr)
+    states = (read_checkpoint(h["path"], "a snapshot vanished while reading: rerun")["net_state"] for h in headers)
     combined = weighted_state_sum(states, coefficients)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"kind": RECONSTRUCTION_KIND, "step": target_step, "sigma_rel": args.sigma_rel,
-                "gamma": target_gamma, "net_state": combined, ARCH_KEY: description,
-                "sources": [str(h[0]) for h in headers], "coefficients": coefficients.tolist()}, out)
+    save_atomic({"kind": RECONSTRUCTION_KIND, "step": target_step, "sigma_rel": args.sigma_rel,
+                 "gamma": target_gamma, "net_state": combined, ARCH_KEY: description, "run_id": headers[-1]["run_id"],
+                 "sources": [str(h["path"]) for h in headers], "coefficients": coefficients.tolist()}, out)
     print(f"reconstruct-ema: wrote {out}")
     return 0
+
+
+def snapshot_header(path: Path, step: int) -> dict:
+    """The small fields of one snapshot (its tensors stay on disk), checked: a SystemExit names a file that is
+    not a PowerFunctionEMA snapshot or disagrees with its own name."""
+    from lcsbench.checkpoints import ARCH_KEY, SNAPSHOT_KIND, read_checkpoint
+
+    try:
+        payload = read_checkpoint(path, "a snapshot vanished while reading: rerun", mmap=True)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"reconstruct-ema: {error}") from None
+    gamma = payload.get("gamma")
+    if payload.get("kind") != SNAPSHOT_KIND or payload.get("step") != step or not isinstance(gamma, (int, float)) \
+            or not isinstance(payload.get("net_state"), dict):
+        raise SystemExit(f"reconstruct-ema: {path} is not a PowerFunctionEMA snapshot of step {step} (kind "
+                         f"{payload.get('kind')!r}, step {payload.get('step')!r}, gamma {gamma!r}): move it out of "
+                         f"the snapshot folder")
+    return {"path": path, "step": step, "gamma": float(gamma), "run_id": payload.get("run_id"),
+            "architecture": payload.get(ARCH_KEY)}
+
+
+def check_one_run(headers: list[dict], folder: str) -> None:
+    """SystemExit when the snapshots come from more than one training run (their run ids, or for snapshots older
+    than run ids their architecture records, differ): a post-hoc EMA averages one trajectory."""
+    runs: dict[str, list[dict]] = {}
+    for header in headers:
+        runs.setdefault(str(header["run_id"]), []).append(header)
+    records = {repr((h["architecture"] or {}).get("net_class")) + repr((h["architecture"] or {}).get("net_config"))
+               for h in headers}  # the network only: a resume may change training hyperparameters (e.g. lr)
+    if len(runs) == 1 and len(records) == 1:
+        return
+    if len(runs) > 1:
+        listed = "; ".join(f"run {run if run != 'None' else '(no id: before run ids)'}: {len(group)} snapshots, "
+                           f"steps {group[0]['step']}..{group[-1]['step']}, e.g. {group[0]['path'].name}"
+                           for run, group in runs.items())
+    else:
+        listed = f"{len(records)} different networks in their architecture records"
+    raise SystemExit(f"reconstruct-ema: {folder} mixes snapshots of more than one training run ({listed}): a post-hoc "
+                     f"EMA averages one run's trajectory; keep only one run's phema-*.pt in the folder")

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from lcsbench.commands._common import check_output_dir
 from lcsbench.data.layouts import LayoutError, load_layout_file
 from lcsbench.data.render import (
     MAX_OBJECTS,
@@ -82,6 +83,11 @@ def main(argv: list[str]) -> int:
         parser.error(f"--workers is the number of Blender processes at once, >= 1 (leave it out for one per "
                      f"usable core); found {args.workers}")
     try:
+        check_output_dir(args.out)  # before Blender starts: a file in the way, or a folder that refuses files
+    except SystemExit as refusal:
+        print(f"lcsbench render: error: {refusal}", file=sys.stderr)
+        return 1
+    try:
         placement = {"fov": args.fov, "min_visible_fraction": args.min_visible_fraction,
                      "min_dist": args.min_dist, "margin": args.margin}
         run = {"workers": args.workers, "shards": parse_shard_range(args.shards) if args.shards else None,
@@ -99,7 +105,7 @@ def main(argv: list[str]) -> int:
     except RenderInterrupted as error:
         print(f"lcsbench render: {error}", file=sys.stderr)
         return 128 + error.signum  # the shell's code for a process ended by that signal
-    except (RenderError, ShardError, LayoutError, ValueError, FileNotFoundError) as error:
+    except (RenderError, ShardError, LayoutError, ValueError, OSError) as error:
         print(f"lcsbench render: error: {error}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2))

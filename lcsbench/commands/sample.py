@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
-from lcsbench.commands._common import default_device
+from lcsbench.commands._common import check_device, check_output_file, default_device
 
 
 def paper_count(item: str, option: str, available: int) -> int:
     """K of `paper:K`, or a SystemExit that says what was expected."""
     text = item.split(":", 1)[1]
-    if not text.isdigit() or not 0 <= int(text) <= available:
+    if not re.fullmatch(r"[0-9]{1,3}", text) or not 0 <= int(text) <= available:  # ASCII digits ("²" is a digit)
         raise SystemExit(f"{option} paper:K takes a whole number K in 0..{available} (the paper's list); found "
                          f"{item!r}")
     return int(text)
@@ -32,10 +33,7 @@ def parse_locations(items: list[str]) -> list[tuple[float, float]]:
     from lcsbench.data.conditioning import PAPER_LOCATIONS
 
     if len(items) == 1 and items[0].startswith("paper:"):
-        count = paper_count(items[0], "--locations", len(PAPER_LOCATIONS))
-        if not 0 <= count <= len(PAPER_LOCATIONS):
-            raise SystemExit(f"--locations paper:K takes K in 0..{len(PAPER_LOCATIONS)}; found {count}")
-        return list(PAPER_LOCATIONS[:count])
+        return list(PAPER_LOCATIONS[:paper_count(items[0], "--locations", len(PAPER_LOCATIONS))])
     locations = []
     for item in items:
         parts = item.split(",")
@@ -84,6 +82,8 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"--out is the PNG grid to write (e.g. grid.png); found {args.out!r}")
     if args.n < 1 or args.steps < 2 or args.batch < 1:
         raise SystemExit(f"need --n >= 1, --steps >= 2, --batch >= 1; found {args.n}, {args.steps}, {args.batch}")
+    out = check_output_file(args.out)  # before sampling: an unwritable --out must not cost the samples
+    check_output_file(out.with_suffix(".json"), "--out (its settings file)")
 
     import torch
     from PIL import Image
@@ -94,7 +94,7 @@ def main(argv: list[str]) -> int:
     from lcsbench.models.edm2 import load_denoiser
 
     requested = parse_locations(args.locations) if args.locations else parse_colors(args.colors)
-    device = args.device or default_device()
+    device = check_device(args.device or default_device())
     try:
         module = load_denoiser(args.ckpt, ema=not args.no_ema, sigma_rel=args.sigma_rel, map_location=device)
     except (FileNotFoundError, ValueError) as error:
@@ -117,7 +117,6 @@ def main(argv: list[str]) -> int:
         samples.append(edm_sampler(denoiser, chunk, conds, num_steps=args.steps).cpu())
         print(f"sample: {min(start + args.batch, args.n)}/{args.n} images", file=sys.stderr)
     grid = image_grid(torch.cat(samples))
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid.numpy()).save(out)
     settings = {"command": "sample", "ckpt": str(args.ckpt), "ema": not args.no_ema, "sigma_rel": args.sigma_rel,

@@ -16,24 +16,162 @@ One run, one folder: a fit resumed from a checkpoint of one of the configured lo
 resumed run (Lightning would otherwise write `last-v1.ckpt` and leave a stale `last.ckpt`). A checkpoint from
 elsewhere starts a new `version_N` (fine-tuning). A fit that fails before its first optimizer step removes the
 `version_N` it created.
+
+Checkpoints are data, never code (issue 25): every checkpoint Lightning loads for `fit`/`validate --ckpt_path`
+goes through `checkpoints.read_checkpoint` (weights only); a URL is refused unless `--allow_remote_ckpt true` is
+given, and is then downloaded and read weights-only too. The model is the configured one: a checkpoint's
+`hyper_parameters._class_path` is never imported (one that differs from the config is refused, naming both), its
+network must match the configured network, and configured hyperparameters win over the checkpoint's (each
+difference is printed, and a changed `lr` also rescales the restored optimizer and scheduler states).
 """
 
 from __future__ import annotations
 
+import atexit
+import json
 import re
 import shutil
 import sys
+import tempfile
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from lcsbench.callbacks.ema import PowerFunctionEMA
+from lcsbench.checkpoints import ARCH_KEY, JUDGE_ARCH_KEY, check_class_path, read_checkpoint
 from lcsbench.commands._common import snapshot_step
 
 CHECKPOINT_STEP = re.compile(r"step=(\d+)")  # in ModelCheckpoint's default file names, epoch=E-step=N.ckpt
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")  # ckpt_path values Lightning resolves itself
+REMOTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # http://, https://, s3://, file://, ...
+REMOTE_FLAG = "--allow_remote_ckpt"
+
+
+# --- checkpoints are read as data (issue 25 items 1, 2, 4) ---------------------------------------------------------
+
+
+def is_remote(ckpt_path: object) -> bool:
+    return isinstance(ckpt_path, str) and REMOTE.match(ckpt_path) is not None
+
+
+def resume_hint(ckpt_path: str | Path) -> str:
+    """What to resume from instead of `ckpt_path`: the other checkpoints beside it, latest step first."""
+    path = Path(ckpt_path)
+    others = [p for p in path.parent.glob("*.ckpt") if p.name != path.name] if path.parent.is_dir() else []
+    others.sort(key=lambda p: int((CHECKPOINT_STEP.search(p.name) or [0, -1])[1]), reverse=True)
+    if not others:
+        return "pass a checkpoint written by `python -m lcsbench fit` (<run>/checkpoints/last.ckpt or step=N.ckpt)"
+    return (f"resume from another checkpoint of the run instead, e.g. --ckpt_path {others[0]} (beside it: "
+            f"{', '.join(p.name for p in others[:6])})")
+
+
+def fetch_remote_checkpoint(url: str, folder: Path) -> Path:
+    """Download `url` (http(s) with urllib, other schemes with fsspec) into `folder`; the caller reads the copy
+    weights-only like any local file."""
+    target = folder / (re.sub(r"[^A-Za-z0-9_.-]", "_", url.rsplit("/", 1)[-1])[:100] or "remote.ckpt")
+    if url.lower().startswith(("http://", "https://")):
+        source = urllib.request.urlopen(url, timeout=60)  # noqa: S310 - the user opted in to this URL
+    else:
+        import fsspec
+
+        source = fsspec.open(url, "rb").open()
+    with source, open(target, "wb") as copy:
+        shutil.copyfileobj(source, copy, 1 << 20)
+    return target
+
+
+class WeightsOnlyCheckpointIO(CheckpointIO):
+    """The strategy's checkpoint IO with one change: loading goes through lcsbench's reader (weights only, tensors
+    and plain containers), and a URL loads only from the copy downloaded after the user opted in."""
+
+    def __init__(self, inner: CheckpointIO, remote_copies: dict[str, Path]):
+        self.inner = inner  # saves and removes checkpoints as before
+        self.remote_copies = remote_copies  # URL -> downloaded file, filled by LcsbenchCLI._parse_ckpt_path
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        local = self.remote_copies.get(str(path), path)
+        if is_remote(str(local)):
+            raise ValueError(f"checkpoint {path} is a URL: lcsbench loads remote checkpoints only when asked with "
+                             f"{REMOTE_FLAG} true (and then weights only); or download it and pass the file")
+        return read_checkpoint(local, resume_hint(local), map_location=map_location or "cpu")
+
+    def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
+        self.inner.save_checkpoint(checkpoint, path, storage_options)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        self.inner.remove_checkpoint(path)
+
+    def teardown(self) -> None:
+        self.inner.teardown()
+
+
+def plain(value: Any) -> Any:
+    """A config value as plain data (jsonargparse Namespaces as dicts, tuples as lists), for comparing."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    return json.loads(json.dumps(value, default=str))
+
+
+def differing(theirs: dict, ours: dict) -> dict[str, tuple[Any, Any]]:
+    """The keys both dicts hold with different values: {key: (theirs, ours)}."""
+    return {k: (theirs[k], ours[k]) for k in sorted(set(theirs) & set(ours)) if plain(theirs[k]) != plain(ours[k])}
+
+
+def check_model_class(hparams: dict, model: dict, source: str) -> None:
+    """The checkpoint's `_class_path` (LightningCLI records it) must be the configured model class; a foreign
+    one is refused before anything imports it (issue 25 item 2)."""
+    theirs, ours = hparams.get("_class_path"), model.get("class_path")
+    if theirs is None or theirs == ours:
+        return
+    check_class_path(theirs, f"{source} (hyper_parameters._class_path)")
+    raise ValueError(f"{source} was trained as {theirs} but the config builds {ours}: a checkpoint resumes only into "
+                     f"its own model class; pass the run's own config (config.yaml beside its checkpoints/ folder)")
+
+
+def check_network(payload: dict, model: dict, source: str) -> None:
+    """The checkpoint's network (its architecture record) must be the configured one: a colour network under a
+    location config, or another width, is refused here, before any data is read."""
+    record = payload.get(ARCH_KEY) or payload.get(JUDGE_ARCH_KEY)
+    net = (model.get("init_args") or {}).get("net")
+    if not isinstance(record, dict) or not isinstance(net, dict) or not isinstance(record.get("net_config"), dict):
+        return
+    differences = differing(record["net_config"], net.get("init_args") or {})
+    if record.get("net_class") not in (None, net.get("class_path")):
+        differences["class_path"] = (record.get("net_class"), net.get("class_path"))
+    if differences:
+        listed = ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} configured" for k, a, b in
+                           ((k, *v) for k, v in differences.items()))
+        raise ValueError(f"{source} holds another network than the config builds ({listed}): a checkpoint resumes "
+                         f"only into the network it was trained as; pass the run's own config (config.yaml beside "
+                         f"its checkpoints/ folder)")
+
+
+class ConfiguredLearningRate(L.Callback):
+    """On resume the configured `lr` wins (issue 25 item 4): the optimizer's param groups and the scheduler's
+    `base_lrs` restored from a checkpoint carry the lr it was trained with, so they are rescaled by
+    configured / trained before Lightning loads them (lcsbench's schedules are proportional to `lr`)."""
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        trained = (checkpoint.get("hyper_parameters") or {}).get("lr")
+        configured = pl_module.hparams.get("lr")
+        if not all(isinstance(v, (int, float)) and v > 0 for v in (trained, configured)) or trained == configured:
+            return
+        ratio = configured / trained
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state.get("param_groups", []):
+                for key in ("lr", "initial_lr"):
+                    if isinstance(group.get(key), (int, float)):
+                        group[key] *= ratio
+        for state in checkpoint.get("lr_schedulers", []):
+            for key in ("base_lrs", "_last_lr"):
+                if isinstance(state.get(key), list):
+                    state[key] = [v * ratio for v in state[key]]
 
 
 def checkpoint_run_folder(ckpt_path: str | None) -> Path | None:
@@ -113,7 +251,54 @@ def set_aside_after(step: int, paths: list[Path]) -> None:
 
 
 class LcsbenchCLI(LightningCLI):
-    """LightningCLI whose `fit` keeps a run in one folder (module docstring)."""
+    """LightningCLI whose `fit` keeps a run in one folder and reads checkpoints as data (module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.remote_copies: dict[str, Path] = {}  # URL -> its download, for WeightsOnlyCheckpointIO
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(REMOTE_FLAG, type=bool, default=False,
+                            help="allow --ckpt_path to be a URL (it is downloaded and read weights only)")
+
+    def _parse_ckpt_path(self) -> None:
+        """Replaces LightningCLI's, which loads URLs with pickle and lets the checkpoint's hyperparameters (and its
+        `_class_path`, imported as given) override the config. Here the checkpoint is read weights-only, checked
+        against the configured model, and the config wins."""
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else None
+        ckpt_path = config.get("ckpt_path") if config is not None else None
+        if not ckpt_path or ckpt_path in LIGHTNING_CKPT_NAMES:
+            return
+        local = ckpt_path
+        if is_remote(ckpt_path):
+            if not config.get(REMOTE_FLAG.lstrip("-")):
+                raise ValueError(f"--ckpt_path {ckpt_path} is a URL: lcsbench does not load remote checkpoints "
+                                 f"unless asked ({REMOTE_FLAG} true; they are then read weights only), since a "
+                                 f"checkpoint from elsewhere may be crafted; or download it and pass the file")
+            folder = Path(tempfile.mkdtemp(prefix="lcsbench-remote-ckpt-"))
+            atexit.register(shutil.rmtree, folder, True)
+            local = self.remote_copies[ckpt_path] = fetch_remote_checkpoint(ckpt_path, folder)
+        payload = read_checkpoint(local, resume_hint(local), mmap=True)
+        model = plain(config.get("model"))
+        hparams = payload.get("hyper_parameters")
+        hparams = hparams if isinstance(hparams, dict) else {}
+        check_model_class(hparams, model, ckpt_path)
+        check_network(payload, model, ckpt_path)
+        if subcommand == "fit":
+            configured = model.get("init_args") or {}
+            hparams = {k: v for k, v in hparams.items() if not k.startswith("_")}
+            for key, (theirs, ours) in differing(hparams, configured).items():
+                print(f"lcsbench fit: resuming with model {key} = {ours!r} as configured; {ckpt_path} was trained "
+                      f"with {theirs!r}", file=sys.stderr)
+
+    def protect_checkpoint_loading(self) -> None:
+        strategy = self.trainer.strategy
+        if not isinstance(strategy.checkpoint_io, WeightsOnlyCheckpointIO):
+            strategy.checkpoint_io = WeightsOnlyCheckpointIO(strategy.checkpoint_io, self.remote_copies)
+
+    def before_validate(self) -> None:
+        self.protect_checkpoint_loading()
 
     def before_instantiate_classes(self) -> None:
         self.resumed_run = None
@@ -126,9 +311,11 @@ class LcsbenchCLI(LightningCLI):
                       file=sys.stderr)
 
     def before_fit(self) -> None:
+        self.protect_checkpoint_loading()
         root = getattr(self.trainer.logger, "root_dir", None)
         self.trainer.callbacks.append(RunFolder(Path(root).resolve() if root else None,
                                                 resumed=self.resumed_run is not None))
+        self.trainer.callbacks.append(ConfiguredLearningRate())
 
 
 def build_cli(argv: list[str] | None, run: bool = True) -> LightningCLI:

@@ -19,18 +19,32 @@ from PIL import Image
 
 from lcsbench import __version__
 from lcsbench.data.scenes import COLOR_NAMES, IMAGE_EXT, SCENE_EXT
-from lcsbench.data.shards import CHECKSUMS, MANIFEST, png_bytes, write_json_atomic, write_shard
+from lcsbench.data.shards import CHECKSUMS, MANIFEST, MAX_PNG_SIDE, png_bytes, write_json_atomic, write_shard
+
+
+def read_json(path: Path) -> object:
+    """The JSON in `path`, or a ValueError naming the file and where its JSON breaks."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): pass the CLEVR scenes file as written by "
+                         f"clevr-dataset-gen") from None
 
 
 def load_scenes(path: Path) -> list[dict]:
     """A combined scenes file ({"scenes": [...]}) or a directory of per-image scene JSON files."""
     if path.is_dir():
-        return [json.loads(p.read_text()) for p in sorted(path.glob("*.json"))]
-    payload = json.loads(path.read_text())
-    if isinstance(payload, dict) and "scenes" in payload:
-        return payload["scenes"]
-    raise ValueError(f"{path} is not a CLEVR scenes file: expected a JSON object with a 'scenes' list "
-                     f"(e.g. CLEVR_train_scenes.json) or a directory of per-image scene JSON files")
+        scenes = [read_json(p) for p in sorted(path.glob("*.json"))]
+    else:
+        payload = read_json(path)
+        scenes = payload.get("scenes") if isinstance(payload, dict) else None
+        if not isinstance(scenes, list):
+            raise ValueError(f"{path} is not a CLEVR scenes file: expected a JSON object with a 'scenes' list "
+                             f"(e.g. CLEVR_train_scenes.json) or a directory of per-image scene JSON files")
+    for number, scene in enumerate(scenes):
+        if not isinstance(scene, dict):
+            raise ValueError(f"scene {number} of {path} is a JSON {type(scene).__name__}, not a scene object")
+    return scenes
 
 
 def crop_box(width: int, height: int) -> tuple[int, int, int]:
@@ -47,8 +61,11 @@ def check_object(obj: object, where: str) -> None:
         raise ValueError(f"{where} has colour {obj.get('color')!r}: CLEVR's colours are {list(COLOR_NAMES)}")
     coords = obj.get("pixel_coords")
     if not (isinstance(coords, list) and len(coords) >= 2
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in coords)):
-        raise ValueError(f"{where} has pixel_coords {coords!r}: expected numbers [x, y, depth] in source pixels")
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in coords)):
+        # NaN or inf (Python's JSON reads both) would fail the crop test and drop the object silently, filing the
+        # image under the wrong object count (issue 25 item 11)
+        raise ValueError(f"{where} has pixel_coords {coords!r}: expected numbers [x, y, depth] in source pixels, "
+                         f"all finite; fix or remove the scene")
 
 
 def convert_scene(scene: dict, image: Image.Image, resolution: int) -> tuple[Image.Image, dict]:
@@ -119,7 +136,11 @@ def import_clevr(sources: list[tuple[Path, Path]], out: Path, resolution: int = 
             if not image_path.exists():
                 raise FileNotFoundError(f"image {image_path} named by {scenes_path} does not exist: "
                                         f"--images must be the folder holding the scenes' image_filename files")
-            with Image.open(image_path) as image:
+            with Image.open(image_path) as image:  # reads the header only: the size is checked before decoding
+                if max(image.size) > MAX_PNG_SIDE:
+                    raise ValueError(f"scene {number} of {scenes_path}: image {image_path} declares "
+                                     f"{image.size[0]}x{image.size[1]} pixels, beyond the {MAX_PNG_SIDE} px per side "
+                                     f"lcsbench decodes (CLEVR renders are 480x320): refused before decoding")
                 try:
                     resized, record = convert_scene(scene, image, resolution)
                 except ValueError as error:

@@ -41,6 +41,7 @@ from lcsbench.data.shards import (
     MANIFEST,
     ShardError,
     check_shard,
+    read_manifest_file,
     verify_shard,
     write_json_atomic,
     write_shard,
@@ -91,6 +92,17 @@ class RenderSettings:
     camera_jitter: float = 0.5  # CLEVR: uniform +-jitter per axis of the camera position
     light_jitter: float = 1.0  # CLEVR: uniform +-jitter per axis of each area light
     layout_sha256: str | None = None  # layout mode: hash of the requested scenes
+
+    def __post_init__(self) -> None:
+        """Placement numbers must be finite and in range: NaN compares false, so `--min-dist nan` would let
+        objects intersect and write NaN into the manifest (issue 25 item 6)."""
+        ranges = {"min_dist": (0, math.inf), "margin": (0, math.inf), "min_visible_fraction": (0, 1),
+                  "camera_jitter": (0, math.inf), "light_jitter": (0, math.inf)}
+        for name, (low, high) in ranges.items():
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value < high):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number in [{low}, {high}); found "
+                                 f"{value!r} (the default is {getattr(RenderSettings, name)})")
 
     def scene_script_settings(self) -> dict:
         return {
@@ -300,7 +312,7 @@ def reconcile_manifest(out: Path, manifest: dict) -> None:
     path = out / MANIFEST
     with exclusive_lock(out / LOCKS / "manifest"):
         if path.exists():
-            existing = json.loads(path.read_text())
+            existing = read_manifest_file(path)
             old, new = existing.get("settings", {}), manifest["settings"]
             differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             if existing.get("mode") != manifest["mode"]:
@@ -327,7 +339,7 @@ def record_checksum(out: Path, relpath: str, sha256: str) -> None:
     """Add one finished shard's sha256 to the manifest (read, update, rename under the manifest lock)."""
     path = out / MANIFEST
     with exclusive_lock(out / LOCKS / "manifest"):
-        manifest = json.loads(path.read_text())
+        manifest = read_manifest_file(path)
         manifest.setdefault(CHECKSUMS, {})[relpath] = sha256
         write_json_atomic(path, manifest)
 
@@ -400,7 +412,8 @@ def check_existing_shards(out: Path, plans: list[ShardPlan], repair: bool) -> li
     (fast); `repair` verifies them fully (checksum from the manifest where recorded, every member decodes),
     moves damaged ones aside as `*.corrupt` (numbered, nothing is deleted) and re-renders them. Without
     `repair`, damaged shards stop the run."""
-    checksums = json.loads((out / MANIFEST).read_text()).get(CHECKSUMS, {})
+    manifest = read_manifest_file(out / MANIFEST)
+    checksums, resolution = manifest.get(CHECKSUMS, {}), manifest["settings"]["resolution"]
     fix = "rerun `lcsbench render` with --repair"
     todo, damaged = [], []
     for plan in plans:
@@ -410,7 +423,7 @@ def check_existing_shards(out: Path, plans: list[ShardPlan], repair: bool) -> li
             continue
         try:
             if repair:
-                verify_shard(path, len(plan.jobs), checksums.get(plan.relpath), fix)
+                verify_shard(path, len(plan.jobs), checksums.get(plan.relpath), fix, resolution=resolution)
             else:
                 check_shard(path, len(plan.jobs), fix)
         except ShardError as error:

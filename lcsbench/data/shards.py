@@ -15,12 +15,13 @@ import hashlib
 import io
 import json
 import os
+import re
 import socket
 import struct
 import tarfile
 import zlib
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import webdataset as wds
@@ -32,6 +33,7 @@ MANIFEST = "manifest.json"
 SAMPLE_EXTS = (IMAGE_EXT, SCENE_EXT, MASK_EXT)
 CHECKSUMS = "shard_sha256"  # manifest key: {relpath: sha256 hex} of finished shards (absent in older manifests)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_PNG_SIDE = 4096  # pixels per side lcsbench decodes (CLEVR: 480x320; renders: <= 256); beyond: refused unread
 
 
 class ShardError(RuntimeError):
@@ -103,8 +105,36 @@ def check_shard(path: Path, expected_samples: int, fix: str, exts: tuple[str, ..
 # ---- verification: checksum, then every member decodes -----------------------------------------
 
 
-def check_png(data: bytes) -> None:
-    """Raise ValueError unless `data` is a whole PNG: signature, every chunk's CRC, IEND, and pixels that decode.
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's header chunk (IHDR, the first after the signature), without decoding: a PNG
+    of a few KB may declare 13000x13000 pixels, which decoding would allocate (about 0.5 GB per channel byte)."""
+    if not data.startswith(PNG_SIGNATURE) or len(data) < 24 or data[12:16] != b"IHDR":
+        raise ValueError("not a PNG (no signature followed by an IHDR header chunk)")
+    return struct.unpack(">II", data[16:24])
+
+
+def check_png_size(data: bytes, resolution: int | None) -> None:
+    """Raise ValueError unless the PNG header declares `resolution` x `resolution` pixels (None: at most
+    MAX_PNG_SIDE per side), before anything is decoded."""
+    width, height = png_size(data)
+    if resolution is not None and (width, height) != (resolution, resolution):
+        raise ValueError(f"its header declares {width}x{height} pixels where the dataset's images are "
+                         f"{resolution}x{resolution}: refused before decoding")
+    if max(width, height) > MAX_PNG_SIDE:
+        raise ValueError(f"its header declares {width}x{height} pixels, beyond the {MAX_PNG_SIDE} px per side "
+                         f"lcsbench decodes: refused before decoding")
+
+
+def decode_png(data: bytes, resolution: int | None) -> np.ndarray:
+    """The RGB pixels [H, W, 3] uint8 of a PNG whose header declares `resolution` x `resolution` (checked first)."""
+    check_png_size(data, resolution)
+    with Image.open(io.BytesIO(data)) as png:
+        return np.array(png.convert("RGB"))
+
+
+def check_png(data: bytes, resolution: int | None = None) -> None:
+    """Raise ValueError unless `data` is a whole PNG: signature, every chunk's CRC, IEND, the declared size
+    (`check_png_size`), and pixels that decode.
 
     The CRCs catch any flipped byte (a decoder may not read every chunk); the decode catches the rest.
     """
@@ -121,23 +151,25 @@ def check_png(data: bytes) -> None:
         if zlib.crc32(data[offset + 4:end - 4]) != struct.unpack(">I", data[end - 4:end])[0]:
             raise ValueError(f"chunk {tag!r} at byte {offset} fails its CRC")
         offset = end
+    check_png_size(data, resolution)
     with Image.open(io.BytesIO(data)) as image:
         image.load()
 
 
-def check_member(ext: str, data: bytes) -> None:
-    """Raise ValueError unless one sample member decodes: PNG images and masks, JSON scene records."""
+def check_member(ext: str, data: bytes, resolution: int | None = None) -> None:
+    """Raise ValueError unless one sample member decodes: PNG images and masks (of `resolution` x `resolution`
+    pixels when given), JSON scene records."""
     if ext.endswith("png"):
-        check_png(data)
+        check_png(data, resolution)
     elif ext == "json":
         if not isinstance(json.loads(data), dict):
             raise ValueError("the scene record is not a JSON object")
 
 
 def verify_shard(path: Path, expected_samples: int, sha256: str | None, fix: str,
-                 exts: tuple[str, ...] = SAMPLE_EXTS) -> None:
+                 exts: tuple[str, ...] = SAMPLE_EXTS, resolution: int | None = None) -> None:
     """Raise ShardError unless `path` is whole: its member count (`check_shard`), its recorded checksum (None:
-    not recorded, skipped), and every member decodes (`check_member`)."""
+    not recorded, skipped), and every member decodes (`check_member`, images of `resolution` px when given)."""
     check_shard(path, expected_samples, fix, exts)
     if sha256 is not None:
         found = file_sha256(path)
@@ -149,7 +181,7 @@ def verify_shard(path: Path, expected_samples: int, sha256: str | None, fix: str
             if ext == "__key__":
                 continue
             try:
-                check_member(ext, data)
+                check_member(ext, data, resolution)
             except Exception as error:  # noqa: BLE001 - any decode failure means a damaged member; name it
                 raise ShardError(f"shard {path} holds a damaged member {sample['__key__']}.{ext} "
                                  f"({type(error).__name__}: {error}); {fix}") from error
@@ -161,15 +193,18 @@ def verify_dataset(root: Path, fix: str) -> dict:
     manifest = load_manifest(root)
     checksums = manifest.get(CHECKSUMS, {})
     exts = SAMPLE_EXTS if manifest.get("has_masks", True) else (IMAGE_EXT, SCENE_EXT)  # imports have no masks
-    report = {"root": str(root), "shards": len(manifest["shard_samples"]), "verified": 0,
+    resolution = manifest.get("settings", {}).get("resolution")
+    resolution = resolution if isinstance(resolution, int) and not isinstance(resolution, bool) else None
+    shard_samples = manifest.get("shard_samples", {})
+    report = {"root": str(root), "shards": len(shard_samples), "verified": 0,
               "without_checksum": 0, "missing": [], "damaged": []}
-    for relpath, samples in manifest["shard_samples"].items():
+    for relpath, samples in shard_samples.items():
         path = Path(root) / relpath
         if not path.exists():
             report["missing"].append(relpath)
             continue
         try:
-            verify_shard(path, samples, checksums.get(relpath), fix, exts)
+            verify_shard(path, samples, checksums.get(relpath), fix, exts, resolution)
         except ShardError as error:
             report["damaged"].append(str(error))
             continue
@@ -214,11 +249,19 @@ def read_shard_samples(path: Path | str) -> list[dict[str, bytes | str]]:
 def read_layout_images(root: Path, count: int) -> np.ndarray:
     """The renders of a `render --layout` run (OUT/layout/eval-*.tar), in scene order, as uint8 [N, H, W, 3]."""
     manifest = load_manifest(root)
+    shards = manifest["shards"].get("layout", {}).get("eval")
+    if manifest.get("mode") != "layout" or not shards:
+        raise ShardError(f"{root} is not a `render --layout` output (its manifest lists no layout/eval shards): "
+                         f"delete {root} and run again")
+    resolution = manifest.get("settings", {}).get("resolution")
     images: dict[str, np.ndarray] = {}
-    for rel in manifest["shards"]["layout"]["eval"]:
+    for rel in shards:
         for sample in iter_shard_samples(root / rel):
-            with Image.open(io.BytesIO(sample[IMAGE_EXT])) as png:
-                images[str(sample["__key__"])] = np.array(png.convert("RGB"))
+            try:
+                images[str(sample["__key__"])] = decode_png(sample[IMAGE_EXT], resolution)
+            except (KeyError, ValueError, OSError) as error:
+                raise ShardError(f"sample {sample['__key__']} of {root / rel} cannot be read ({type(error).__name__}: "
+                                 f"{error}): delete {root} and run again") from None
     if len(images) != count:
         raise ShardError(f"the layout render {root} holds {len(images)} images where {count} were requested: "
                          f"delete {root} and run again")
@@ -233,12 +276,65 @@ def write_json_atomic(path: Path, payload: dict) -> None:
 
 
 def load_manifest(root: Path) -> dict:
+    """The manifest of the dataset at `root`, checked (`check_manifest`): every reader of a dataset starts here."""
     path = Path(root) / MANIFEST
     if not path.exists():
         raise FileNotFoundError(
             f"{path} does not exist: {root} is not an lcsbench dataset. Render one with "
             f"`python -m lcsbench render --out {root} ...` or convert CLEVR with `python -m lcsbench import-clevr`.")
-    return json.loads(path.read_text())
+    return check_manifest(read_manifest_file(path), path)
+
+
+def read_manifest_file(path: Path) -> dict:
+    """The JSON object in `path`, or a ValueError naming the file and where its JSON breaks."""
+    try:
+        payload = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): the manifest is damaged (an interrupted copy?); "
+                         f"copy the dataset again, or re-render it into a new --out") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path} holds a JSON {type(payload).__name__} where a manifest object was expected: "
+                         f"it is not an lcsbench manifest")
+    return payload
+
+
+def shard_path_inside(relpath: object, where: str) -> str:
+    """`relpath` if it names a file inside the dataset root (relative, no '..'), else a ValueError: a manifest
+    must not send readers to another folder's files (issue 25 item 3)."""
+    parts = PurePosixPath(relpath).parts if isinstance(relpath, str) and "\\" not in relpath else ()
+    if not parts or PurePosixPath(relpath).is_absolute() or ".." in parts or ":" in parts[0]:
+        raise ValueError(f"{where} lists shard {relpath!r}, which is not a path inside the dataset folder "
+                         f"(relative, without '..'): refused; a manifest lists its shards as e.g. n3/train-000000.tar")
+    return relpath
+
+
+def check_manifest(manifest: dict, path: Path) -> dict:
+    """`manifest` if its shard lists are well formed: `shards` {group: {split: [relpath]}}, `shard_samples`
+    {relpath: count >= 0} and `shard_sha256` {relpath: hex}, every relpath inside the root; else a ValueError
+    naming `path` and the entry."""
+    shards, samples = manifest.get("shards", {}), manifest.get("shard_samples", {})
+    checksums, settings = manifest.get(CHECKSUMS, {}), manifest.get("settings", {})
+    for name, value in (("shards", shards), ("shard_samples", samples), (CHECKSUMS, checksums), ("settings", settings)):
+        if not isinstance(value, dict):
+            raise ValueError(f"{path}: '{name}' is a {type(value).__name__} where an object was expected: the "
+                             f"manifest is damaged; re-render the dataset")
+    for group, splits in shards.items():
+        if not isinstance(splits, dict) or not all(isinstance(v, list) for v in splits.values()):
+            raise ValueError(f"{path}: shards[{group!r}] must map splits to lists of shard paths; found {splits!r:.80}")
+        for relpaths in splits.values():
+            for relpath in relpaths:
+                shard_path_inside(relpath, str(path))
+    for relpath, count in samples.items():
+        shard_path_inside(relpath, str(path))
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ValueError(f"{path}: shard_samples says {relpath} holds {count!r} samples; a count is a whole "
+                             f"number >= 0: the manifest is damaged; re-render the dataset")
+    for relpath, digest in checksums.items():
+        shard_path_inside(relpath, str(path))
+        if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+            raise ValueError(f"{path}: {CHECKSUMS}[{relpath!r}] is {digest!r:.80}, not a sha256 hex digest: the "
+                             f"manifest is damaged; verify the shards with `render --repair` after re-rendering")
+    return manifest
 
 
 def png_bytes(image) -> bytes:
