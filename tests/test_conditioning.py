@@ -198,3 +198,11 @@ def test_paper_constants_and_requested_conditioners():
     counts = C.counts_from_colors(C.PAPER_COLORS[:3])
     assert counts.tolist() == [0, 0, 1, 0, 1, 0, 1, 0]  # blue, brown, cyan in COLOR_NAMES slots
     assert C.counts_from_colors(["red", "red"])[COLOR_NAMES.index("red")] == 2
+
+
+def test_huge_count_ranges_are_refused_without_building_them():
+    from lcsbench.data.scenes import parse_counts
+
+    with pytest.raises(ValueError, match="invalid object counts"):
+        parse_counts("1-100000000")
+    assert parse_counts("1-12") == tuple(range(1, 13))

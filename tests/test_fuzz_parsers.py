@@ -123,10 +123,6 @@ layouts = st.one_of(json_values, st.lists(st.lists(layout_objects, max_size=3), 
                                           optional={"grid_size": json_values}))
 
 
-@pytest.mark.xfail(strict=True, raises=(TypeError, AttributeError),
-                   reason="data/layouts.py (not this change's to edit): object_to_pixel takes `set(spec)` of any "
-                          "JSON value, so an object that is a number ([[5]]) or a list holding a dict raises "
-                          "TypeError; it must refuse non-dict objects with a LayoutError (docs/bad-input.md, open)")
 @FUZZ
 @given(layouts)
 @example([[5]])

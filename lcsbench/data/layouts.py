@@ -27,6 +27,8 @@ class LayoutError(ValueError):
 
 def object_to_pixel(spec: dict, resolution: int, grid_size: int, where: str) -> dict:
     """One requested object with its position converted to float pixels."""
+    if not isinstance(spec, dict):
+        raise LayoutError(f"{where}: an object is a JSON object such as {{\"grid\": [row, col]}}, got {spec!r}")
     unknown = set(spec) - set(POSITION_KEYS) - set(ATTRIBUTES)
     if unknown:
         raise LayoutError(f"{where}: unknown keys {sorted(unknown)}; allowed: "

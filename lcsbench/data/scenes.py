@@ -49,6 +49,9 @@ def sample_key(num_objects: int | None, split: str, index: int) -> str:
     return f"{prefix}_{split}_{index:08d}" if num_objects is not None else f"{prefix}_{index:08d}"
 
 
+COUNTS_LIMIT = 1000  # a range of object counts wider than this is a typo (renders stop at 12 objects)
+
+
 def parse_counts(counts: str | int | Sequence[int]) -> tuple[int, ...]:
     """'1-3' -> (1, 2, 3); '1,2,5' -> (1, 2, 5); 4 -> (4,); [1, 3] -> (1, 3)."""
     if isinstance(counts, int):
@@ -58,7 +61,10 @@ def parse_counts(counts: str | int | Sequence[int]) -> tuple[int, ...]:
         try:
             for part in counts.split(","):
                 low, _, high = part.strip().partition("-")
-                parts.extend(range(int(low), int(high or low) + 1))
+                low, high = int(low), int(high or low)
+                if high - low >= COUNTS_LIMIT:  # refuse before building a huge range in memory
+                    raise ValueError
+                parts.extend(range(low, high + 1))
         except ValueError:
             parts = []
     else:
