@@ -204,3 +204,14 @@ def test_reconstruct_ema_refuses_snapshots_of_two_networks_without_run_ids(tmp_p
     with pytest.raises(SystemExit, match=r"mixes snapshots of more than one training run \(2 different networks"):
         cli_main(["reconstruct-ema", "--snapshots", str(legacy), "--sigma-rel", "0.08", "--out",
                   str(tmp_path / "ema.pt")])
+
+
+def test_lengthgen_and_reproduce_refuse_an_out_that_is_a_file_before_any_work(tmp_path):
+    from lcsbench.cli import main as cli_main
+
+    taken = tmp_path / "a-file"
+    taken.write_text("not a folder")
+    with pytest.raises(SystemExit, match="--out .*a-file is a file"):
+        cli_main(["lengthgen", "--ckpt", str(tmp_path / "none.ckpt"), "--out", str(taken), "--device", "cpu"])
+    with pytest.raises(SystemExit, match="--runs .*a-file is a file"):
+        cli_main(["reproduce", "--scale", "smoke", "--out", str(tmp_path / "out"), "--runs", str(taken)])

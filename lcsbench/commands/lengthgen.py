@@ -31,7 +31,7 @@ import json
 import sys
 from pathlib import Path
 
-from lcsbench.commands._common import default_device
+from lcsbench.commands._common import check_device, check_output_dir, default_device
 
 
 def parse_ks(text: str) -> list[int]:
@@ -104,7 +104,8 @@ def main(argv: list[str]) -> int:
     from lcsbench.models.edm2 import load_denoiser
     from lcsbench.models.judge import load_judge
 
-    device = args.device or default_device()
+    device = check_device(args.device or default_device())
+    check_output_dir(args.out)  # before loading, sampling or rendering anything
     try:
         model = load_denoiser(args.ckpt, ema=True, map_location=device).to(device)
         judge = load_judge(args.judge, map_location=device,

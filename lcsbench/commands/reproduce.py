@@ -300,8 +300,12 @@ def render_is_complete(root: Path, render: dict) -> bool:
     if not manifest_path.exists():
         return False
     from lcsbench.data.scenes import parse_counts
+    from lcsbench.data.shards import ShardError, load_manifest
 
-    manifest = json.loads(manifest_path.read_text())
+    try:  # the one manifest reader: refuses shard paths outside the root and malformed files
+        manifest = load_manifest(root)
+    except ShardError as error:
+        raise SystemExit(f"reproduce: render: {error}") from None
     settings = manifest.get("settings", {})
     wanted = {"counts": list(parse_counts(str(render["counts"]))), "per_count": render["per-count"],
               "val_per_count": render["val-per-count"], "resolution": render["resolution"],
@@ -809,6 +813,11 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"reproduce: --judge {args.judge} does not exist: pass a judge checkpoint from "
                          f"`python -m lcsbench fit --config configs/judge.yaml` (runs/judge/.../last.ckpt), or leave "
                          f"--judge out to use the judge shipped for the scale's resolution")
+    from lcsbench.commands._common import check_output_dir
+
+    for flag, folder in (("--out", args.out), ("--runs", args.runs)):
+        if folder is not None:
+            check_output_dir(folder, flag)  # a file or an unwritable folder is refused before any stage runs
     runs = Path(args.runs or f"runs/reproduction/{args.scale}")
     data = Path(args.data or scale.data)
     base = ["--scale", args.scale, "--out", args.out, "--runs", str(runs), "--data", str(data)]
