@@ -1,0 +1,268 @@
+"""The local conditional score machine: a training-free local conditional score (issue 23, item 1; paper Sec. 3).
+
+The image is a G x G grid of cells of m pixels (the location grid, as in Exp. 3, App. E.3). The output at cell q is
+the posterior mean of that cell's pixels given only the noisy (2r+1) x (2r+1)-cell patch around it and the label
+sub-grid of that patch:
+
+    D(x; sigma, c)_q = sum_e w_e x0_e[q],   w = softmax_e( log p_e - |P_q x - P_q x0_e|^2 / (2 sigma^2) )
+
+over the training examples e (training_set.py) whose label sub-grid around q matches c's: the posterior of the
+patch under the training distribution, read out at its centre cell. Positional (the default, as Exp. 3's model
+knows its cell's absolute position): the training patches are those at the same cell q. Equivariant: the
+training patches at every cell p whose relative sub-grid matches (Kamb & Ganguli's equivariance).
+
+Border: as nn/patch.py, a patch reaching outside the image sees zero pixels and empty label cells there.
+
+Fallback: when no training patch has exactly c's sub-grid, the patches with the nearest sub-grid are used
+(fewest differing cells, the Hamming distance between sub-grids); `LocalResult.fallback_cells` counts, per
+sample, the cells that fell back. This depends on the labels only, never on x.
+
+An LCS by construction: D at cell q reads the pixels and label cells of q's patch and nothing else, so its pixel
+Jacobian and its conditional influence (Eq. 9, 10) are exactly zero outside the patch, whatever the data.
+
+Computation (positional): the patch inner product <P_q x, P_q x0> is the sum over the patch's cells of per-cell
+inner products, so one batched matmul per cell of the m x m blocks, then a (2r+1) x (2r+1) window sum over the
+grid, gives every patch of every cell at once; the sub-grid distances are window sums of per-cell mismatches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from lcsbench.analysis.closed_form.posterior import (DEFAULT_MEMORY_BUDGET, PosteriorMean, chunk_length,
+                                                     per_sample_sigma)
+from lcsbench.analysis.closed_form.training_set import TrainingSet
+from lcsbench.nn.patch import all_patches, all_subgrids
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    denoised: Tensor        # [B, C, H, W]
+    fallback_cells: Tensor  # [B] long: cells whose sub-grid no training patch has (nearest sub-grid used)
+
+
+# --- cells and windows over the G x G grid ----------------------------------------------------------------------
+
+
+def cell_blocks(images: Tensor, grid_size: int) -> Tensor:
+    """[N, C, H, W] -> [G*G, N, C*m*m]: the m x m pixel block of every cell, cell-major (row-major cells)."""
+    n, c, h, w = images.shape
+    m = h // grid_size
+    return images.reshape(n, c, grid_size, m, grid_size, m).permute(2, 4, 0, 1, 3, 5).reshape(grid_size ** 2, n,
+                                                                                             c * m * m)
+
+
+def blocks_to_images(blocks: Tensor, channels: int, grid_size: int) -> Tensor:
+    """[G*G, B, C*m*m] -> [B, C, G*m, G*m], the inverse of `cell_blocks`."""
+    batch = blocks.shape[1]
+    m = int(round((blocks.shape[2] // channels) ** 0.5))
+    return blocks.reshape(grid_size, grid_size, batch, channels, m, m).permute(2, 3, 0, 4, 1, 5).reshape(
+        batch, channels, grid_size * m, grid_size * m)
+
+
+def window_sum(values: Tensor, radius: int) -> Tensor:
+    """Sum over the (2r+1) x (2r+1) window of grid cells around every cell, zero outside the grid; the grid is
+    the first two dimensions of `values` [G, G, ...]."""
+    if radius == 0:
+        return values
+    for dim in (0, 1):
+        size = values.shape[dim]
+        pad = torch.zeros_like(values.narrow(dim, 0, 1)).expand(
+            *[radius if d == dim else s for d, s in enumerate(values.shape)])
+        padded = torch.cat([pad, values, pad], dim=dim)
+        total = padded.narrow(dim, 0, size)
+        for offset in range(1, 2 * radius + 1):
+            total = total + padded.narrow(dim, offset, size)
+        values = total
+    return values
+
+
+# --- the positional machine (the default) -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CellBank:
+    """A training set laid out per cell for the positional machine (`cell_bank`)."""
+
+    blocks: Tensor        # [G*G, N, C*m*m]: every training image's block at every cell
+    half_norms: Tensor    # [G, G, N]: |P_q x0|^2 / 2 of the zero-padded patch around each cell
+    labels: Tensor        # [G, G, E]: the example label grids, cell-major
+    image_index: Tensor   # [E]
+    log_weight: Tensor    # [E]
+    radius: int           # r: patches of (2r+1) x (2r+1) cells
+    channels: int         # C
+
+
+def check_geometry(image_shape: tuple[int, ...], grid_size: int, radius: int) -> None:
+    if radius < 0:
+        raise ValueError(f"the patch radius r is a number of cells >= 0 (patches of 2r+1 cells); found {radius}")
+    if image_shape[-1] != image_shape[-2] or image_shape[-1] % grid_size:
+        raise ValueError(f"the local machine needs square images whose side the grid size {grid_size} divides; "
+                         f"found {tuple(image_shape)}")
+
+
+def cell_bank(train: TrainingSet, radius: int) -> CellBank:
+    """Lay `train` out per cell for patches of radius `radius` (one pass over the images)."""
+    g = train.grid_size
+    check_geometry(train.image_shape, g, radius)
+    blocks = cell_blocks(train.images, g)
+    half_norms = 0.5 * window_sum(blocks.pow(2).sum(dim=2).reshape(g, g, -1), radius)
+    return CellBank(blocks=blocks, half_norms=half_norms, labels=train.labels.permute(1, 2, 0).contiguous(),
+                    image_index=train.image_index, log_weight=train.log_weight, radius=radius,
+                    channels=train.images.shape[1])
+
+
+def local_denoise(
+    bank: CellBank,                          # the training set per cell (cell_bank)
+    x: Tensor,                               # noisy images [B, C, H, W]
+    sigma: Tensor | float,                   # noise level: scalar or [B]
+    cond: Tensor,                            # location grids [B, G, G]
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,  # bytes of one chunk's intermediates
+) -> LocalResult:
+    """The positional local machine (module docstring) for every cell of every image at once."""
+    g, r = bank.labels.shape[0], bank.radius
+    batch = x.shape[0]
+    dtype = bank.blocks.dtype
+    if x.shape[1] != bank.channels or x.shape[2] != x.shape[3] or x.shape[2] % g or cond.shape != (batch, g, g):
+        raise ValueError(f"expected x [B, {bank.channels}, H, H] with H a multiple of {g} and cond [B, {g}, {g}]; "
+                         f"found {tuple(x.shape)} and {tuple(cond.shape)}")
+    queries = cell_blocks(x.to(dtype), g)                                   # [GG, B, d]
+    sigma2 = per_sample_sigma(sigma, batch, dtype, x.device) ** 2
+    unique, inverse = torch.unique(cond.flatten(1).to(bank.labels.device), dim=0, return_inverse=True)
+    grids = unique.to(bank.labels.dtype).reshape(-1, g, g).permute(1, 2, 0)[..., None]  # [G, G, U, 1]
+    examples = bank.labels.shape[-1]
+    per_example = g * g * (6 * batch + 3 * len(unique) + queries.shape[2]) * queries.element_size()
+    chunks = torch.arange(examples, device=bank.labels.device).split(
+        chunk_length(memory_budget, per_example, examples))
+
+    def distance(chunk: Tensor) -> Tensor:  # [G, G, U, Ec]: differing label cells between the sub-grids
+        return window_sum((grids != bank.labels[:, :, None, chunk]).to(torch.int32), r)
+
+    fewest = torch.stack([distance(chunk).amin(dim=-1) for chunk in chunks]).amin(dim=0)  # [G, G, U]
+    state = PosteriorMean.start((g * g, batch), queries.shape[2], queries)
+    for chunk in chunks:
+        allowed = (distance(chunk) == fewest[..., None])[:, :, inverse]      # [G, G, B, Ec]
+        index = bank.image_index[chunk]
+        x0 = bank.blocks[:, index]                                          # [GG, Ec, d]
+        inner = window_sum(torch.bmm(queries, x0.transpose(1, 2)).reshape(g, g, batch, -1), r)
+        logits = (inner - bank.half_norms[:, :, None, index]) / sigma2[:, None] + bank.log_weight[chunk]
+        logits = logits.masked_fill(~allowed, float("-inf")).reshape(g * g, batch, -1)
+        state = state.update(logits, lambda weights: torch.bmm(weights, x0))
+    denoised = blocks_to_images(state.mean(), bank.channels, g)
+    fallback = (fewest > 0).sum(dim=(0, 1))[inverse]
+    return LocalResult(denoised=denoised.to(x.dtype), fallback_cells=fallback.cpu())
+
+
+# --- the equivariant machine ------------------------------------------------------------------------------------
+
+
+def subgrid_one_hot(grids: Tensor, radius: int, values: int) -> Tensor:
+    """[B, G, G] counts -> [B, G*G, (2r+1)^2 * values]: each cell's zero-padded sub-grid, one-hot per label cell,
+    so that the inner product of two rows counts the label cells on which the sub-grids agree."""
+    subgrids = all_subgrids(grids, radius).round().long().clamp(max=values - 1)  # [B, G, G, k, k]
+    one_hot = torch.nn.functional.one_hot(subgrids.flatten(3), values)         # [B, G, G, k*k, values]
+    return one_hot.reshape(grids.shape[0], grids.shape[1] * grids.shape[2], -1)
+
+
+def equivariant_local_denoise(
+    train: TrainingSet,                      # images and labelled examples
+    x: Tensor,                               # noisy images [B, C, H, W]
+    sigma: Tensor | float,                   # noise level: scalar or [B]
+    cond: Tensor,                            # location grids [B, G, G]
+    radius: int,                             # r: patches of (2r+1) x (2r+1) cells
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,  # bytes of one chunk's intermediates
+) -> LocalResult:
+    """The equivariant local machine: every cell's patch against every training patch at every cell whose
+    relative sub-grid matches (module docstring). Its cost grows with N * G^2 training patches per query cell:
+    use a small training set (models/closed_form.py: images_per_count)."""
+    g = train.grid_size
+    check_geometry(train.image_shape, g, radius)
+    batch, channels = x.shape[:2]
+    dtype = train.images.dtype
+    if tuple(x.shape[1:]) != train.image_shape or cond.shape != (batch, g, g):
+        raise ValueError(f"expected x [B, {', '.join(map(str, train.image_shape))}] and cond [B, {g}, {g}]; "
+                         f"found {tuple(x.shape)} and {tuple(cond.shape)}")
+    cells, window, m = g * g, (2 * radius + 1) ** 2, train.image_shape[-1] // g
+    cond = cond.to(train.labels.device)
+    values = int(max(int(train.labels.max()), int(cond.max()))) + 1
+    queries = all_patches(x.to(dtype), g, radius).reshape(batch * cells, -1)          # [B*GG, D]
+    sigma2 = (per_sample_sigma(sigma, batch, dtype, x.device) ** 2).repeat_interleave(cells)[:, None]
+    unique, inverse = torch.unique(cond.flatten(1), dim=0, return_inverse=True)
+    query_labels = subgrid_one_hot(unique.reshape(-1, g, g), radius, values).reshape(-1, window * values).to(dtype)
+    rows = (inverse[:, None] * cells + torch.arange(cells, device=inverse.device)).flatten()  # [B*GG] -> U*GG rows
+    examples = train.labels.shape[0]
+    per_example = cells * (queries.shape[1] + window * values + 5 * batch * cells + 2 * len(unique) * cells
+                           ) * queries.element_size()
+    chunks = torch.arange(examples, device=train.labels.device).split(chunk_length(memory_budget, per_example,
+                                                                                   examples))
+
+    def distance(chunk: Tensor) -> Tensor:  # [U*GG, Ec*GG]: differing label cells between the sub-grids
+        bank = subgrid_one_hot(train.labels[chunk], radius, values).reshape(-1, window * values).to(dtype)
+        return window - query_labels @ bank.T
+
+    fewest = torch.stack([distance(chunk).amin(dim=1) for chunk in chunks]).amin(dim=0)  # [U*GG]
+    state = PosteriorMean.start((batch * cells,), channels * m * m, queries)
+    for chunk in chunks:
+        allowed = (distance(chunk) == fewest[:, None])[rows]                 # [B*GG, Ec*GG]
+        images = train.images[train.image_index[chunk]]
+        patches = all_patches(images, g, radius).reshape(len(chunk) * cells, -1)   # [Ec*GG, D]
+        centres = cell_blocks(images, g).transpose(0, 1).reshape(len(chunk) * cells, -1)  # [Ec*GG, d]
+        log_weight = train.log_weight[chunk].repeat_interleave(cells)
+        logits = (queries @ patches.T - 0.5 * patches.pow(2).sum(dim=1)) / sigma2 + log_weight
+        state = state.update(logits.masked_fill(~allowed, float("-inf")), lambda weights: weights @ centres)
+    denoised = blocks_to_images(state.mean().reshape(batch, cells, -1).transpose(0, 1), channels, g)
+    fallback = (fewest.reshape(-1, cells) > 0).sum(dim=1)[inverse]
+    return LocalResult(denoised=denoised.to(x.dtype), fallback_cells=fallback.cpu())
+
+
+# --- the Denoiser ----------------------------------------------------------------------------------------------
+
+
+class LocalScoreMachine(nn.Module):
+    """The local conditional score machine on the one denoiser interface (diffusion/denoiser.py): call it as
+    `denoiser(x, sigma, cond) -> D`; it says its image shape, conditioning kind and grid size. The training set
+    is held in buffers, so `.to(device)` moves it. `last_fallback_cells` [B] and `fallbacks` (totals over all
+    calls) count the cells that used the nearest sub-grid because no training patch had theirs."""
+
+    conditioning = "location"
+    network = None
+
+    def __init__(
+        self,
+        train: TrainingSet,                      # images and labelled examples (training_set.py)
+        radius: int = 2,                         # r: patches of (2r+1) x (2r+1) cells (configs/exp3.yaml: 2)
+        equivariant: bool = False,               # training patches at any cell (else: at the same cell, Exp. 3)
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,  # bytes of one chunk's intermediates
+    ):
+        super().__init__()
+        check_geometry(train.image_shape, train.grid_size, radius)
+        self.radius, self.equivariant, self.memory_budget = radius, equivariant, memory_budget
+        self.image_shape, self.grid_size = train.image_shape, train.grid_size
+        for name in ("images", "labels", "image_index", "log_weight"):
+            self.register_buffer(name, getattr(train, name), persistent=False)
+        if not equivariant:
+            bank = cell_bank(train, radius)
+            self.register_buffer("blocks", bank.blocks, persistent=False)
+            self.register_buffer("half_norms", bank.half_norms, persistent=False)
+            self.register_buffer("cell_labels", bank.labels, persistent=False)
+            self.images = None  # the blocks hold the same pixels: keep one copy
+        self.last_fallback_cells = torch.zeros(0, dtype=torch.long)
+        self.fallbacks = {"calls": 0, "samples": 0, "cells": 0, "cells_fell_back": 0}
+
+    def forward(self, x: Tensor, sigma: Tensor | float, cond: Tensor) -> Tensor:
+        cond = cond.to(self.labels.device)
+        if self.equivariant:
+            train = TrainingSet(self.images, self.labels, self.image_index, self.log_weight)
+            result = equivariant_local_denoise(train, x, sigma, cond, self.radius, self.memory_budget)
+        else:
+            bank = CellBank(self.blocks, self.half_norms, self.cell_labels, self.image_index, self.log_weight,
+                            self.radius, self.image_shape[0])
+            result = local_denoise(bank, x, sigma, cond, self.memory_budget)
+        self.last_fallback_cells = result.fallback_cells
+        self.fallbacks = {"calls": self.fallbacks["calls"] + 1, "samples": self.fallbacks["samples"] + x.shape[0],
+                          "cells": self.fallbacks["cells"] + x.shape[0] * self.grid_size ** 2,
+                          "cells_fell_back": self.fallbacks["cells_fell_back"] + int(result.fallback_cells.sum())}
+        return result.denoised
