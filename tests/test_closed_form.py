@@ -79,20 +79,19 @@ def brute_local(train: TrainingSet, x, sigma: float, cond, radius: int, equivari
     out = torch.zeros_like(x)
     fallbacks = torch.zeros(x.shape[0], dtype=torch.long)
     cells = [(r, c) for r in range(GRID) for c in range(GRID)]
+    bank = {(e, cell): (padded_subgrid(train.labels[e], *cell, radius),
+                        padded_patch(train.images[train.image_index[e]], *cell, radius))
+            for e in range(len(train.labels)) for cell in cells}  # every training patch and its sub-grid
     for b in range(x.shape[0]):
         for row, col in cells:
             query, grid = padded_patch(x[b], row, col, radius), padded_subgrid(cond[b], row, col, radius)
-            candidates = []  # (example, cell of the training patch)
-            for e in range(len(train.labels)):
-                for cell in (cells if equivariant else [(row, col)]):
-                    hamming = int((padded_subgrid(train.labels[e], *cell, radius) != grid).sum())
-                    candidates.append((hamming, e, cell))
+            candidates = [(int((bank[e, cell][0] != grid).sum()), e, cell)  # (differing label cells, e, cell)
+                          for e in range(len(train.labels)) for cell in (cells if equivariant else [(row, col)])]
             fewest = min(h for h, _, _ in candidates)
             fallbacks[b] += fewest > 0
             chosen = [(e, cell) for h, e, cell in candidates if h == fewest]
-            logits = torch.stack([train.log_weight[e] - (query - padded_patch(train.images[train.image_index[e]],
-                                                                               *cell, radius)).pow(2).sum()
-                                  / (2 * sigma**2) for e, cell in chosen])
+            logits = torch.stack([train.log_weight[e] - (query - bank[e, cell][1]).pow(2).sum() / (2 * sigma**2)
+                                  for e, cell in chosen])
             weights = torch.softmax(logits, dim=0)
             value = 0
             for w, (e, (r, c)) in zip(weights, chosen):
@@ -161,7 +160,7 @@ def test_empirical_denoiser_is_the_nearest_training_image_at_tiny_sigma():
         candidates = train.images[train.image_index[list(pool)]]
         nearest = candidates[(candidates - x[b]).flatten(1).norm(dim=1).argmin()]
         torch.testing.assert_close(denoised[b], nearest, rtol=0, atol=1e-12)
-    distance = nearest_training_distance(train.images[2:4] + 0.01, train)
+    distance = nearest_training_distance(train.images[2:4] + 0.01, train.images)
     torch.testing.assert_close(distance, torch.full((2,), 0.01 * math.sqrt(CHANNELS * 64), dtype=torch.float64))
 
 
@@ -209,6 +208,14 @@ def test_local_machine_chunking_does_not_change_the_result():
     assert machine.fallbacks["calls"] == 2 and machine.last_fallback_cells.shape == (4,)
 
 
+def patch_pixels(row: int, col: int, radius: int):
+    """[8, 8] bool: the pixels of the cells within `radius` cells of cell (row, col)."""
+    inside = torch.zeros(GRID * CELL, GRID * CELL, dtype=torch.bool)
+    rows = slice(max(0, row - radius) * CELL, (row + radius + 1) * CELL)
+    inside[rows, max(0, col - radius) * CELL:(col + radius + 1) * CELL] = True
+    return inside
+
+
 @pytest.mark.parametrize("equivariant", [False, True], ids=["positional", "equivariant"])
 def test_local_machine_pixel_jacobian_is_exactly_zero_outside_its_patch(equivariant):
     train = toy_training_set()
@@ -217,9 +224,7 @@ def test_local_machine_pixel_jacobian_is_exactly_zero_outside_its_patch(equivari
     targets = [(0, 0), (3, 4), (7, 2)]  # pixels of cells (0, 0), (1, 2), (3, 1)
     heat = pixel_jacobian(machine, x, 1.0, cond, targets, method="vmap")
     for (row, col), map_ in zip(targets, heat):
-        cell_row, cell_col = row // CELL, col // CELL
-        inside = torch.zeros(8, 8, dtype=torch.bool)
-        inside[max(0, cell_row - 1) * CELL:(cell_row + 2) * CELL, max(0, cell_col - 1) * CELL:(cell_col + 2) * CELL] = True
+        inside = patch_pixels(row // CELL, col // CELL, radius=1)
         assert (map_[~inside] == 0).all()
         assert (map_[inside] > 0).float().mean() > 0.5  # it does read its patch
 
@@ -233,8 +238,7 @@ def test_local_machine_conditional_influence_is_exactly_zero_outside_its_patch(e
     cond[:, 0, 0] = cond[:, 3, 3] = cond[:, 1, 2] = 1
     influence = conditional_influence(machine, x, 2.0, cond)
     for (row, col), map_ in zip(influence.conditioners, influence.maps):
-        inside = torch.zeros(8, 8, dtype=torch.bool)  # pixels whose cell's patch holds conditioner (row, col)
-        inside[max(0, row - 1) * CELL:(row + 2) * CELL, max(0, col - 1) * CELL:(col + 2) * CELL] = True
+        inside = patch_pixels(row, col, radius=1)  # the pixels whose cell's patch holds conditioner (row, col)
         assert (map_[~inside] == 0).all()
     assert influence.maps.amax() > 0  # the labels do move D (inside the patches)
 

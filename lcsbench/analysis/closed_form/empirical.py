@@ -76,15 +76,15 @@ def empirical_denoise(
 
 def nearest_training_distance(
     images: Tensor,                          # [B, C, H, W] in [-1, 1]
-    train: TrainingSet,                      # the training images to compare with
+    training_images: Tensor,                 # [N, C, H, W] in [-1, 1] (TrainingSet.images)
     memory_budget: int = DEFAULT_MEMORY_BUDGET,  # bytes of one chunk's distance matrix
 ) -> Tensor:
     """`[B]` L2 distance of each image to its nearest training image (the memorisation measure)."""
-    reference = train.images.flatten(1)
+    reference = training_images.flatten(1)
     flat = images.reshape(images.shape[0], -1).to(reference.dtype)
     if flat.shape[1] != reference.shape[1]:
         raise ValueError(f"images of shape {tuple(images.shape[1:])} cannot be compared with training images of "
-                         f"shape {train.image_shape}")
+                         f"shape {tuple(training_images.shape[1:])}")
     step = chunk_length(memory_budget, (reference.shape[1] + 2 * flat.shape[0]) * reference.element_size(),
                         reference.shape[0])
     nearest = torch.full((flat.shape[0],), float("inf"), dtype=reference.dtype)
