@@ -198,14 +198,20 @@ def test_local_machine_matches_the_brute_force_loop(equivariant, radius):
         assert fallbacks.sum() > 0 and fallbacks[0] < GRID * GRID
 
 
-def test_local_machine_chunking_does_not_change_the_result():
+def test_local_machine_chunking_and_its_match_cache_do_not_change_the_result():
     train = toy_training_set(dtype=torch.float32)
     x, cond = toy_queries(train)
     machine = LocalScoreMachine(train, radius=1)
-    whole = machine(x, torch.full((4,), 0.5), cond)
+    whole = machine(x, torch.full((4,), 0.5), cond)  # with gradients: no sub-grid match is cached
+    assert not machine.matches
+    with torch.no_grad():
+        for _ in range(2):  # the second call reuses the cached sub-grid match of these grids
+            torch.testing.assert_close(machine(x, torch.full((4,), 0.5), cond), whole, rtol=0, atol=0)
+        assert len(machine.matches) == 1
+        torch.testing.assert_close(machine(x[2:], 0.5, cond[2:]), whole[2:], rtol=1e-6, atol=1e-6)
     machine.memory_budget = 1
     torch.testing.assert_close(machine(x, torch.full((4,), 0.5), cond), whole, rtol=1e-5, atol=1e-5)
-    assert machine.fallbacks["calls"] == 2 and machine.last_fallback_cells.shape == (4,)
+    assert machine.fallbacks["calls"] == 5 and machine.last_fallback_cells.shape == (4,)
 
 
 def patch_pixels(row: int, col: int, radius: int):

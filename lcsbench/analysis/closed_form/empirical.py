@@ -53,13 +53,21 @@ def empirical_denoise(
     sigma2 = per_sample_sigma(sigma, batch, dtype, flat.device) ** 2
     half_norms = 0.5 * images.pow(2).sum(dim=1)                       # |x0_i|^2 / 2, [N]
     unique, inverse = torch.unique(cond.flatten(1), dim=0, return_inverse=True)
-    pieces, order, fell_back = [], [], torch.zeros(batch, dtype=torch.bool)
+    groups, unmatched = [], []  # (query rows, their examples); the grids no example has share one group
     for u, grid in enumerate(unique):
         rows = (inverse == u).nonzero().flatten()
         members = matching_examples(train.labels, grid.view(train.grid_size, train.grid_size))
-        if members.numel() == 0:
-            members = torch.arange(train.labels.shape[0], device=train.labels.device)
-            fell_back[rows.cpu()] = True
+        if members.numel():
+            groups.append((rows, members))
+        else:
+            unmatched.append(rows)
+    fell_back = torch.zeros(batch, dtype=torch.bool)
+    if unmatched:
+        rows = torch.cat(unmatched)
+        groups.append((rows, torch.arange(train.labels.shape[0], device=train.labels.device)))
+        fell_back[rows.cpu()] = True
+    pieces, order = [], []
+    for rows, members in groups:
         queries, scale = flat[rows], sigma2[rows]
         step = chunk_length(memory_budget, (images.shape[1] + 4 * len(rows)) * images.element_size(), len(members))
         state = PosteriorMean.start((len(rows),), images.shape[1], flat)

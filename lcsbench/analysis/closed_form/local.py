@@ -65,19 +65,16 @@ def blocks_to_images(blocks: Tensor, channels: int, grid_size: int) -> Tensor:
 
 def window_sum(values: Tensor, radius: int) -> Tensor:
     """Sum over the (2r+1) x (2r+1) window of grid cells around every cell, zero outside the grid; the grid is
-    the first two dimensions of `values` [G, G, ...]."""
+    the first two dimensions of `values` [G, G, ...]. Sums of whole contiguous slabs, one grid axis at a time."""
     if radius == 0:
         return values
-    for dim in (0, 1):
-        size = values.shape[dim]
-        pad = torch.zeros_like(values.narrow(dim, 0, 1)).expand(
-            *[radius if d == dim else s for d, s in enumerate(values.shape)])
-        padded = torch.cat([pad, values, pad], dim=dim)
-        total = padded.narrow(dim, 0, size)
-        for offset in range(1, 2 * radius + 1):
-            total = total + padded.narrow(dim, offset, size)
-        values = total
-    return values
+    size = values.shape[0]
+
+    def along_first(grid: Tensor) -> Tensor:
+        return torch.stack([grid[max(0, i - radius):i + radius + 1].sum(dim=0, dtype=grid.dtype)
+                            for i in range(size)])
+
+    return along_first(along_first(values).transpose(0, 1)).transpose(0, 1).contiguous()
 
 
 # --- the positional machine (the default) -----------------------------------------------------------------------
@@ -115,15 +112,50 @@ def cell_bank(train: TrainingSet, radius: int) -> CellBank:
                     channels=train.images.shape[1])
 
 
+@dataclass(frozen=True)
+class SubgridMatch:
+    """Which training examples each cell may use, for a set of distinct label grids (`match_subgrids`)."""
+
+    grids: Tensor            # [U, G, G] the distinct label grids
+    fewest: Tensor           # [G, G, U] fewest differing label cells at each cell (> 0: the cell falls back)
+    allowed: Tensor | None   # [G, G, U, E] bool, the examples with the fewest; None when over the memory budget
+
+
+def subgrid_distance(bank: CellBank, grids: Tensor, chunk: Tensor) -> Tensor:
+    """`[G, G, U, Ec]` differing label cells between each grid's sub-grid and each example's, at every cell."""
+    cells = grids.to(bank.labels.device, bank.labels.dtype).permute(1, 2, 0)[..., None]  # [G, G, U, 1]
+    counter = torch.uint8 if (2 * bank.radius + 1) ** 2 <= 255 else torch.int16  # holds up to (2r+1)^2
+    return window_sum((cells != bank.labels[:, :, None, chunk]).to(counter), bank.radius)
+
+
+def match_subgrids(bank: CellBank, grids: Tensor, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> SubgridMatch:
+    """The nearest training sub-grids (fewest differing cells) of `grids` [U, G, G] at every cell. They depend on
+    the labels only, so a caller that denoises the same grids again (a sampler) can keep the match."""
+    g, examples = bank.labels.shape[0], bank.labels.shape[-1]
+    step = chunk_length(memory_budget, 8 * g * g * len(grids), examples)
+    chunks = torch.arange(examples, device=bank.labels.device).split(step)
+    keep = 3 * g * g * len(grids) * examples <= memory_budget  # the distances, then the bool mask
+    fewest, kept = None, []
+    for chunk in chunks:
+        distance = subgrid_distance(bank, grids, chunk)
+        nearest = distance.amin(dim=-1)
+        fewest = nearest if fewest is None else torch.minimum(fewest, nearest)
+        if keep:
+            kept.append(distance)
+    allowed = torch.cat([d == fewest[..., None] for d in kept], dim=-1) if keep else None
+    return SubgridMatch(grids=grids, fewest=fewest, allowed=allowed)
+
+
 def local_denoise(
     bank: CellBank,                          # the training set per cell (cell_bank)
     x: Tensor,                               # noisy images [B, C, H, W]
     sigma: Tensor | float,                   # noise level: scalar or [B]
     cond: Tensor,                            # location grids [B, G, G]
     memory_budget: int = DEFAULT_MEMORY_BUDGET,  # bytes of one chunk's intermediates
+    match: SubgridMatch | None = None,       # match_subgrids of cond's distinct grids, if already known
 ) -> LocalResult:
     """The positional local machine (module docstring) for every cell of every image at once."""
-    g, r = bank.labels.shape[0], bank.radius
+    g = bank.labels.shape[0]
     batch = x.shape[0]
     dtype = bank.blocks.dtype
     if x.shape[1] != bank.channels or x.shape[2] != x.shape[3] or x.shape[2] % g or cond.shape != (batch, g, g):
@@ -132,27 +164,24 @@ def local_denoise(
     queries = cell_blocks(x.to(dtype), g)                                   # [GG, B, d]
     sigma2 = per_sample_sigma(sigma, batch, dtype, x.device) ** 2
     unique, inverse = torch.unique(cond.flatten(1).to(bank.labels.device), dim=0, return_inverse=True)
-    grids = unique.to(bank.labels.dtype).reshape(-1, g, g).permute(1, 2, 0)[..., None]  # [G, G, U, 1]
+    unique = unique.reshape(-1, g, g)
+    if match is None or not torch.equal(match.grids.to(unique), unique):
+        match = match_subgrids(bank, unique, memory_budget)
     examples = bank.labels.shape[-1]
-    per_example = g * g * (6 * batch + 3 * len(unique) + queries.shape[2]) * queries.element_size()
-    chunks = torch.arange(examples, device=bank.labels.device).split(
-        chunk_length(memory_budget, per_example, examples))
-
-    def distance(chunk: Tensor) -> Tensor:  # [G, G, U, Ec]: differing label cells between the sub-grids
-        return window_sum((grids != bank.labels[:, :, None, chunk]).to(torch.int32), r)
-
-    fewest = torch.stack([distance(chunk).amin(dim=-1) for chunk in chunks]).amin(dim=0)  # [G, G, U]
+    per_example = g * g * (6 * batch + queries.shape[2]) * queries.element_size()
     state = PosteriorMean.start((g * g, batch), queries.shape[2], queries)
-    for chunk in chunks:
-        allowed = (distance(chunk) == fewest[..., None])[:, :, inverse]      # [G, G, B, Ec]
+    for chunk in torch.arange(examples, device=bank.labels.device).split(
+            chunk_length(memory_budget, per_example, examples)):
+        allowed = (match.allowed[..., chunk] if match.allowed is not None
+                   else subgrid_distance(bank, unique, chunk) == match.fewest[..., None])[:, :, inverse]
         index = bank.image_index[chunk]
         x0 = bank.blocks[:, index]                                          # [GG, Ec, d]
-        inner = window_sum(torch.bmm(queries, x0.transpose(1, 2)).reshape(g, g, batch, -1), r)
+        inner = window_sum(torch.bmm(queries, x0.transpose(1, 2)).reshape(g, g, batch, -1), bank.radius)
         logits = (inner - bank.half_norms[:, :, None, index]) / sigma2[:, None] + bank.log_weight[chunk]
         logits = logits.masked_fill(~allowed, float("-inf")).reshape(g * g, batch, -1)
         state = state.update(logits, lambda weights: torch.bmm(weights, x0))
     denoised = blocks_to_images(state.mean(), bank.channels, g)
-    fallback = (fewest > 0).sum(dim=(0, 1))[inverse]
+    fallback = (match.fewest > 0).sum(dim=(0, 1))[inverse]
     return LocalResult(denoised=denoised.to(x.dtype), fallback_cells=fallback.cpu())
 
 
@@ -251,6 +280,21 @@ class LocalScoreMachine(nn.Module):
             self.images = None  # the blocks hold the same pixels: keep one copy
         self.last_fallback_cells = torch.zeros(0, dtype=torch.long)
         self.fallbacks = {"calls": 0, "samples": 0, "cells": 0, "cells_fell_back": 0}
+        self.matches: dict[bytes, SubgridMatch] = {}  # the last few label grids' sub-grid matches (a sampler
+        #                                               calls again and again with the same grids)
+
+    def known_match(self, bank: CellBank, cond: Tensor) -> SubgridMatch | None:
+        """The sub-grid match of cond's distinct grids, from the cache or computed and cached (when it fits the
+        memory budget; the four most recent are kept). Only without gradients (samplers, r2, ablations): under
+        autograd or torch.func the match is left to `local_denoise`, so no traced tensor outlives its call."""
+        if torch.is_grad_enabled():
+            return None
+        grids = torch.unique(cond.flatten(1), dim=0).reshape(-1, self.grid_size, self.grid_size)
+        key = grids.cpu().numpy().tobytes() + bytes(str(tuple(grids.shape)), "ascii")
+        match = self.matches.pop(key, None) or match_subgrids(bank, grids, self.memory_budget)
+        if match.allowed is not None:
+            self.matches = {**dict(list(self.matches.items())[-3:]), key: match}
+        return match
 
     def forward(self, x: Tensor, sigma: Tensor | float, cond: Tensor) -> Tensor:
         cond = cond.to(self.labels.device)
@@ -260,7 +304,7 @@ class LocalScoreMachine(nn.Module):
         else:
             bank = CellBank(self.blocks, self.half_norms, self.cell_labels, self.image_index, self.log_weight,
                             self.radius, self.image_shape[0])
-            result = local_denoise(bank, x, sigma, cond, self.memory_budget)
+            result = local_denoise(bank, x, sigma, cond, self.memory_budget, self.known_match(bank, cond))
         self.last_fallback_cells = result.fallback_cells
         self.fallbacks = {"calls": self.fallbacks["calls"] + 1, "samples": self.fallbacks["samples"] + x.shape[0],
                           "cells": self.fallbacks["cells"] + x.shape[0] * self.grid_size ** 2,
