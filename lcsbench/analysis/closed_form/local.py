@@ -82,15 +82,16 @@ def window_sum(values: Tensor, radius: int) -> Tensor:
 
 @dataclass(frozen=True)
 class CellBank:
-    """A training set laid out per cell for the positional machine (`cell_bank`)."""
+    """A training set laid out per cell for the positional machine (`cell_bank`); examples sorted by image."""
 
-    blocks: Tensor        # [G*G, N, C*m*m]: every training image's block at every cell
-    half_norms: Tensor    # [G, G, N]: |P_q x0|^2 / 2 of the zero-padded patch around each cell
-    labels: Tensor        # [G, G, E]: the example label grids, cell-major
-    image_index: Tensor   # [E]
-    log_weight: Tensor    # [E]
-    radius: int           # r: patches of (2r+1) x (2r+1) cells
-    channels: int         # C
+    blocks: Tensor         # [G*G, N, C*m*m]: every training image's block at every cell
+    half_norms: Tensor     # [G, G, N]: |P_q x0|^2 / 2 of the zero-padded patch around each cell
+    labels: Tensor         # [G, G, E]: the example label grids, cell-major
+    image_index: Tensor    # [E], non-decreasing
+    log_weight: Tensor     # [E]
+    first_example: Tensor  # [N + 1]: image i's examples are first_example[i] .. first_example[i + 1] - 1
+    radius: int            # r: patches of (2r+1) x (2r+1) cells
+    channels: int          # C
 
 
 def check_geometry(image_shape: tuple[int, ...], grid_size: int, radius: int) -> None:
@@ -107,43 +108,57 @@ def cell_bank(train: TrainingSet, radius: int) -> CellBank:
     check_geometry(train.image_shape, g, radius)
     blocks = cell_blocks(train.images, g)
     half_norms = 0.5 * window_sum(blocks.pow(2).sum(dim=2).reshape(g, g, -1), radius)
-    return CellBank(blocks=blocks, half_norms=half_norms, labels=train.labels.permute(1, 2, 0).contiguous(),
-                    image_index=train.image_index, log_weight=train.log_weight, radius=radius,
-                    channels=train.images.shape[1])
+    order = torch.argsort(train.image_index, stable=True)
+    image_index = train.image_index[order]
+    first = torch.searchsorted(image_index, torch.arange(train.images.shape[0] + 1, device=image_index.device))
+    return CellBank(blocks=blocks, half_norms=half_norms, labels=train.labels[order].permute(1, 2, 0).contiguous(),
+                    image_index=image_index, log_weight=train.log_weight[order], first_example=first,
+                    radius=radius, channels=train.images.shape[1])
 
 
 @dataclass(frozen=True)
 class SubgridMatch:
-    """Which training examples each cell may use, for a set of distinct label grids (`match_subgrids`)."""
+    """Which training patches each cell may use, for a set of distinct label grids (`match_subgrids`)."""
 
-    grids: Tensor            # [U, G, G] the distinct label grids
-    fewest: Tensor           # [G, G, U] fewest differing label cells at each cell (> 0: the cell falls back)
-    allowed: Tensor | None   # [G, G, U, E] bool, the examples with the fewest; None when over the memory budget
+    grids: Tensor              # [U, G, G] the distinct label grids
+    fewest: Tensor             # [G, G, U] fewest differing label cells at each cell (> 0: the cell falls back)
+    log_mass: Tensor | None    # [G, G, U, N] log of the prior mass of each image's examples with the fewest
+    #                            (-inf: none); None when over the memory budget (then made chunk by chunk)
 
 
-def subgrid_distance(bank: CellBank, grids: Tensor, chunk: Tensor) -> Tensor:
+def subgrid_distance(bank: CellBank, grids: Tensor, examples: slice) -> Tensor:
     """`[G, G, U, Ec]` differing label cells between each grid's sub-grid and each example's, at every cell."""
     cells = grids.to(bank.labels.device, bank.labels.dtype).permute(1, 2, 0)[..., None]  # [G, G, U, 1]
     counter = torch.uint8 if (2 * bank.radius + 1) ** 2 <= 255 else torch.int16  # holds up to (2r+1)^2
-    return window_sum((cells != bank.labels[:, :, None, chunk]).to(counter), bank.radius)
+    return window_sum((cells != bank.labels[:, :, None, examples]).to(counter), bank.radius)
+
+
+def nearest_log_mass(bank: CellBank, grids: Tensor, fewest: Tensor, images: slice) -> Tensor:
+    """`[G, G, U, Ni]` for the images in `images`: log of the summed prior p_e of each image's examples whose
+    sub-grid is among the nearest at each cell. The examples of one image show one patch, so in the posterior
+    they add up to one term with this weight: the pixels are then computed once per image, not per example."""
+    examples = slice(int(bank.first_example[images.start]), int(bank.first_example[images.stop]))
+    chosen = subgrid_distance(bank, grids, examples) == fewest[..., None]
+    prior = (bank.log_weight[examples].double().exp() * chosen).to(torch.float64)
+    mass = torch.zeros((*prior.shape[:3], images.stop - images.start), dtype=torch.float64, device=prior.device)
+    mass = mass.index_add(3, bank.image_index[examples] - images.start, prior)
+    return mass.log().to(bank.blocks.dtype)
 
 
 def match_subgrids(bank: CellBank, grids: Tensor, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> SubgridMatch:
-    """The nearest training sub-grids (fewest differing cells) of `grids` [U, G, G] at every cell. They depend on
-    the labels only, so a caller that denoises the same grids again (a sampler) can keep the match."""
-    g, examples = bank.labels.shape[0], bank.labels.shape[-1]
+    """The nearest training sub-grids (fewest differing cells) of `grids` [U, G, G] at every cell, and each
+    image's prior mass on them. They depend on the labels only, so a caller that denoises the same grids again
+    (a sampler) keeps the match."""
+    g, examples, images = bank.labels.shape[0], bank.labels.shape[-1], bank.half_norms.shape[-1]
     step = chunk_length(memory_budget, 8 * g * g * len(grids), examples)
-    chunks = torch.arange(examples, device=bank.labels.device).split(step)
-    keep = 3 * g * g * len(grids) * examples <= memory_budget  # the distances, then the bool mask
-    fewest, kept = None, []
-    for chunk in chunks:
-        distance = subgrid_distance(bank, grids, chunk)
-        nearest = distance.amin(dim=-1)
-        fewest = nearest if fewest is None else torch.minimum(fewest, nearest)
-        if keep:
-            kept.append(distance)
-    allowed = torch.cat([d == fewest[..., None] for d in kept], dim=-1) if keep else None
-    return SubgridMatch(grids=grids, fewest=fewest, allowed=allowed)
+    fewest = torch.stack([subgrid_distance(bank, grids, slice(i, i + step)).amin(dim=-1)
+                          for i in range(0, examples, step)]).amin(dim=0)
+    log_mass = None
+    if 4 * g * g * len(grids) * images <= memory_budget:
+        step = chunk_length(memory_budget, 16 * g * g * len(grids), images)  # the examples of `step` images
+        log_mass = torch.cat([nearest_log_mass(bank, grids, fewest, slice(i, min(i + step, images)))
+                              for i in range(0, images, step)], dim=-1)
+    return SubgridMatch(grids=grids, fewest=fewest, log_mass=log_mass)
 
 
 def local_denoise(
@@ -167,19 +182,18 @@ def local_denoise(
     unique = unique.reshape(-1, g, g)
     if match is None or not torch.equal(match.grids.to(unique), unique):
         match = match_subgrids(bank, unique, memory_budget)
-    examples = bank.labels.shape[-1]
-    per_example = g * g * (6 * batch + queries.shape[2]) * queries.element_size()
+    images = bank.half_norms.shape[-1]
+    step = chunk_length(memory_budget, g * g * (6 * batch + 4 * len(unique) + queries.shape[2])
+                        * queries.element_size(), images)
     state = PosteriorMean.start((g * g, batch), queries.shape[2], queries)
-    for chunk in torch.arange(examples, device=bank.labels.device).split(
-            chunk_length(memory_budget, per_example, examples)):
-        allowed = (match.allowed[..., chunk] if match.allowed is not None
-                   else subgrid_distance(bank, unique, chunk) == match.fewest[..., None])[:, :, inverse]
-        index = bank.image_index[chunk]
-        x0 = bank.blocks[:, index]                                          # [GG, Ec, d]
+    for start in range(0, images, step):
+        chunk = slice(start, min(start + step, images))
+        log_mass = (match.log_mass[..., chunk] if match.log_mass is not None
+                    else nearest_log_mass(bank, unique, match.fewest, chunk))[:, :, inverse]  # [G, G, B, Ni]
+        x0 = bank.blocks[:, chunk]                                          # [GG, Ni, d]
         inner = window_sum(torch.bmm(queries, x0.transpose(1, 2)).reshape(g, g, batch, -1), bank.radius)
-        logits = (inner - bank.half_norms[:, :, None, index]) / sigma2[:, None] + bank.log_weight[chunk]
-        logits = logits.masked_fill(~allowed, float("-inf")).reshape(g * g, batch, -1)
-        state = state.update(logits, lambda weights: torch.bmm(weights, x0))
+        logits = (inner - bank.half_norms[:, :, None, chunk]) / sigma2[:, None] + log_mass
+        state = state.update(logits.reshape(g * g, batch, -1), lambda weights: torch.bmm(weights, x0))
     denoised = blocks_to_images(state.mean(), bank.channels, g)
     fallback = (match.fewest > 0).sum(dim=(0, 1))[inverse]
     return LocalResult(denoised=denoised.to(x.dtype), fallback_cells=fallback.cpu())
@@ -270,14 +284,12 @@ class LocalScoreMachine(nn.Module):
         check_geometry(train.image_shape, train.grid_size, radius)
         self.radius, self.equivariant, self.memory_budget = radius, equivariant, memory_budget
         self.image_shape, self.grid_size = train.image_shape, train.grid_size
-        for name in ("images", "labels", "image_index", "log_weight"):
-            self.register_buffer(name, getattr(train, name), persistent=False)
-        if not equivariant:
-            bank = cell_bank(train, radius)
-            self.register_buffer("blocks", bank.blocks, persistent=False)
-            self.register_buffer("half_norms", bank.half_norms, persistent=False)
-            self.register_buffer("cell_labels", bank.labels, persistent=False)
-            self.images = None  # the blocks hold the same pixels: keep one copy
+        # positional: the training set per cell (cell_bank); equivariant: as it is
+        held = cell_bank(train, radius) if not equivariant else train
+        names = ("blocks", "half_norms", "labels", "image_index", "log_weight", "first_example") if not equivariant \
+            else ("images", "labels", "image_index", "log_weight")
+        for name in names:
+            self.register_buffer(name, getattr(held, name), persistent=False)
         self.last_fallback_cells = torch.zeros(0, dtype=torch.long)
         self.fallbacks = {"calls": 0, "samples": 0, "cells": 0, "cells_fell_back": 0}
         self.matches: dict[bytes, SubgridMatch] = {}  # the last few label grids' sub-grid matches (a sampler
@@ -292,7 +304,7 @@ class LocalScoreMachine(nn.Module):
         grids = torch.unique(cond.flatten(1), dim=0).reshape(-1, self.grid_size, self.grid_size)
         key = grids.cpu().numpy().tobytes() + bytes(str(tuple(grids.shape)), "ascii")
         match = self.matches.pop(key, None) or match_subgrids(bank, grids, self.memory_budget)
-        if match.allowed is not None:
+        if match.log_mass is not None:
             self.matches = {**dict(list(self.matches.items())[-3:]), key: match}
         return match
 
@@ -302,8 +314,8 @@ class LocalScoreMachine(nn.Module):
             train = TrainingSet(self.images, self.labels, self.image_index, self.log_weight)
             result = equivariant_local_denoise(train, x, sigma, cond, self.radius, self.memory_budget)
         else:
-            bank = CellBank(self.blocks, self.half_norms, self.cell_labels, self.image_index, self.log_weight,
-                            self.radius, self.image_shape[0])
+            bank = CellBank(self.blocks, self.half_norms, self.labels, self.image_index, self.log_weight,
+                            self.first_example, self.radius, self.image_shape[0])
             result = local_denoise(bank, x, sigma, cond, self.memory_budget, self.known_match(bank, cond))
         self.last_fallback_cells = result.fallback_cells
         self.fallbacks = {"calls": self.fallbacks["calls"] + 1, "samples": self.fallbacks["samples"] + x.shape[0],
