@@ -175,3 +175,11 @@ def test_memorisation_puts_training_images_at_distance_zero(specs, clevr_shards,
     report = json.loads((tmp_path / "memorisation.json").read_text())
     assert report["samples_median"] == 0 and report["heldout_median"] > 1
     assert set(report["per_k"]) == {"1", "2", "3"}
+
+
+@pytest.mark.parametrize("action", ["spec", "r2", "coverage", "memorisation"])
+def test_closed_form_command_has_help_for_every_action(action, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["closed-form", action, "--help"])
+    assert exit_info.value.code == 0
+    assert "--spec" in capsys.readouterr().out or action == "spec"
