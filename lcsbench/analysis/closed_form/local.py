@@ -23,6 +23,9 @@ Jacobian and its conditional influence (Eq. 9, 10) are exactly zero outside the 
 Computation (positional): the patch inner product <P_q x, P_q x0> is the sum over the patch's cells of per-cell
 inner products, so one batched matmul per cell of the m x m blocks, then a (2r+1) x (2r+1) window sum over the
 grid, gives every patch of every cell at once; the sub-grid distances are window sums of per-cell mismatches.
+The examples of one image (its labels) show the same patch, so their prior mass on the nearest sub-grids is summed
+into one term per image and the pixels are computed once per image. The equivariant machine compares explicit
+patches (its cost grows with N * G^2 training patches per query cell).
 """
 
 from __future__ import annotations
