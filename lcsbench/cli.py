@@ -33,6 +33,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "eval-judge": ("lcsbench.commands.eval_judge", "the object judge's accuracy per object count on held-out renders"),
     "oracle-check": ("lcsbench.commands.oracle_check", "the judge on Blender renders of the protocol's own layouts"),
     "reconstruct-ema": ("lcsbench.commands.reconstruct_ema", "post-hoc power-function EMA for any sigma_rel from snapshots"),
+    "closed-form": ("lcsbench.commands.closed_form", "training-free closed-form denoisers: specs, r2 yardstick, coverage"),
     "reproduce": ("lcsbench.commands.reproduce", "the whole study: render, fit Exp 1-3, evaluate, Table 1 / Figure 2 report"),
 }
 

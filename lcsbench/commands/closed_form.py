@@ -1,0 +1,255 @@
+"""`python -m lcsbench closed-form <action>`: training-free closed-form denoisers of a render (issue 23).
+
+    closed-form spec --render data/reproduce32 --kind local --label-mode single --out closed_forms/local-single.pt
+    closed-form r2 --ckpt runs/exp2/.../last.ckpt --spec closed_forms/local-single.pt \\
+                   --spec closed_forms/empirical-single.pt --out reports/exp2/r2
+    closed-form coverage --spec closed_forms/local-single.pt
+    closed-form memorisation --spec closed_forms/empirical-all.pt --samples reports/cf/samples.npz --out DIR
+
+spec          writes a closed-form spec: a small file that every command takes as --ckpt, like a checkpoint
+              (models/closed_form.py). kind `local`: the local conditional score machine (the posterior mean of
+              each grid cell given its noisy (2r+1)-cell patch and label sub-grid; --equivariant: training
+              patches at any cell); kind `empirical`: the exact optimal denoiser of the training set. It records
+              the render, its counts and the label mode, which `lengthgen` reads as the success rule.
+r2            the yardstick: r2 of a trained model's D against each closed form's, per noise level, on held-out
+              noisy renders (analysis/closed_form/yardstick.py). Writes OUT/r2.json and OUT/r2.png.
+coverage      for the lengthgen protocol's requests: how many cells of each request the local machine has no
+              training sub-grid for (it then uses the nearest one), or whether the empirical denoiser has no
+              training image with the request's label grid (it then falls back to all images). Labels only.
+memorisation  the distance of each sample in a lengthgen samples.npz to its nearest training image, beside the
+              same for held-out renders (OUT/memorisation.json): a memorising model's samples sit much closer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from lcsbench.commands._common import DEFAULT_SIGMAS, add_model_arguments, default_device, parse_floats
+
+GIB = 2**30
+
+
+def spec_parser(sub) -> None:
+    parser = sub.add_parser("spec", help="write a closed-form spec that commands take as --ckpt")
+    parser.add_argument("--render", required=True, help="the render whose train split is the training set")
+    parser.add_argument("--kind", choices=("local", "empirical"), required=True)
+    parser.add_argument("--label-mode", required=True, help="how the labels were drawn: all (Exp. 1) | single "
+                                                            "(Exp. 2/3) | random | drop_one")
+    parser.add_argument("--counts", default="1-3", help="object counts of the training data (default 1-3)")
+    parser.add_argument("--grid-size", type=int, default=16, help="location grid G (default 16)")
+    parser.add_argument("--radius", type=int, default=2, help="local: patches of (2r+1)^2 cells (default 2, "
+                                                               "configs/exp3.yaml)")
+    parser.add_argument("--equivariant", action="store_true", help="local: training patches at any cell")
+    parser.add_argument("--images-per-count", type=int, default=None,
+                        help="use the first N training images of each count (default: all)")
+    parser.add_argument("--memory-budget-gib", type=float, default=0.5, help="memory of one chunk (default 0.5)")
+    parser.add_argument("--out", required=True, help="the spec file to write (.pt)")
+
+
+def write_spec(args) -> int:
+    from lcsbench.models.closed_form import write_spec as write
+
+    try:
+        entry = write(args.out, args.kind, args.render, args.counts, args.label_mode, args.grid_size, args.radius,
+                      args.equivariant, args.images_per_count, int(args.memory_budget_gib * GIB))
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"closed-form spec: {error}") from None
+    print(f"closed-form spec: wrote {args.out} ({entry['kind']}, {entry['label_mode']} labels, counts "
+          f"{entry['counts']} of {entry['render']}); use it as a checkpoint, e.g. `python -m lcsbench lengthgen "
+          f"--ckpt {args.out} --out reports/closed_form/{Path(args.out).stem}`")
+    return 0
+
+
+def read_specs(paths: list[str]) -> list[dict]:
+    """The spec entries of the given files, which must describe one render, label mode and grid."""
+    from lcsbench.checkpoints import read_checkpoint
+    from lcsbench.models.closed_form import CLOSED_FORM_KEY
+
+    entries = []
+    for path in paths:
+        try:
+            entry = read_checkpoint(path, "write one with `python -m lcsbench closed-form spec`").get(CLOSED_FORM_KEY)
+        except (FileNotFoundError, ValueError) as error:
+            raise SystemExit(f"closed-form: {error}") from None
+        if entry is None:
+            raise SystemExit(f"closed-form: {path} is not a closed-form spec: write one with "
+                             f"`python -m lcsbench closed-form spec`")
+        entries.append(entry)
+    shared = {(e["render"], e["label_mode"], tuple(e["counts"]), e["grid_size"]) for e in entries}
+    if len(shared) > 1:
+        raise SystemExit(f"closed-form: the specs describe different training data {sorted(shared)}: compare closed "
+                         f"forms of one render, label mode, counts and grid")
+    return entries
+
+
+def r2_parser(sub) -> None:
+    parser = sub.add_parser("r2", help="r2 of a trained model's D against closed forms, per noise level")
+    add_model_arguments(parser, out_help="output folder for r2.json and r2.png")
+    parser.add_argument("--spec", action="append", required=True, help="a closed-form spec (repeat for several)")
+    parser.add_argument("--sigmas", default=DEFAULT_SIGMAS, help=f"noise levels (default {DEFAULT_SIGMAS})")
+    parser.add_argument("--images", type=int, default=32, help="held-out renders (default 32)")
+    parser.add_argument("--batch", type=int, default=16, help="images per denoiser call")
+
+
+def r2(args) -> int:
+    import torch
+
+    from lcsbench.analysis.closed_form.yardstick import denoised_over_sigmas, plot_r2, r2_report
+    from lcsbench.analysis.plots import save_figure
+    from lcsbench.checkpoints import DATA_HPARAMS_KEY, read_checkpoint
+    from lcsbench.commands._common import load_trained_denoiser
+    from lcsbench.models.closed_form import heldout_batch, load_closed_form
+
+    sigmas = parse_floats(args.sigmas, "sigmas")
+    if args.images < 2 or args.batch < 1:
+        raise SystemExit(f"closed-form r2: need --images >= 2 (r2 compares images) and --batch >= 1; found "
+                         f"{args.images}, {args.batch}")
+    entries = read_specs(args.spec)
+    render, label_mode, counts, grid = (entries[0][k] for k in ("render", "label_mode", "counts", "grid_size"))
+    try:
+        data = read_checkpoint(args.ckpt, "pass a checkpoint from `fit`", mmap=True).get(DATA_HPARAMS_KEY) or {}
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"closed-form r2: {error}") from None
+    if data.get("label_mode", label_mode) != label_mode:
+        raise SystemExit(f"closed-form r2: {args.ckpt} was trained with {data['label_mode']!r} labels but the specs "
+                         f"integrate over {label_mode!r} labels: write specs with --label-mode {data['label_mode']}")
+    started = time.perf_counter()
+    model = load_trained_denoiser(args.ckpt, ema=not args.no_ema, device=args.device)
+    if model.conditioning != "location" or model.grid_size != grid:
+        raise SystemExit(f"closed-form r2: the closed forms are location models on a {grid}x{grid} grid; "
+                         f"{args.ckpt} is a {model.conditioning} model (grid {model.grid_size})")
+    images, cond = heldout_batch(render, counts, label_mode, grid, args.images, int(data.get("seed", 0)))
+    images, cond = images.to(args.device), cond.to(args.device)
+    print(f"closed-form r2: {len(images)} held-out renders x {len(sigmas)} noise levels", file=sys.stderr)
+    outputs = denoised_over_sigmas(model, images, cond, sigmas, args.seed, args.batch)
+    references, fallbacks = {}, {}
+    for path, entry in zip(args.spec, entries):
+        name = Path(path).stem
+        print(f"closed-form r2: building {name} ({entry['kind']}) from {render}", file=sys.stderr)
+        with torch.no_grad():
+            closed_form = load_closed_form(path, map_location=args.device)
+            references[name] = denoised_over_sigmas(closed_form.denoiser, images, cond, sigmas, args.seed, args.batch)
+        fallbacks[name] = closed_form.denoiser.fallbacks
+        del closed_form
+    report = {"command": "closed-form r2", "ckpt": str(args.ckpt), "ema": not args.no_ema, "specs": args.spec,
+              "render": render, "label_mode": label_mode, "counts": counts, "images": len(images), "seed": args.seed,
+              **r2_report(sigmas, outputs, references), "fallbacks": fallbacks,
+              "seconds": round(time.perf_counter() - started, 1)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "r2.json").write_text(json.dumps(report, indent=2))
+    save_figure(plot_r2(report, title=Path(args.ckpt).name), out / "r2.png")
+    for name, values in report["r2"].items():
+        print(f"closed-form r2: {name:>20s}  " + "  ".join(f"{s:g}: {v:.3f}" for s, v in zip(sigmas, values)))
+    print(f"closed-form r2: wrote {out / 'r2.json'} and r2.png in {report['seconds']} s")
+    return 0
+
+
+def coverage_parser(sub) -> None:
+    parser = sub.add_parser("coverage", help="cells (local) or requests (empirical) without training labels, per k")
+    parser.add_argument("--spec", required=True, help="a closed-form spec")
+    parser.add_argument("--ks", default="1-12", help="numbers of requested objects (default 1-12)")
+    parser.add_argument("--order", choices=("paper", "random"), default="paper", help="as lengthgen's --order")
+    parser.add_argument("--samples-per-k", type=int, default=1,
+                        help="requests per k (default 1: in the paper's order all requests of a k are one grid)")
+    parser.add_argument("--seed", type=int, default=0, help="as lengthgen's --seed")
+    parser.add_argument("--out", default=None, help="a JSON file to write (default: print only)")
+
+
+def coverage(args) -> int:
+    import torch
+
+    from lcsbench.analysis import lengthgen as lg
+    from lcsbench.data.scenes import parse_counts
+    from lcsbench.models.closed_form import load_closed_form
+
+    entry = read_specs([args.spec])[0]
+    try:
+        ks = list(parse_counts(args.ks))
+    except ValueError as error:
+        raise SystemExit(f"closed-form coverage: --ks {error}") from None
+    requests = lg.protocol_requests("location", ks, args.samples_per_k, args.order, args.seed)
+    machine = load_closed_form(args.spec).denoiser
+    per_k = {}
+    for k in ks:
+        cond = torch.stack([lg.request_conditioner(r, entry["grid_size"]) for r in requests if r["k"] == k])
+        with torch.no_grad():  # D is not needed: the fallbacks depend on the labels only; one call records them
+            machine(torch.zeros(len(cond), *machine.image_shape), 1.0, cond)
+        if entry["kind"] == "local":
+            cells = machine.last_fallback_cells.float()
+            per_k[k] = {"cells_fell_back_mean": float(cells.mean()), "cells_fell_back_max": int(cells.max()),
+                        "cells": entry["grid_size"] ** 2}
+        else:
+            per_k[k] = {"requests_fell_back": float(machine.last_fell_back.float().mean())}
+        print(f"closed-form coverage: k={k:2d}  " + "  ".join(f"{n} {v:g}" for n, v in per_k[k].items()))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"command": "closed-form coverage", "spec": args.spec, **entry,
+                                              "order": args.order, "per_k": per_k}, indent=2))
+    return 0
+
+
+def memorisation_parser(sub) -> None:
+    parser = sub.add_parser("memorisation", help="nearest-training-image distances of samples and held-out renders")
+    parser.add_argument("--spec", required=True, help="a closed-form spec (its render's train split is compared)")
+    parser.add_argument("--samples", required=True, help="a lengthgen samples.npz")
+    parser.add_argument("--heldout", type=int, default=300, help="held-out renders to compare (default 300)")
+    parser.add_argument("--out", required=True, help="output folder for memorisation.json")
+
+
+def memorisation(args) -> int:
+    import numpy as np
+    import torch
+
+    from lcsbench.analysis.closed_form import nearest_training_distance
+    from lcsbench.models.closed_form import render_images
+
+    entry = read_specs([args.spec])[0]
+    try:
+        with np.load(args.samples) as saved:
+            samples, settings = saved["images"], json.loads(str(saved["settings"]))
+    except (OSError, KeyError, ValueError) as error:
+        raise SystemExit(f"closed-form memorisation: {args.samples} is not a lengthgen samples.npz ({error}): pass "
+                         f"the samples.npz that `python -m lcsbench lengthgen` writes in its --out") from None
+    train, _ = render_images(entry["render"], entry["counts"], "train", entry["images_per_count"])
+    pixels = torch.from_numpy(np.ascontiguousarray(samples)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    heldout, _ = render_images(entry["render"], entry["counts"], "val", -(-args.heldout // len(entry["counts"])))
+    sample_distance = nearest_training_distance(pixels, train)
+    heldout_distance = nearest_training_distance(heldout, train)
+    ks = [k for k in settings.get("ks", []) for _ in range(settings.get("samples_per_k", 0))]
+    per_k = {}
+    for k in sorted(set(ks)) if len(ks) == len(samples) else []:
+        chosen = sample_distance[torch.tensor([x == k for x in ks])]
+        per_k[k] = {"mean": float(chosen.mean()), "median": float(chosen.median())}
+    report = {"command": "closed-form memorisation", "spec": args.spec, "samples": args.samples,
+              "distance": "L2 in [-1, 1] pixel units over the whole image", "training_images": len(train),
+              "samples_mean": float(sample_distance.mean()), "samples_median": float(sample_distance.median()),
+              "heldout_mean": float(heldout_distance.mean()), "heldout_median": float(heldout_distance.median()),
+              "per_k": per_k}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "memorisation.json").write_text(json.dumps(report, indent=2))
+    print(f"closed-form memorisation: nearest training image, median L2: samples {report['samples_median']:.2f}, "
+          f"held-out renders {report['heldout_median']:.2f}; wrote {out / 'memorisation.json'}")
+    return 0
+
+
+ACTIONS = {"spec": (spec_parser, write_spec), "r2": (r2_parser, r2), "coverage": (coverage_parser, coverage),
+           "memorisation": (memorisation_parser, memorisation)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lcsbench closed-form", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    sub = parser.add_subparsers(dest="action", required=True, metavar="{" + ",".join(ACTIONS) + "}")
+    for make_parser, _ in ACTIONS.values():
+        make_parser(sub)
+    args = parser.parse_args(argv)
+    if getattr(args, "device", None) is None and args.action == "r2":
+        args.device = default_device()
+    return ACTIONS[args.action][1](args)
