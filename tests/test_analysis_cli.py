@@ -15,6 +15,7 @@ from torch import nn
 from lcsbench.analysis.features import feature_cosines, mean_difference_vectors
 from lcsbench.analysis.locality import grid_cell_centre, locality_profile
 from lcsbench.analysis.plots import cosine_matrices, locality_grid, radius_curves, save_figure
+from lcsbench.callbacks.closed_form import ClosedFormR2
 from lcsbench.callbacks.features import FeatureCosine
 from lcsbench.callbacks.lengthgen import LengthGenCurve
 from lcsbench.callbacks.locality import LocalityHeatmaps
@@ -162,7 +163,7 @@ def test_callback_presets_append_to_an_experiments_callbacks(preset, tmp_path):
     config = parser.parse_args(["--config", str(experiment), "--config", str(preset)])
     callbacks = parser.instantiate(config).trainer.callbacks
     assert type(callbacks[0]).__name__ == "LearningRateMonitor"
-    analyses = (LocalityHeatmaps, FeatureCosine, LengthGenCurve)
+    analyses = (LocalityHeatmaps, FeatureCosine, LengthGenCurve, ClosedFormR2)
     assert len(callbacks) > 1 and all(isinstance(c, analyses) for c in callbacks[1:])
 
 

@@ -62,7 +62,10 @@ def test_a_spec_loads_like_a_checkpoint(specs, clevr_shards):
 
     payload = read_checkpoint(specs[0], "")
     assert is_closed_form_spec(payload) and not is_closed_form_spec({"state_dict": {}})
-    model = closed_form_from_payload(payload, specs[0])  # what models.edm2.load_denoiser dispatches to
+    model = closed_form_from_payload(payload, specs[0])
+    from lcsbench.models.edm2 import load_denoiser
+
+    assert type(load_denoiser(specs[0])) is type(model)  # every command's loader dispatches a spec here
     denoiser = model.to("cpu").eval().denoiser
     assert isinstance(denoiser, Denoiser)
     assert (denoiser.image_shape, denoiser.conditioning, denoiser.grid_size) == ((3, 32, 32), "location", 16)

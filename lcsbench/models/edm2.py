@@ -263,10 +263,15 @@ def load_denoiser(
     ema: bool = True,  # use EMA weights (checkpoints only; EMA files hold nothing else)
     sigma_rel: float | None = None,  # which tracked EMA; None: the first tracked (0.05 by default)
     map_location: str | torch.device = "cpu",
-) -> EDM2Diffusion:
-    """Rebuild a trained module in eval mode; `module.denoiser(x, sigma, cond)` then uses the chosen weights."""
+) -> "EDM2Diffusion | ClosedFormModel":
+    """Rebuild a trained module in eval mode; `module.denoiser(x, sigma, cond)` then uses the chosen weights. A
+    closed-form spec (`python -m lcsbench closed-form spec`, issue 23) is built from its render instead."""
     payload = read_checkpoint(path, "pass a checkpoint written by `python -m lcsbench fit` (runs/<experiment>/.../"
                                     "checkpoints/last.ckpt) or an EMA file from `reconstruct-ema`", map_location)
+    from lcsbench.models.closed_form import closed_form_from_payload, is_closed_form_spec
+
+    if is_closed_form_spec(payload):
+        return closed_form_from_payload(payload, path, map_location)
     return module_from_payload(payload, path, ema, sigma_rel)
 
 
