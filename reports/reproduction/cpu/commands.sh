@@ -10,3 +10,9 @@ python -m lcsbench render --out data/reproduce32 --counts 1-3 --per-count 10000 
 # 2026-12-03T07:49:15 fit exp1 and fit exp2, side by side, one core each
 taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench fit --config configs/reproduce/cpu/exp1.yaml --trainer.logger.init_args.save_dir runs/reproduction/cpu/exp1 --trainer.logger.init_args.version run
 taskset -c 1 env OMP_NUM_THREADS=1 python -m lcsbench fit --config configs/reproduce/cpu/exp2.yaml --trainer.logger.init_args.save_dir runs/reproduction/cpu/exp2 --trainer.logger.init_args.version run
+# 2026-12-03T09:31:14 export exp1: EMA weights of /work/study/runs/reproduction/cpu/exp1/lightning_logs/run/checkpoints/last.ckpt -> reports/reproduction/cpu/weights/exp1.pt
+python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --data data/reproduce32 --stage export --experiments exp1
+# 2026-12-03T09:31:19 export exp2: EMA weights of /work/study/runs/reproduction/cpu/exp2/lightning_logs/run/checkpoints/last.ckpt -> reports/reproduction/cpu/weights/exp2.pt
+python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --data data/reproduce32 --stage export --experiments exp2
+# 2026-12-03T09:31:26 lengthgen exp1
+python -m lcsbench lengthgen --ckpt reports/reproduction/cpu/weights/exp1.pt --out reports/reproduction/cpu/exp1/lengthgen --name exp1 --ks 1-10 --samples-per-k 32 --steps 32 --oracle-samples 16
