@@ -16,3 +16,19 @@ python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /
 python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --data data/reproduce32 --stage export --experiments exp2
 # 2026-12-03T09:31:26 lengthgen exp1
 python -m lcsbench lengthgen --ckpt reports/reproduction/cpu/weights/exp1.pt --out reports/reproduction/cpu/exp1/lengthgen --name exp1 --ks 1-10 --samples-per-k 32 --steps 32 --oracle-samples 16
+# 2026-12-03T09:34:50 lengthgen_random exp1
+python -m lcsbench lengthgen --ckpt reports/reproduction/cpu/weights/exp1.pt --out reports/reproduction/cpu/exp1/lengthgen_random --name exp1 --ks 1-10 --samples-per-k 32 --steps 32 --oracle-samples 16 --order random
+# 2026-12-03T09:38:10 locality exp1
+python -m lcsbench locality --ckpt reports/reproduction/cpu/weights/exp1.pt --out reports/reproduction/cpu/exp1/locality --sigmas 0.05,0.2,0.5,1,2,5,10,40 --samples 4 --scenes 8 --sample-steps 32 --locations 3
+# 2026-12-03T09:39:42 lengthgen exp2: the oracle renders of exp1
+cp -r reports/reproduction/cpu/exp1/lengthgen/oracle_render reports/reproduction/cpu/exp2/lengthgen/oracle_render
+# 2026-12-03T09:39:42 lengthgen exp2
+python -m lcsbench lengthgen --ckpt reports/reproduction/cpu/weights/exp2.pt --out reports/reproduction/cpu/exp2/lengthgen --name exp2 --ks 1-10 --samples-per-k 32 --steps 32 --oracle-samples 16
+# 2026-12-03T09:42:49 lengthgen_random exp2: the oracle renders of exp1
+cp -r reports/reproduction/cpu/exp1/lengthgen_random/oracle_render reports/reproduction/cpu/exp2/lengthgen_random/oracle_render
+# 2026-12-03T09:42:49 lengthgen_random exp2
+python -m lcsbench lengthgen --ckpt reports/reproduction/cpu/weights/exp2.pt --out reports/reproduction/cpu/exp2/lengthgen_random --name exp2 --ks 1-10 --samples-per-k 32 --steps 32 --oracle-samples 16 --order random
+# 2026-12-03T09:45:54 locality exp2
+python -m lcsbench locality --ckpt reports/reproduction/cpu/weights/exp2.pt --out reports/reproduction/cpu/exp2/locality --sigmas 0.05,0.2,0.5,1,2,5,10,40 --samples 4 --scenes 8 --sample-steps 32 --locations 3
+# 2026-12-03T09:47:36 report: reports/reproduction/cpu/table.md, report.json and figures
+python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs runs/reproduction/cpu --data data/reproduce32 --stage report
