@@ -89,11 +89,22 @@ def run(argv: list[str]) -> int:
     """`dispatch` for a terminal: an input error becomes one line on stderr and exit status 2 (module docstring)."""
     debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [arg for arg in argv if arg != DEBUG_FLAG]
-    if debug:
-        os.environ[DEBUG_ENV] = "1"  # DDP ranks relaunched from sys.argv inherit it
     if sys.argv[1:] != argv and DEBUG_FLAG in sys.argv:
         sys.argv[1:] = argv  # LightningCLI reads sys.argv itself when argv is the command line
     command = argv[0] if argv else ""
+    before = os.environ.get(DEBUG_ENV)
+    if debug:
+        os.environ[DEBUG_ENV] = "1"  # DDP ranks relaunched from sys.argv during the command inherit it
+    try:
+        return _run(argv, command, debug)
+    finally:  # a caller in the same process (a notebook, a test) keeps its own setting
+        if before is None:
+            os.environ.pop(DEBUG_ENV, None)
+        else:
+            os.environ[DEBUG_ENV] = before
+
+
+def _run(argv: list[str], command: str, debug: bool) -> int:
     try:
         return dispatch(argv)
     except SystemExit as stop:

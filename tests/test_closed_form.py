@@ -202,7 +202,8 @@ def test_local_machine_chunking_and_its_match_cache_do_not_change_the_result():
     train = toy_training_set(dtype=torch.float32)
     x, cond = toy_queries(train)
     machine = LocalScoreMachine(train, radius=1)
-    whole = machine(x, torch.full((4,), 0.5), cond)  # with gradients: no sub-grid match is cached
+    with torch.enable_grad():  # with gradients (whatever an earlier test left set): no sub-grid match is cached
+        whole = machine(x, torch.full((4,), 0.5), cond)
     assert not machine.matches
     with torch.no_grad():
         for _ in range(2):  # the second call reuses the cached sub-grid match of these grids

@@ -49,7 +49,7 @@ def sample_key(num_objects: int | None, split: str, index: int) -> str:
     return f"{prefix}_{split}_{index:08d}" if num_objects is not None else f"{prefix}_{index:08d}"
 
 
-COUNTS_LIMIT = 1000  # a range of object counts wider than this is a typo (renders stop at 12 objects)
+COUNTS_LIMIT = 10_000_000  # a wider range of object counts is refused before it is built in memory
 
 
 def parse_counts(counts: str | int | Sequence[int]) -> tuple[int, ...]:
