@@ -116,13 +116,14 @@ class Block(torch.nn.Module):
         """Self-attention on per-head unit-RMS q, k, v (Sec. 3, "cosine attention").
 
         The 3C qkv channels are ordered (head, channel-in-head, q/k/v) with q/k/v fastest, as in the
-        official weights.
+        official weights. q, k and v go to SDPA contiguous, [N, heads, HW, C/heads] each: the fused (flash /
+        memory-efficient) kernels need a unit stride on the last dim, else SDPA falls back to its slow math path.
         """
         n, c, h, w = x.shape
         heads = self.num_heads
         qkv = self.attn_qkv(x).reshape(n, heads, c // heads, 3, h * w)
         qkv = normalize(qkv, dim=2)
-        q, k, v = (t.transpose(2, 3) for t in qkv.unbind(3))  # each [N, heads, HW, C/heads]
+        q, k, v = qkv.permute(3, 0, 1, 4, 2).contiguous().unbind(0)  # one copy: [3, N, heads, HW, C/heads]
         y = F.scaled_dot_product_attention(q, k, v)  # default scale 1/sqrt(C/heads)
         y = y.transpose(2, 3).reshape(n, c, h, w)
         return self.attn_proj(y)
