@@ -30,9 +30,10 @@ def data(root, label_mode: str = "single") -> CLEVRDataModule:
 
 
 def first_batch(root) -> dict:
+    """A training batch as the module receives it (images scaled to [-1, 1] after the transfer)."""
     datamodule = data(root)
     datamodule.setup("fit")
-    return next(iter(datamodule.train_dataloader()))
+    return datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
 
 
 def test_training_patches_are_one_positive_and_one_negative_per_image(clevr_shards):
