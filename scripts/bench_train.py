@@ -152,7 +152,8 @@ def largest_batch(name: str, device: str, mode: str, compile: bool,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["tiny"], choices=sorted(PRESETS),
                         help="lcsbench.nn.edm2 presets (tiny = the quickstart and cpu-study network)")

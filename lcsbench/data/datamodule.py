@@ -29,8 +29,9 @@ Training (an infinite, resampled stream; ecosystem-notes "WebDataset with DDP"):
 draws shards with replacement from each object count's training shards, takes one sample from each
 count in turn (so counts are mixed equally), shuffles through a buffer, decodes and batches with
 `partial=False`; `WebLoader(...).with_epoch(steps_per_epoch x accumulation rounds)` then gives every rank the
-same number of batches, so DDP never waits on a rank that ran out, and an epoch ends on a whole optimizer step. Seeds derive from (seed, epoch, rank, worker):
-different data on every rank and worker, a new stream every epoch, the same stream on a rerun.
+same number of batches, so DDP never waits on a rank that ran out, and an epoch ends on a whole optimizer step.
+Seeds derive from (seed, epoch, rank, worker): different data on every rank and worker, a new stream every
+epoch, the same stream on a rerun.
 
 Validation: one exact, finite pass over the held-out `val` shards of the chosen counts. A map-style
 index of the tar members is split across ranks by stride with no padding, so every held-out image is
@@ -174,8 +175,9 @@ def device_batches(
                          f"trainer.accumulate_grad_batches (the rounds are derived), or choose a global batch "
                          f"divisible by {world_size * rounds}")
     raise ValueError(f"global_batch_size {global_batch_size} does not split evenly over {world_size} rank(s): choose a "
-                     f"global batch divisible by the number of ranks (e.g. {global_batch_size // world_size * world_size}"
-                     f"), or run on a number of GPUs that divides {global_batch_size}")
+                     f"global batch divisible by the number of ranks (e.g. "
+                     f"{global_batch_size // world_size * world_size}), or run on a number of GPUs that divides "
+                     f"{global_batch_size}")
 
 
 def pad_centres(centres: list[torch.Tensor]) -> torch.Tensor:
@@ -479,8 +481,9 @@ class CLEVRDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Training images arrive as uint8 (module docstring): scale them to [-1, 1] here, on the device."""
-        if isinstance(batch, dict) and isinstance(batch.get("image"), torch.Tensor) and batch["image"].dtype == torch.uint8:
-            return {**batch, "image": model_range(batch["image"])}
+        images = batch.get("image") if isinstance(batch, dict) else None
+        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
+            return {**batch, "image": model_range(images)}
         return batch
 
     def _shard_paths(self, count: int, split: str) -> list[str]:

@@ -83,7 +83,7 @@ class EDM2Diffusion(L.LightningModule):
         val_seed: int = 0,  # seed of the validation noise (one fixed draw per held-out image)
         noise_seed: int = 0,  # training noise is drawn from (noise_seed, step, accumulation round, rank)
         compile: bool = False,  # torch.compile the U-Net for training
-        channels_last: bool = False,  # store conv weights channels-last (NHWC): convs run NHWC (scripts/bench_train.py)
+        channels_last: bool = False,  # store conv weights channels-last (NHWC); scripts/bench_train.py measures it
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
