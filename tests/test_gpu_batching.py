@@ -25,8 +25,9 @@ def test_device_batches_refuse_a_global_batch_that_does_not_split():
     assert device_batches(2048, 2, 256, rounds=8) == (128, 8)  # rounds chosen with trainer.accumulate_grad_batches
     with pytest.raises(ValueError, match="drop trainer.accumulate_grad_batches"):
         device_batches(2048, 2, 256, rounds=3)
-    with pytest.raises(ValueError, match="does not split evenly over 1 rank"):  # more than the cap allows per round
-        CLEVRDataModule("unused", global_batch_size=7, batch_size=2)
+    assert device_batches(7, 1, 2) == (1, 7)  # a prime global batch still splits, one image per round
+    with pytest.raises(ValueError, match="need global_batch_size, world size and batch_size >= 1"):
+        CLEVRDataModule("unused", global_batch_size=0, batch_size=2)  # refused when the config is parsed
 
 
 def simulated_trainer(world: int) -> L.Trainer:
