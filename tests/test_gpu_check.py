@@ -58,7 +58,8 @@ def test_quick_check_reports_every_stage(tmp_path):
 
 @pytest.mark.slow
 def test_a_stage_past_its_limit_is_cut_off_and_still_reported(tmp_path):
-    report = run_check(tmp_path, "--only", "env,train", "--budget", "3", "--time-scale", "1")
-    assert report["env"]["status"].startswith("cut off at its limit")
-    assert report["env"]["reason"].startswith("cut off")
-    assert report["train"]["status"] == "skipped" and "budget" in report["train"]["reason"]
+    # the ddp stage starts two ranks of a fit: far more than 8 s anywhere; patch then finds the budget spent
+    report = run_check(tmp_path, "--only", "ddp,patch", "--budget", "8", "--time-scale", "1")
+    assert report["ddp"]["status"] == "cut off at its limit of 8 s" and report["ddp"]["reason"].startswith("cut off")
+    assert report["patch"]["status"] == "skipped" and "budget" in report["patch"]["reason"]
+    assert not list(tmp_path.glob("ddp/rank*.json"))  # both ranks were killed with the stage's process group
