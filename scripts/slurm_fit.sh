@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Train an experiment on a SLURM cluster: one task per GPU, Lightning reads the SLURM environment.
 #   sbatch --nodes 4 scripts/slurm_fit.sh configs/exp1.yaml [extra LightningCLI flags]
-# Global batch = data.init_args.batch_size x GPUs per node x nodes (EDM2's img64-xs: 2048 = 8 x 256 on one
-# node, or lower the per-GPU batch on more nodes). Resume: add --ckpt_path <run>/checkpoints/last.ckpt.
+# The global batch is the config's data.init_args.global_batch_size (EDM2: 2048 images per optimizer step) on any
+# number of nodes: each GPU takes 2048 / (GPUs x rounds) images per round, at most data.init_args.batch_size, with
+# the gradient-accumulation rounds derived (1 node x 8 GPUs: 256 x 1; 4 nodes: 64 x 1), so the lr decay and the EMA
+# snapshots mean the same steps on any allocation. Resume: add --ckpt_path <run>/checkpoints/last.ckpt.
+# In a container (pyxis/enroot: srun --container-image=...), /dev/shm is the node's; with Docker, run it with
+# --ipc=host (docker/Dockerfile): DataLoader workers pass batches through shared memory.
 #SBATCH --job-name=lcsbench-fit
 #SBATCH --ntasks-per-node=8
 #SBATCH --gpus-per-node=8

@@ -4,6 +4,8 @@
 #   two nodes:    NNODES=2 NODE_RANK=0 MASTER_ADDR=host0 scripts/torchrun_fit.sh configs/exp1.yaml   (on host0)
 #                 NNODES=2 NODE_RANK=1 MASTER_ADDR=host0 scripts/torchrun_fit.sh configs/exp1.yaml   (on host1)
 # Extra arguments go to LightningCLI, e.g. --trainer.max_steps 1000 or --ckpt_path <run>/checkpoints/last.ckpt.
+# The global batch stays the config's data.init_args.global_batch_size (EDM2: 2048) whatever NNODES x GPUS: the
+# per-GPU batch and the gradient-accumulation rounds are derived from the world size (README "Running on GPUs").
 set -euo pipefail
 CONFIG=${1:?usage: scripts/torchrun_fit.sh configs/<experiment>.yaml [flags]}
 shift

@@ -101,14 +101,19 @@ def test_images_are_the_pngs_scaled_to_minus_one_one(clevr_shards):
     truth = scenes_by_key(clevr_shards)
     dm = make_dm(clevr_shards)
     batch = next(iter(dm.train_dataloader()))
-    assert batch["image"].shape == (6, 3, 32, 32) and batch["image"].dtype == torch.float32
-    assert batch["image"].min() >= -1 and batch["image"].max() <= 1
-    assert batch["image"].std() > 0.05  # real renders, not blank frames
-    for image, key in zip(batch["image"], batch["key"]):
+    # training batches carry the PNG's uint8 pixels; the DataModule scales them once they are on the device
+    assert batch["image"].shape == (6, 3, 32, 32) and batch["image"].dtype == torch.uint8
+    images = dm.on_after_batch_transfer(batch, 0)["image"]
+    assert images.dtype == torch.float32 and images.min() >= -1 and images.max() <= 1
+    assert images.std() > 0.05  # real renders, not blank frames
+    for image, raw, key in zip(images, batch["image"], batch["key"]):
         pixels = np.array(Image.open(io.BytesIO(truth[key]["png"])).convert("RGB"))
-        expected = torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1
-        assert torch.allclose(image, expected)
+        assert torch.equal(raw, torch.from_numpy(pixels).permute(2, 0, 1))
+        assert torch.allclose(image, torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1)
     assert batch["label"].shape == (6, dm.label_dim) == (6, 256)
+    val = next(iter(dm.val_dataloader()))  # validation stays float: commands and callbacks read it directly
+    assert val["image"].dtype == torch.float32 and val["image"].min() >= -1 and val["image"].max() <= 1
+    assert dm.on_after_batch_transfer(val, 0)["image"] is val["image"]
 
 
 def test_counts_are_mixed_equally(clevr_shards):

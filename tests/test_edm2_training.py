@@ -339,3 +339,54 @@ def test_bf16_mixed_training_step_runs_and_keeps_fp32_weights(clevr_shards, tmp_
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         d = module.eval().denoiser(x, torch.tensor(1.0), torch.zeros(2, 16, 16, dtype=torch.long))
     assert d.dtype == torch.float32 and torch.isfinite(d).all()
+
+
+class CheckEveryThirdBatch(EDM2Diffusion):
+    """The real module with the host check of the loss every third batch, as on a GPU with log_every_n_steps 3."""
+
+    def loss_check_interval(self) -> int:
+        return 3
+
+
+def test_a_nan_loss_found_by_a_later_check_is_named_by_its_own_step(clevr_shards, tmp_path):
+    # on an accelerator the loss is read every log_every_n_steps batches (no host sync per step, issue 24)
+    for max_steps in (5, 2):  # found by the in-loop check at batch 2, or by the last check when training ends
+        module = CheckEveryThirdBatch(net=micro_net(), lr=0.01, lr_decay_steps=1000, lr_rampup_images=16)
+        module.net.unet.out_gain.data.fill_(float("nan"))
+        with pytest.raises(FloatingPointError, match=r"loss is nan at global step 0 \(batch 0, first keys \['n\d_"
+                                                     r"train_\d+'.*found at step 2\)"):
+            trainer(tmp_path, max_steps).fit(module, micro_data(clevr_shards))
+
+
+def test_samplers_and_analyses_run_the_network_in_bf16_where_inference_autocasts():
+    module = micro_module().eval()
+    with torch.no_grad():
+        for name, param in module.net.named_parameters():
+            if name.endswith("gain"):
+                param.fill_(0.5)  # every path carries signal
+    dtypes = []
+    module.net.unet.enc["32x32_block0"].register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype))
+    x, cond = torch.randn(2, 3, 32, 32), torch.zeros(2, 16, 16, dtype=torch.long)
+    cond[:, 3, 4] = 1
+    with torch.no_grad():
+        plain = module.denoiser(x, torch.tensor(1.0), cond)  # CPU: not an autocast device by default
+        assert dtypes == [torch.float32] and torch.equal(plain, module.denoise(x, torch.tensor(1.0), cond))
+        module.inference_autocast_devices = ("cpu",)  # what "cuda" gets by default
+        autocast = module.denoiser(x, torch.tensor(1.0), cond)
+    assert dtypes[-1] == torch.bfloat16 and autocast.dtype == torch.float32
+    assert 0 < (autocast - plain).abs().max() < 0.05
+
+
+def test_channels_last_trains_with_fused_adam_and_computes_the_same_function(clevr_shards, tmp_path):
+    module = micro_module(channels_last=True)
+    fit = trainer(tmp_path, 3, precision="bf16-mixed")
+    fit.fit(module, micro_data(clevr_shards))
+    assert fit.optimizers[0].defaults["fused"] is True  # one fused Adam kernel for every parameter
+    convs = [w for w in module.net.parameters() if w.ndim == 4]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)  # kept through training
+    assert all(torch.isfinite(w).all() for w in module.net.parameters())
+    plain = micro_module()
+    plain.net.load_state_dict(module.net.state_dict())
+    x, cond = torch.randn(2, 3, 32, 32), torch.zeros(2, 16, 16, dtype=torch.long)
+    with torch.no_grad():
+        assert torch.allclose(module.eval().denoiser(x, 2.0, cond), plain.eval().denoiser(x, 2.0, cond), atol=1e-5)

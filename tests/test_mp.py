@@ -1,10 +1,13 @@
 """Magnitude-preserving primitives (EDM2 Sec. 3): each op keeps unit RMS on unit-RMS inputs."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from lcsbench.nn.edm2 import Block
+from lcsbench.nn.edm2 import Block, preset
 from lcsbench.nn.mp import (
     MPConv,
     MPFourier,
@@ -16,6 +19,7 @@ from lcsbench.nn.mp import (
     pixel_norm,
     resample,
 )
+from lcsbench.nn.multi_tensor import zero_nonfinite_
 
 
 def rms(x: torch.Tensor) -> float:
@@ -110,3 +114,52 @@ def test_forced_weight_norm_keeps_unit_rms_rows_after_optimizer_steps():
                 assert torch.allclose(rows, torch.ones_like(rows), atol=1e-4), name
         # renormalizing stored weights does not change the function (forward normalizes anyway)
         assert torch.allclose(block(x, emb), before, atol=1e-4)
+
+
+def test_grouped_weight_renormalization_equals_renormalizing_each_layer():
+    # force_weight_norm_ renormalizes every layer in one concatenated buffer per row length (nn/multi_tensor.py)
+    net = preset("tiny", label_dim=256, model_channels=16)
+    layouts = (torch.contiguous_format, torch.channels_last)
+    for layout in layouts:
+        grouped = copy.deepcopy(net).to(memory_format=layout)
+        with torch.no_grad():
+            for weight in grouped.parameters():
+                weight.mul_(torch.rand_like(weight) + 0.5)  # rows off the unit sphere, differently per row
+        reference = copy.deepcopy(grouped)
+        count = force_weight_norm_(grouped)
+        layers = [m for m in reference.modules() if isinstance(m, MPConv)]
+        for layer in layers:
+            layer.force_weight_norm_()
+        assert count == len(layers) > 20
+        for (name, ours), theirs in zip(grouped.named_parameters(), reference.parameters()):
+            assert torch.allclose(ours, theirs, rtol=1e-6, atol=1e-7), name  # the same up to summation order
+        conv = grouped.unet.enc["32x32_conv"].weight
+        assert conv.is_contiguous(memory_format=layout)  # renormalized in place, layout kept
+
+
+def test_zero_nonfinite_zeroes_exactly_the_nan_and_inf_entries():
+    grads = [torch.tensor([1.0, float("nan"), -2.0]), torch.tensor([[float("inf"), 3.0], [4.0, -float("inf")]]),
+             torch.tensor([0.5, float("nan")], dtype=torch.float64), torch.ones(2, 3).t()]  # dtypes and strides
+    zero_nonfinite_(grads)
+    assert grads[0].tolist() == [1.0, 0.0, -2.0]
+    assert grads[1].tolist() == [[0.0, 3.0], [4.0, 0.0]]
+    assert grads[2].tolist() == [0.5, 0.0] and grads[2].dtype == torch.float64
+    assert torch.equal(grads[3], torch.ones(3, 2))
+
+
+def test_normalize_makes_no_float32_copy_of_a_bf16_tensor():
+    # under bf16 autocast an fp32 copy of every normalized activation doubled its memory (issue 24)
+    x = torch.randn(4, 64, 8, 8).to(torch.bfloat16)
+    made = []
+
+    class RecordOutputs(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            made.extend(t for t in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(t, torch.Tensor))
+            return out
+
+    with RecordOutputs():
+        y = normalize(x, dim=1)
+    assert not [t for t in made if t.dtype == torch.float32 and t.numel() >= x.numel()]
+    reference = x.float() / (1e-4 + x.float().pow(2).mean(dim=1, keepdim=True).sqrt())
+    assert y.dtype == torch.bfloat16 and torch.allclose(y.float(), reference, rtol=2e-2, atol=2e-2)

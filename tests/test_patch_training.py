@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
+import pytest
 import torch
 
 from lcsbench.callbacks.ema import PowerFunctionEMA
@@ -30,9 +31,10 @@ def data(root, label_mode: str = "single") -> CLEVRDataModule:
 
 
 def first_batch(root) -> dict:
+    """A training batch as the module receives it (images scaled to [-1, 1] after the transfer)."""
     datamodule = data(root)
     datamodule.setup("fit")
-    return next(iter(datamodule.train_dataloader()))
+    return datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
 
 
 def test_training_patches_are_one_positive_and_one_negative_per_image(clevr_shards):
@@ -101,3 +103,12 @@ def test_short_cpu_fit_validates_on_full_images_and_reloads(clevr_shards, tmp_pa
     assert d.shape == x.shape and torch.isfinite(d).all()
     assert torch.equal(d[:, :, 8:10, 18:20], d_far[:, :, 8:10, 18:20])  # conditional locality survives training
 
+
+
+def test_data_that_can_label_no_object_is_refused_before_training(clevr_shards, tmp_path):
+    # drop_one names nothing in a 1-object scene: no positive patch (App. E.3); on a GPU the per-batch check is a
+    # device-side assertion, so the model refuses such data up front
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"counts \[1, 2, 3\] with label_mode 'drop_one' can label none"):
+        trainer.fit(patch_module(), data(clevr_shards, label_mode="drop_one"))

@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lcsbench.data.scenes import cell_centre
 from lcsbench.diffusion.denoiser import BoundDenoiser, Denoiser
@@ -196,8 +197,12 @@ def _heat_from_chunks(vjp_chunk, targets, out_channels: int, chunk_size: int, he
 
 
 def _batched_heat(forward_measured, holder, x, targets, chunk_size, memory_budget) -> Tensor:
-    """Eq. 9 rows for every (target, output channel): one forward, vmapped VJPs over one-hot cotangents."""
-    out, vjp_fn = torch.func.vjp(forward_measured, x)
+    """Eq. 9 rows for every (target, output channel): one forward, vmapped VJPs over one-hot cotangents.
+
+    The forward records attention in SDPA's math form (matmuls and a softmax): vmap has no batching rule for the
+    backward of the fused attention kernels and would loop over the cotangents one at a time there."""
+    with sdpa_kernel(SDPBackend.MATH):
+        out, vjp_fn = torch.func.vjp(forward_measured, x)
     _check_output_shape(out, x)
     if chunk_size is None:
         per_cotangent = holder["bytes"] + 2 * x.numel() * x.element_size() + out.numel() * out.element_size()

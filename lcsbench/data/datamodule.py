@@ -3,7 +3,10 @@
 Layout of a dataset: `ROOT/manifest.json` plus `ROOT/n{k}/{train,val}-NNNNNN.tar` (shards.py, scenes.py).
 A batch is a dict:
 
-    image         float32 [B, 3, H, W] in [-1, 1]
+    image         float32 [B, 3, H, W] in [-1, 1]. Training batches carry the PNG's uint8 pixels instead (a
+                  quarter of the bytes through worker queues, pinned memory and the host-to-device copy) and
+                  `on_after_batch_transfer` scales them to [-1, 1] on the device (`model_range`), so a
+                  LightningModule and its callbacks always see float32 in [-1, 1]
     cond          location: long [B, G, G] object-centre counts; color: long [B, 8] (conditioning.py)
     label         float32 [B, label_dim], the flattened counts (conditioning.encode_label's default `counts`
                   scale); lcsbench's models encode their own label from `cond` under their `label_scale`
@@ -16,12 +19,19 @@ A batch is a dict:
                   past num_objects or where the scene does not record it (the judge's error analysis)
     key           list[str], sample keys, e.g. "n3_train_00000017"
 
+Global batch (EDM2: 2048 images per optimizer step, whatever the number of GPUs): with `global_batch_size` set,
+`batch_size` is the most one device takes per forward pass, and `setup` derives the per-device batch and the
+Trainer's gradient-accumulation rounds from the world size (`device_batches`), so the learning-rate decay and the
+EMA snapshots, which count optimizer steps, mean the same on 1 GPU and on 16. Without it every rank takes
+`batch_size` and the global batch grows with the ranks (the configs of the running cpu/smoke studies).
+
 Training (an infinite, resampled stream; ecosystem-notes "WebDataset with DDP"): every (rank, worker)
 draws shards with replacement from each object count's training shards, takes one sample from each
 count in turn (so counts are mixed equally), shuffles through a buffer, decodes and batches with
-`partial=False`; `WebLoader(...).with_epoch(steps_per_epoch)` then gives every rank the same number of
-batches, so DDP never waits on a rank that ran out. Seeds derive from (seed, epoch, rank, worker):
-different data on every rank and worker, a new stream every epoch, the same stream on a rerun.
+`partial=False`; `WebLoader(...).with_epoch(steps_per_epoch x accumulation rounds)` then gives every rank the
+same number of batches, so DDP never waits on a rank that ran out, and an epoch ends on a whole optimizer step.
+Seeds derive from (seed, epoch, rank, worker): different data on every rank and worker, a new stream every
+epoch, the same stream on a rerun.
 
 Validation: one exact, finite pass over the held-out `val` shards of the chosen counts. A map-style
 index of the tar members is split across ranks by stride with no padding, so every held-out image is
@@ -43,6 +53,7 @@ import lightning as L
 import numpy as np
 import torch
 import webdataset as wds
+from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, get_worker_info
 
@@ -51,7 +62,7 @@ from lcsbench.data.scenes import COLOR_NAMES, IMAGE_EXT, SCENE_EXT, parse_counts
 from lcsbench.data.shards import MANIFEST, ShardError, iter_shard_samples, load_manifest, read_shard_members
 
 __all__ = ["CLEVRDataModule", "ShardError", "SampleDecoder", "TrainStream", "ValIndex", "collate_samples",
-           "parse_counts", "read_tar_samples"]
+           "device_batches", "model_range", "parse_counts", "read_tar_samples"]
 
 
 def rerender_hint(root: Path, settings: dict) -> str:
@@ -118,12 +129,7 @@ class SampleDecoder:
             raise ShardError(f"sample {key} in shard {shard} is {pixels.shape[1]}x{pixels.shape[0]} where the "
                              f"manifest says {self.resolution}x{self.resolution}: the shard does not belong to this "
                              f"dataset; {self.fix}")
-        # uint8 HWC -> float32 CHW in [-1, 1] with numpy: torch's intra-op threads turn this 3-op
-        # conversion into ~35 ms per 128x128 image on a busy machine (measured), numpy takes ~18 us.
-        chw = pixels.transpose(2, 0, 1).astype(np.float32, order="C")
-        chw /= np.float32(127.5)
-        chw -= np.float32(1.0)
-        image = torch.from_numpy(chw)
+        image = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))  # uint8 CHW
         return {
             "image": image,
             "cond": cond,
@@ -136,6 +142,42 @@ class SampleDecoder:
             "visible": torch.tensor([obj.get("visible_pixels", -1) for obj in scene["objects"]], dtype=torch.long),
             "key": key,
         }
+
+
+def model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [-1, 1] (`x / 127.5 - 1`), on the images' device."""
+    return images.to(torch.float32) / 127.5 - 1
+
+
+def collate_model_range(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """`collate_samples` with the images scaled to float32 in [-1, 1] (validation: read directly by commands)."""
+    batch = collate_samples(samples)
+    return {**batch, "image": model_range(batch["image"])}
+
+
+def device_batches(
+    global_batch_size: int,  # images per optimizer step over all ranks and accumulation rounds
+    world_size: int,  # ranks (GPUs x nodes)
+    max_device_batch: int,  # the most one device takes per forward pass (its memory)
+    rounds: int | None = None,  # accumulation rounds to use; None: the fewest that fit max_device_batch
+) -> tuple[int, int]:
+    """(per-device batch, accumulation rounds) with per-device batch x world_size x rounds = global_batch_size."""
+    if global_batch_size < 1 or world_size < 1 or max_device_batch < 1:
+        raise ValueError(f"need global_batch_size, world size and batch_size >= 1; got {global_batch_size}, "
+                         f"{world_size}, {max_device_batch}")
+    candidates = [rounds] if rounds is not None else range(1, global_batch_size // world_size + 1)
+    for r in candidates:
+        if global_batch_size % (world_size * r) == 0 and global_batch_size // (world_size * r) <= max_device_batch:
+            return global_batch_size // (world_size * r), r
+    if rounds is not None:
+        raise ValueError(f"global_batch_size {global_batch_size} does not split into {world_size} rank(s) x {rounds} "
+                         f"accumulation round(s) of at most {max_device_batch} images: drop "
+                         f"trainer.accumulate_grad_batches (the rounds are derived), or choose a global batch "
+                         f"divisible by {world_size * rounds}")
+    raise ValueError(f"global_batch_size {global_batch_size} does not split evenly over {world_size} rank(s): choose a "
+                     f"global batch divisible by the number of ranks (e.g. "
+                     f"{global_batch_size // world_size * world_size}), or run on a number of GPUs that divides "
+                     f"{global_batch_size}")
 
 
 def pad_centres(centres: list[torch.Tensor]) -> torch.Tensor:
@@ -346,11 +388,13 @@ class CLEVRDataModule(L.LightningDataModule):
         conditioning: str = "location",  # location | color (E.1: one attribute at a time)
         label_mode: str = "all",  # all (Exp. 1) | single (Exp. 2/3) | random | drop_one (Table 2)
         grid_size: int = 16,  # location grid cells per side; must divide the resolution (E.1)
-        batch_size: int = 64,  # samples per batch on each rank
+        batch_size: int = 64,  # samples per batch on each rank; with global_batch_size: the most per device
+        global_batch_size: int | None = None,  # images per optimizer step on all ranks (EDM2: 2048); None: no fixed
+        #   global batch (every rank takes batch_size, the global batch grows with the ranks)
         num_workers: int = 2,  # DataLoader worker processes per rank
         resolution: int | None = None,  # expected image size; None: take the manifest's
         seed: int = 0,  # base seed of shard choice, shuffling and random label modes
-        steps_per_epoch: int = 1000,  # training batches per epoch on every rank (with_epoch)
+        steps_per_epoch: int = 1000,  # optimizer steps per epoch (batches: steps x accumulation rounds, every rank)
         shuffle_buffer: int = 1000,  # training samples in the shuffle buffer per worker
         val_batch_size: int | None = None,  # validation batch size; None: batch_size
         extra_train: Sequence[str] = (),  # roots of other renders (e.g. `render --layout` of the protocol's
@@ -363,13 +407,17 @@ class CLEVRDataModule(L.LightningDataModule):
         if batch_size < 1 or steps_per_epoch < 1 or num_workers < 0 or shuffle_buffer < 1 or grid_size < 1:
             raise ValueError(f"need batch_size, steps_per_epoch, shuffle_buffer, grid_size >= 1 and num_workers >= 0; "
                              f"got {batch_size}, {steps_per_epoch}, {shuffle_buffer}, {grid_size}, {num_workers}")
+        if global_batch_size is not None:
+            device_batches(global_batch_size, 1, batch_size)  # a bad global batch fails at parse time
         self.root = Path(root)
         self.counts = parse_counts(counts)
         self.conditioning, self.label_mode, self.grid_size = conditioning, label_mode, grid_size
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.max_device_batch, self.global_batch_size = batch_size, global_batch_size
+        self.accumulation = 1  # gradient-accumulation rounds per optimizer step (plan_batches)
         self.requested_resolution = resolution
         self.steps_per_epoch, self.shuffle_buffer = steps_per_epoch, shuffle_buffer
-        self.val_batch_size = val_batch_size or batch_size
+        self.val_batch_size = val_batch_size
         self.extra_train = [Path(root) for root in extra_train]
         self.extra_shards: dict[str, list[str]] = {}
         self.manifest: dict | None = None
@@ -388,7 +436,10 @@ class CLEVRDataModule(L.LightningDataModule):
         return int(self.manifest["settings"]["resolution"])
 
     def setup(self, stage: str | None = None) -> None:
-        """Read and check the manifest: resolution, grid size, and shards for every requested count."""
+        """Plan the batches for the Trainer's world size; read and check the manifest (once): resolution, grid size,
+        and shards for every requested count."""
+        if self.trainer is not None:
+            self.plan_batches(self.trainer)
         if self.manifest is not None:
             return
         manifest = load_manifest(self.root)
@@ -415,6 +466,25 @@ class CLEVRDataModule(L.LightningDataModule):
         self.extra_shards = {str(root): extra_training_shards(root, resolution) for root in self.extra_train}
         self.manifest = manifest
         self.decoder = SampleDecoder(self.conditioning, self.label_mode, self.grid_size, resolution, self.fix)
+
+    def plan_batches(self, trainer: L.Trainer) -> None:
+        """With a global batch: this rank's batch size and the Trainer's accumulation rounds (module docstring)."""
+        if self.global_batch_size is None:
+            self.accumulation = trainer.accumulate_grad_batches
+            return
+        chosen = trainer.accumulate_grad_batches if trainer.accumulate_grad_batches > 1 else None
+        self.batch_size, self.accumulation = device_batches(self.global_batch_size, trainer.world_size,
+                                                            self.max_device_batch, chosen)
+        trainer.accumulate_grad_batches = self.accumulation  # as Lightning's GradientAccumulationScheduler sets it
+        rank_zero_info(f"CLEVRDataModule: global batch {self.global_batch_size} = {trainer.world_size} rank(s) x "
+                       f"{self.batch_size} images x {self.accumulation} accumulation round(s)")
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Training images arrive as uint8 (module docstring): scale them to [-1, 1] here, on the device."""
+        images = batch.get("image") if isinstance(batch, dict) else None
+        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
+            return {**batch, "image": model_range(images)}
+        return batch
 
     def _shard_paths(self, count: int, split: str) -> list[str]:
         paths = [str(self.root / rel) for rel in self.manifest["shards"][f"n{count}"].get(split, [])]
@@ -444,8 +514,8 @@ class CLEVRDataModule(L.LightningDataModule):
         groups = {**{c: self._shard_paths(c, "train") for c in self.counts}, **self.extra_shards}
         stream = TrainStream(groups, self.decoder,
                              self.batch_size, self.shuffle_buffer, self.seed, rank, self.fix)
-        return TrainLoader(stream, self.steps_per_epoch, self._next_epoch, num_workers=self.num_workers,
-                           pin_memory=torch.cuda.is_available(), persistent_workers=False)
+        return TrainLoader(stream, self.steps_per_epoch * self.accumulation, self._next_epoch,
+                           num_workers=self.num_workers, pin_memory=torch.cuda.is_available(), persistent_workers=False)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
@@ -459,6 +529,7 @@ class CLEVRDataModule(L.LightningDataModule):
                              f"--val-per-count > 0, or run without validation (limit_val_batches=0)")
         dataset = ValIndex(shards, self.decoder, self.seed, self.fix)
         rank, world = self._rank_and_world()
-        return DataLoader(dataset, batch_size=self.val_batch_size, sampler=StridedSampler(dataset, world, rank),
-                          num_workers=self.num_workers, collate_fn=collate_samples,
+        return DataLoader(dataset, batch_size=self.val_batch_size or self.batch_size,
+                          sampler=StridedSampler(dataset, world, rank), num_workers=self.num_workers,
+                          collate_fn=collate_model_range,
                           pin_memory=torch.cuda.is_available(), drop_last=False)

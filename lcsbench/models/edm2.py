@@ -6,6 +6,12 @@ plus the paper's one change: forced weight renormalization after every optimizer
 Trainer's (`precision: bf16-mixed` on GPU). Validation reports the EDM-weighted denoising error at fixed noise
 levels (1.0 = no better than returning c_skip x), as a torchmetrics Metric so multi-GPU runs report the same number.
 
+Speed (issue 24): a training step never waits for the device. The loss is checked for NaN/Inf on the host every
+`trainer.log_every_n_steps` batches (every batch on the CPU, where that costs nothing), the progress bar shows the
+loss from those checks, the learning rate is logged from a host tensor; non-finite gradients are zeroed and the
+weights renormalized in a few kernels for the whole network (nn/multi_tensor.py), Adam is fused, cuDNN picks its
+fastest kernels (`cudnn.benchmark`), and `channels_last` stores the convolution weights channels-last.
+
 Everything downstream uses `module.denoiser(x, sigma, cond) -> D(x)` (diffusion/denoiser.py: it also says its
 image shape, conditioning kind and grid size), where `cond` is the structured conditioner (location grid
 `[B, G, G]` or colour counts `[B, 8]`); `load_denoiser(ckpt)` rebuilds a module with EMA weights.
@@ -32,6 +38,7 @@ from lcsbench.diffusion.phema import ema_net_state, tracked_index
 from lcsbench.diffusion.schedule import learning_rate
 from lcsbench.nn.edm2 import check_label_scale
 from lcsbench.nn.mp import force_weight_norm_
+from lcsbench.nn.multi_tensor import zero_nonfinite_
 
 
 # --- validation metric -------------------------------------------------------------------------------------
@@ -76,10 +83,11 @@ class EDM2Diffusion(L.LightningModule):
         val_seed: int = 0,  # seed of the validation noise (one fixed draw per held-out image)
         noise_seed: int = 0,  # training noise is drawn from (noise_seed, step, accumulation round, rank)
         compile: bool = False,  # torch.compile the U-Net for training
+        channels_last: bool = False,  # store conv weights channels-last (NHWC); scripts/bench_train.py measures it
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
-        self.net = net
+        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         self.conditioning = conditioning
         self.grid_size = grid_size
         self.label_scale = label_scale
@@ -93,6 +101,7 @@ class EDM2Diffusion(L.LightningModule):
         self.val_sigmas = [float(s) for s in val_sigmas]
         self.val_loss = NoiseLevelLoss(len(self.val_sigmas))
         self._global_batch_size: int | None = None
+        self._unchecked_losses: list[tuple[int, int, list, torch.Tensor]] = []  # (step, batch, keys, loss) on device
 
     def expected_label_dim(self) -> int:
         """Label width the network must take (subclasses with other labels, e.g. patch-local, override it)."""
@@ -104,12 +113,24 @@ class EDM2Diffusion(L.LightningModule):
         """The network label vector of a structured conditioner (data/conditioning.py) under `label_scale`."""
         return encode_label(cond, self.conditioning, self.label_scale)
 
+    # Devices on which `denoiser` (samplers, analyses, callbacks, commands) runs the network under bf16 autocast:
+    # in fp32 a GPU samples and takes Jacobians at a fraction of its speed. The EDM arithmetic around the network
+    # stays fp32 (Precond), as in training. The training and validation steps call `denoise` directly and follow
+    # the Trainer's precision. Set to () on an instance for fp32 analyses on a GPU.
+    inference_autocast_devices: tuple[str, ...] = ("cuda",)
+
     @property
     def denoiser(self) -> BoundDenoiser:
         """`denoiser(x, sigma, cond) -> D(x)` with its image shape, conditioning kind and grid size
         (diffusion/denoiser.py): what every sampler, analysis, command and callback calls."""
-        return BoundDenoiser(self.denoise, self.image_shape, self.conditioning,
+        return BoundDenoiser(self.inference_denoise, self.image_shape, self.conditioning,
                              self.grid_size if self.conditioning == "location" else None, network=self.net)
+
+    def inference_denoise(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor) -> torch.Tensor:
+        """`denoise` under bf16 autocast on `inference_autocast_devices`; float32 out either way."""
+        autocast = x.device.type in self.inference_autocast_devices
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            return self.denoise(x, sigma, cond).to(torch.float32)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -140,6 +161,12 @@ class EDM2Diffusion(L.LightningModule):
         if self.hparams.compile and stage == "fit":
             self.net.unet.compile() if hasattr(self.net, "unet") else self.net.compile()
 
+    def on_fit_start(self) -> None:
+        # cuDNN times its convolution algorithms once per shape and keeps the fastest (the shapes never change).
+        if self.device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
+            torch.backends.cudnn.benchmark = True
+        self._unchecked_losses = []
+
     def resolution_hint(self, resolution: int) -> str:
         """The config key that sets the full-image resolution (subclasses with patches override it)."""
         return f"model.init_args.net.init_args.img_resolution: {resolution}"
@@ -162,16 +189,38 @@ class EDM2Diffusion(L.LightningModule):
         seed = ((self.hparams.noise_seed * 1_000_003 + self.global_step) * 1009 + round_in_step) * 997 + self.global_rank
         generator = torch.Generator(device=images.device).manual_seed(seed % 2**63)
         loss = self.per_image_loss(batch, generator).mean()  # EDM2: sum over C x H x W, mean over the batch
-        if not torch.isfinite(loss):
-            keys = batch.get("key", [])
-            raise FloatingPointError(
-                f"the training loss is {loss.item()} at global step {self.global_step} (batch {batch_idx}, first keys "
-                f"{list(keys[:4])}): the run diverged. Resume from the last checkpoint with a lower model.init_args.lr, "
-                f"check the data for NaN/Inf, or try trainer.precision=32 to rule out mixed precision")
-        numel = images[0].numel()
-        self.log("train/loss", loss / numel, prog_bar=True)  # per element, comparable across resolutions
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        per_element = loss.detach() / images[0].numel()  # comparable across resolutions
+        self.log("train/loss", per_element)  # a device tensor: the logger reads it every log_every_n_steps
+        self.log("train/lr", torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"]))  # host: no copy
+        self._unchecked_losses.append((self.global_step, batch_idx, list(batch.get("key", [])[:4]), per_element))
+        if len(self._unchecked_losses) >= self.loss_check_interval():
+            self.log("loss", self.check_losses(), prog_bar=True, logger=False)  # a host tensor: the bar never syncs
         return loss
+
+    def loss_check_interval(self) -> int:
+        """Batches between host reads of the loss: every batch on the CPU (free), else every logging interval."""
+        return 1 if self.device.type == "cpu" else max(1, self.trainer.log_every_n_steps)
+
+    def check_losses(self) -> torch.Tensor:
+        """Read the losses of the batches since the last check (one host sync) and raise at the first non-finite
+        one; returns their mean (a host tensor)."""
+        if not self._unchecked_losses:
+            return torch.tensor(float("nan"))
+        pending, self._unchecked_losses = self._unchecked_losses, []
+        values = torch.stack([loss for *_, loss in pending]).float().cpu()
+        finite = torch.isfinite(values)
+        if not finite.all():
+            step, batch_idx, keys, _ = pending[int((~finite).nonzero()[0])]
+            value = float(values[~finite][0])
+            raise FloatingPointError(
+                f"the training loss is {value} at global step {step} (batch {batch_idx}, first keys {keys}; found "
+                f"at step {self.global_step}): the run diverged. Resume from the last checkpoint with a lower "
+                f"model.init_args.lr, check the data for NaN/Inf, or try trainer.precision=32 to rule out mixed "
+                f"precision")
+        return values.mean()
+
+    def on_train_end(self) -> None:
+        self.check_losses()  # the last batches of the run
 
     def per_image_loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         """EDM2 loss per image `[B]` (sum over C x H x W), noise drawn from `generator`."""
@@ -189,18 +238,17 @@ class EDM2Diffusion(L.LightningModule):
         return labels
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # EDM2 force_finite: NaN/Inf gradients become 0 (an occasional bad step is skipped, not fatal).
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+        # EDM2 force_finite: NaN/Inf gradient entries become 0 (an occasional bad step is skipped, not fatal).
+        zero_nonfinite_([p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None])
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
         force_weight_norm_(self.net)  # the paper's one change to EDM2: renormalize after every update
 
     def configure_optimizers(self) -> dict:
-        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr, betas=(0.9, 0.99), eps=1e-8)
+        params = list(self.net.parameters())
+        fused = all(p.device.type in ("cuda", "cpu") for p in params)  # one kernel for all parameters
+        optimizer = torch.optim.Adam(params, lr=self.hparams.lr, betas=(0.9, 0.99), eps=1e-8, fused=fused or None)
 
         def factor(step: int) -> float:
             return learning_rate(step, self.global_batch_size(), 1.0, self.hparams.lr_decay_steps,

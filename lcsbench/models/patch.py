@@ -37,17 +37,29 @@ class PatchLocalDiffusion(EDM2Diffusion):
         val_seed: int = 0,  # seed of the validation noise
         noise_seed: int = 0,  # training noise seed
         compile: bool = False,  # torch.compile the patch U-Net for training
+        channels_last: bool = False,  # store the patch U-Net's conv weights channels-last (NHWC)
     ):
         self._radius = radius  # read by expected_label_dim during EDM2Diffusion.__init__
         super().__init__(net, conditioning="location", grid_size=grid_size, label_scale=label_scale, lr=lr,
                          lr_decay_steps=lr_decay_steps, lr_rampup_images=lr_rampup_images, P_mean=P_mean,
                          P_std=P_std, val_sigmas=val_sigmas, val_seed=val_seed, noise_seed=noise_seed,
-                         compile=compile)
+                         compile=compile, channels_last=channels_last)
         self.local = PatchLocal(net, grid_size=grid_size, radius=radius, max_patches=max_patches,
                                 label_scale=label_scale)
 
     def expected_label_dim(self) -> int:
         return patch_label_dim(self._radius)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        # Every training image needs a labelled object (its positive patch, App. E.3): refuse data that can name
+        # none now, rather than by a device-side assertion in the middle of training (nn.patch.check_labelled).
+        data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        counts, label_mode = getattr(data, "counts", None), getattr(data, "label_mode", None)
+        if stage == "fit" and counts is not None and (0 in counts or (label_mode == "drop_one" and 1 in counts)):
+            raise ValueError(f"the patch-local model needs at least one labelled object per training image, but "
+                             f"counts {list(counts)} with label_mode {label_mode!r} can label none: train on counts "
+                             f">= 1 (>= 2 for drop_one), or with label_mode single, random or all")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -155,16 +155,25 @@ def sample_training_cells(cond: torch.Tensor, radius: int, generator: torch.Gene
     batch, g, _ = cond.shape
     active = all_subgrids(cond, radius).flatten(-2).sum(-1) > 0  # [B, G, G]
     flat = active.reshape(batch, g * g)
-    if not flat.any(dim=1).all():
-        empty = (~flat.any(dim=1)).nonzero().flatten().tolist()
-        raise ValueError(f"images {empty} of the batch have no active conditioner: a positive patch needs "
-                         f"at least one labelled object (check the label mode)")
+    check_labelled(flat.any(dim=1))
     # A masked argmax of uniform noise picks a uniformly random cell among the allowed ones.
     noise = torch.rand(2, batch, g * g, generator=generator, device=cond.device)
     positive = torch.where(flat, noise[0], -1.0).argmax(dim=1)
     has_negative = (~flat).any(dim=1)
     negative = torch.where(~flat | ~has_negative[:, None], noise[1], -1.0).argmax(dim=1)
     return flat_to_cells(positive, g), flat_to_cells(negative, g), has_negative
+
+
+def check_labelled(labelled: torch.Tensor) -> None:
+    """Refuse a batch with an image that names no object ([B] bool): it has no positive patch. On the host the
+    check is immediate; on an accelerator it is a device-side assertion, so a training step never waits for it
+    (the patch-local model refuses label modes that can name nothing before training starts)."""
+    if labelled.device.type != "cpu":
+        torch._assert_async(labelled.all(), "an image of the batch names no object: it has no positive patch")
+    elif not labelled.all():
+        empty = (~labelled).nonzero().flatten().tolist()
+        raise ValueError(f"images {empty} of the batch have no active conditioner: a positive patch needs "
+                         f"at least one labelled object (check the label mode)")
 
 
 def flat_to_cells(index: torch.Tensor, grid_size: int) -> torch.Tensor:
