@@ -44,7 +44,7 @@ def tiny_judge(resolution=None):
 def test_judge_trains_on_renders_and_detects(clevr_shards, tmp_path):
     data = CLEVRDataModule(str(clevr_shards), counts="1-3", batch_size=6, num_workers=0, steps_per_epoch=6,
                            shuffle_buffer=8)
-    batch = next(iter(data.train_dataloader()))
+    batch = data.on_after_batch_transfer(next(iter(data.train_dataloader())), 0)
     assert batch["centres"].shape[0] == 6 and batch["colors"].shape == batch["centres"].shape[:2]
     assert (~torch.isnan(batch["centres"][..., 0])).sum(1).tolist() == batch["num_objects"].tolist()
     assert batch["visible"].ge(1).sum(1).tolist() == batch["num_objects"].tolist()  # renders record every object
