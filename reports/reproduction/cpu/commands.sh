@@ -32,3 +32,7 @@ python -m lcsbench lengthgen --ckpt reports/reproduction/cpu/weights/exp2.pt --o
 python -m lcsbench locality --ckpt reports/reproduction/cpu/weights/exp2.pt --out reports/reproduction/cpu/exp2/locality --sigmas 0.05,0.2,0.5,1,2,5,10,40 --samples 4 --scenes 8 --sample-steps 32 --locations 3
 # 2026-12-03T09:47:36 report: reports/reproduction/cpu/table.md, report.json and figures
 python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs runs/reproduction/cpu --data data/reproduce32 --stage report
+# 2026-12-03T10:05:38 export exp3: EMA weights of /work/study/runs/reproduction/cpu/exp3/lightning_logs/run/checkpoints/last.ckpt -> reports/reproduction/cpu/weights/exp3.pt
+python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --data data/reproduce32 --stage export --experiments exp3
+# 2026-12-03T09:31:22 fit exp3 (python -m lcsbench reproduce --scale cpu --stage fit --experiments exp3 --parallel-fits 2, from the worktree at ec4488a; stopped at its step-5000 checkpoint at 10:03:40 for want of session time: the config asks 10000)
+taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench fit --config configs/reproduce/cpu/exp3.yaml --trainer.logger.init_args.save_dir runs/reproduction/cpu/exp3 --trainer.logger.init_args.version run
