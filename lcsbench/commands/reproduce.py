@@ -503,7 +503,7 @@ def weights_match_record(weights: Path, sidecar: dict | None) -> bool | None:
     return weights.exists() and file_sha256(weights) == sidecar["sha256"]
 
 
-def rp_name(exp: str) -> str:
+def experiment_title(exp: str) -> str:
     from lcsbench.analysis.report import EXPERIMENT_NAMES
 
     return EXPERIMENT_NAMES.get(exp, exp)
@@ -548,7 +548,7 @@ def stage_export(study: Study) -> None:
 
         recorded["sha256"] = file_sha256(weights)
         write_atomic(weights.with_suffix(".json"), json.dumps(recorded, indent=2, default=str))
-        write_curves(study.log_dir(exp), study.out / exp, rp_name(exp))
+        write_curves(study.log_dir(exp), study.out / exp, experiment_title(exp))
         study.timing(f"export {exp}", time.perf_counter() - started)
         if recorded["step"] < config["max_steps"]:
             study.say(f"export {exp}: note: the run is at step {recorded['step']} of {config['max_steps']}")
