@@ -484,11 +484,11 @@ def test_smoke_scale_end_to_end(tmp_path, capsys):
         assert summary["label_mode"] == ("all" if exp == "exp1" else "single")
         module = load_denoiser(summary["weights"])  # the export alone rebuilds the model
         assert module.denoiser.image_shape == (3, 32, 32) and module.grid_size == 8
-    assert sorted(report["oracle"]["success"]) == ["1", "2", "3"] and len(report["goals"]) == 5
+    assert sorted(report["oracle"]["success"]) == ["1", "2", "3"] and len(report["goals"]) == 8  # 7 + study time
     for name in ("success_vs_k", "locality_radius", "locality_maps", "samples_by_k"):
         assert (out / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
     table = (out / "table.md").read_text()
-    assert "| Exp 2: global EDM2, one object labelled | 1+(0-2) |" in table
+    assert "| Exp 2: global EDM2, one object labelled | 1-3 objects, single labels | 1+(0-2) |" in table
     commands = (out / "commands.sh").read_text()
     if parallel == 2:
         assert "taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench fit" in commands
