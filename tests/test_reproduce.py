@@ -506,5 +506,6 @@ def test_smoke_scale_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert cli_main(argv) == 0
     assert (out / "commands.sh").read_text() == commands
-    assert capsys.readouterr().out.count("skipped") == 1 + 3 + 3 + 6 + 1
+    # render, 3 fits, 3 exports, 3 x (lengthgen, lengthgen_random, locality), report
+    assert capsys.readouterr().out.count("skipped") == 1 + 3 + 3 + 9 + 1
     assert math.isfinite(report["experiments"]["exp1"]["success_interval"]["1"][1])
