@@ -240,12 +240,16 @@ class Study:
         write_atomic(path, json.dumps(timings, indent=2))
 
 
+def usable_core_ids() -> list[int]:
+    """The cores this process may run on (its CPU affinity), sorted."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))  # not on Linux
+
+
 def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity), which is what a fit should use as threads."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    """How many cores this process may run on, which is what a fit should use as threads."""
+    return max(1, len(usable_core_ids()))
 
 
 LOCK_NAME = ".reproduce.lock"
@@ -355,7 +359,7 @@ def fit_arguments(study: Study, exp: str, config: dict, resume: bool) -> list[st
 
 def core_slots(parallel: int) -> list[list[int]]:
     """The usable cores split into `parallel` disjoint groups, one per concurrent fit."""
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cores = usable_core_ids()
     if parallel > len(cores):
         raise SystemExit(f"reproduce: --parallel-fits {parallel} needs at least {parallel} cores, this process may "
                          f"use {len(cores)}: pass --parallel-fits {len(cores)} or fewer")
