@@ -150,11 +150,27 @@ def test_table_and_figures_from_hand_made_outputs():
     assert figures[2].axes[0].images and len(figures[2].axes) == 2 * 4  # sample, pixel map, 2 conditioners
 
 
+LOCAL_MACHINE = lengthgen_document("single", {1: 10, 2: 10, 3: 10, 4: 9, 5: 8}, {k: 10 for k in range(1, 6)})
+EMPIRICAL = lengthgen_document("all", {1: 10, 2: 10, 3: 9, 4: 0, 5: 0}, {k: 10 for k in range(1, 6)})
+
+
+def write_r2(out: Path, exp: str, names: list[str], high: list[float]) -> None:
+    """A hand-made r2.json (closed-form r2's layout): r2 0.2 at sigma 0.5 and `high` at sigma 40 per closed form."""
+    (out / exp / "r2").mkdir(parents=True)
+    (out / exp / "r2" / "r2.json").write_text(json.dumps(
+        {"sigmas": [0.5, 40.0], "r2": {name: [0.2, value] for name, value in zip(names, high)},
+         "mse": {name: [0.1, 0.1] for name in names}}))
+
+
 def test_report_stage_writes_table_json_and_figures(tmp_path, capsys):
     out = tmp_path / "out"
     for seed, (exp, document, radius) in enumerate((("exp1", EXP1, 3.0), ("exp2", EXP2, 12.0),
-                                                    ("exp3", EXP3, 2.0))):
+                                                    ("exp3", EXP3, 2.0), ("cf_local_single", LOCAL_MACHINE, 4.0),
+                                                    ("cf_empirical_all", EMPIRICAL, 20.0))):
         write_evaluation(out, exp, document, radius, seed)
+    write_r2(out, "exp1", ["cf_empirical_all"], [0.5])  # the smoke scale's closed forms: one per label mode
+    write_r2(out, "exp2", ["cf_local_single"], [0.3])
+    write_r2(out, "exp3", ["cf_local_single"], [0.9])
     argv = ["reproduce", "--scale", "smoke", "--out", str(out), "--runs", str(tmp_path / "runs"), "--data",
             str(tmp_path / "data"), "--stage", "report"]
     assert cli_main(argv) == 0
@@ -173,6 +189,20 @@ def test_report_stage_writes_table_json_and_figures(tmp_path, capsys):
     assert "| Exp 1: global EDM2, all objects labelled | 1-3 objects, all labels | 9 | 4 | 3 | - |" in \
         (out / "table.md").read_text()
     assert "--stage report" in (out / "commands.sh").read_text()
+    # the closed forms (issue 23): beside the trained models, by label mode and kind, with the r2 yardstick
+    closed = report["closed_form"]
+    assert closed["single"]["local"]["k_max"] == 5 and closed["all"]["empirical"]["k_max"] == 3
+    assert closed["single"]["local"]["success"]["4"] == 0.9 and "exp1" not in closed["all"]
+    assert report["r2"]["exp3"]["r2"]["cf_local_single"] == [0.2, 0.9]
+    assert {p["prediction"]: p["passed"] for p in report["closed_form_predictions"]} == {
+        "local score machine, single labels: k_max > 3": True, "empirical denoiser, all labels: k_max <= 3": True,
+        "exp1 (length-generalizes) is closer to the local machine at high noise than exp2 (fails)": None,  # no
+        "exp3 (length-generalizes) is closer to the local machine at high noise than exp2 (fails)": True}  # cf_local_all
+    for name in ("closed_forms", "closed_forms_locality_radius", "r2"):
+        assert (out / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
+    table = (out / "table.md").read_text()
+    assert "| Closed form: local score machine, one object labelled | single | k_max > 3" in table
+    assert "| exp3 | cf_local_single | 0.20 | 0.90 |" in table
     capsys.readouterr()
     assert cli_main(argv) == 0  # nothing newer than report.json: skipped
     assert "skipped" in capsys.readouterr().out
@@ -258,9 +288,16 @@ def test_dry_run_prints_the_stage_commands_skipping_and_resuming(tmp_path, capsy
     assert "--ckpt_path" not in fits[1] and "exp3.yaml" in fits[1]
     assert any("--stage export --experiments exp3" in c for c in commands)
     lengthgen = [c for c in commands if " lengthgen " in c]
-    assert len(lengthgen) == 6 and all(f"--judge {__file__}" in c and "--ks 1-3" in c for c in lengthgen)
+    # 3 experiments x (paper order, random k-subsets) + the scale's 2 closed forms in the paper's order
+    assert len(lengthgen) == 8 and all(f"--judge {__file__}" in c and "--ks 1-3" in c for c in lengthgen)
     assert sum("--order random" in c and "lengthgen_random" in c for c in lengthgen) == 3  # beside the paper's
-    assert len([c for c in commands if " locality " in c]) == 3
+    assert sum("closed_forms/cf_local_single.pt --out" in c for c in lengthgen) == 1
+    assert len([c for c in commands if " locality " in c]) == 5
+    specs = [c for c in commands if " closed-form spec " in c]
+    assert len(specs) == 2 and all(f"--render {tmp_path / 'data'}" in c and "--grid-size 8" in c for c in specs)
+    r2 = [c for c in commands if " closed-form r2 " in c]  # each model against the closed form of its labels
+    assert len(r2) == 3 and "weights/exp1.pt --spec" in r2[0] and "cf_empirical_all.pt" in r2[0]
+    assert all("cf_local_single.pt" in c for c in r2[1:])
     assert "(would need: evaluate exp1: no weights" in out  # noted, not refused: export would write them
     assert not (tmp_path / "out" / "commands.sh").exists()  # a dry run records nothing
 
@@ -295,7 +332,8 @@ def test_finished_stages_are_skipped_and_run_nothing(tmp_path, capsys):
     (weights / "exp2.json").write_text(json.dumps({"exported": "2024-02-02T00:00:00", "step": 30}))
     assert cli_main([*argv, "--stage", "evaluate", "--dry-run"]) == 0
     commands = [c for c in capsys.readouterr().out.splitlines() if c.startswith("python -m lcsbench")]
-    assert len(commands) == 3 and all("weights/exp2.pt" in c for c in commands)
+    planned = [c for c in commands if " closed-form r2 " not in c]  # r2 waits for the closed forms' specs
+    assert len(planned) == 3 and all("weights/exp2.pt" in c for c in planned)
 
 
 def test_the_oracle_renders_are_shared_between_experiments(tmp_path, capsys):

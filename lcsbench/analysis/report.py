@@ -35,7 +35,15 @@ EXPERIMENT_NAMES = {
     "exp3": "Exp 3: patch-local EDM2, one object labelled",
     "fig4_global": "Fig. 4: global EDM2 trained on 1 object",
     "fig4_local": "Fig. 4: patch-local EDM2 trained on 1 object",
+    "cf_local_all": "Closed form: local score machine, all objects labelled",
+    "cf_local_single": "Closed form: local score machine, one object labelled",
+    "cf_empirical_all": "Closed form: empirical denoiser, all objects labelled",
+    "cf_empirical_single": "Closed form: empirical denoiser, one object labelled",
 }
+# Issue 23: what the theory predicts of the closed forms (Lemma 1: a local conditional score composes)
+CLOSED_FORM_PREDICTION = {"local": "k_max > 3 (beyond the trained counts), with either labels",
+                          "empirical": "k_max <= 3 (redraws training scenes)"}
+HIGH_NOISE = 10.0  # issue 23, item 3: "closer to the local machine at high noise": the mean r2 over sigma >= this
 STUDY_HOURS_GOAL = 6.0  # issue 22: the cpu study from a fresh clone within 6 hours on 2 quiet cores
 
 
@@ -256,6 +264,109 @@ def goal_checks(experiments: Mapping[str, Mapping], localities: Mapping[str, Map
     return goals
 
 
+# --- the closed forms (issue 23) -------------------------------------------------------------------------------
+
+
+def closed_form_summary(summaries: Mapping[str, Mapping], kinds: Mapping[str, Mapping]) -> dict:
+    """report.json's "closed_form": label mode -> kind -> the closed form's `experiment_summary` (k_max, success
+    per k, Figure 2's radii), from the summaries keyed by closed-form name and each one's spec flags (kind,
+    label-mode)."""
+    grouped: dict[str, dict] = {}
+    for name, summary in summaries.items():
+        flags = kinds[name]
+        grouped.setdefault(flags["label-mode"], {})[flags["kind"]] = {"name": name, **summary}
+    return grouped
+
+
+def high_noise_r2(r2: Mapping, least_sigma: float = HIGH_NOISE) -> dict[str, float]:
+    """Per closed form, the mean r2 of a model against it over the noise levels >= least_sigma (r2.json)."""
+    picked = [i for i, sigma in enumerate(r2["sigmas"]) if sigma >= least_sigma]
+    return {name: float(np.mean([values[i] for i in picked])) for name, values in r2["r2"].items() if picked}
+
+
+def closed_form_predictions(closed: Mapping[str, Mapping], r2s: Mapping[str, Mapping]) -> list[dict]:
+    """Issue 23's predictions, each `{"prediction", "measured", "passed"}` (None when an input is missing): the
+    local machine length-generalizes with either labels, the empirical one does not, and the models that
+    length-generalize (Exp 1, Exp 3) are closer to their labels' local machine at high noise than Exp 2."""
+    checks = []
+    for mode, kinds in closed.items():
+        if "local" in kinds:
+            checks.append({"prediction": f"local score machine, {mode} labels: k_max > 3",
+                           "measured": {"k_max": kinds["local"]["k_max"]}, "passed": kinds["local"]["k_max"] > 3})
+        if "empirical" in kinds:
+            checks.append({"prediction": f"empirical denoiser, {mode} labels: k_max <= 3",
+                           "measured": {"k_max": kinds["empirical"]["k_max"]},
+                           "passed": kinds["empirical"]["k_max"] <= 3})
+    local_of = {"exp1": "cf_local_all", "exp2": "cf_local_single", "exp3": "cf_local_single"}
+    closeness = {exp: high_noise_r2(r2s[exp]).get(name) for exp, name in local_of.items() if exp in r2s}
+    for exp in ("exp1", "exp3"):
+        measured = {f"{e} r2 vs its local machine, sigma >= {HIGH_NOISE:g}": closeness.get(e) for e in (exp, "exp2")}
+        known = None not in measured.values() and len(measured) == 2
+        checks.append({"prediction": f"{exp} (length-generalizes) is closer to the local machine at high noise "
+                                     f"than exp2 (fails)", "measured": measured,
+                       "passed": (closeness[exp] > closeness["exp2"]) if known else None})
+    return checks
+
+
+def closed_form_markdown(closed: Mapping[str, Mapping], r2s: Mapping[str, Mapping],
+                         predictions: Sequence[Mapping]) -> str:
+    """table.md's closed-form section: each closed form's k_max and per-k success beside the theory's prediction,
+    the high-noise conditional radius, each trained model's r2 against its closed forms, the predictions."""
+    lines = ["", "## Closed forms: the theory without training (issue 23)", "",
+             "Training-free denoisers of the render's training split, judged by the same rule and judge (samples per "
+             "k in the protocol of each `lengthgen.json`). Local score machine: each cell's posterior mean given its "
+             "noisy (2r+1)-cell patch, the patch's label sub-grid and the cell's position (an LCS by construction); "
+             "empirical denoiser: the exact optimal denoiser of the training set (it memorises).", "",
+             "| closed form | labels | predicted | k_max | k_max_strict | success per k | conditional radius, "
+             "sigma >= 10 (px) |", "|---|---|---|---|---|---|---|"]
+    for mode, kinds in closed.items():
+        for kind, summary in kinds.items():
+            per_k = " ".join(f"{float(v):.2f}" for v in summary["success"].values())
+            radius = "-"
+            locality = summary.get("locality") or {}
+            if locality.get("conditional_radius_mean"):
+                high = [r for s, r in zip(locality["sigmas"], locality["conditional_radius_mean"])
+                        if s >= HIGH_NOISE and r is not None]
+                radius = f"{np.mean(high):.1f}" if high else "-"
+            lines.append(f"| {EXPERIMENT_NAMES.get(summary['name'], summary['name'])} | {mode} | "
+                         f"{CLOSED_FORM_PREDICTION[kind]} | {summary['k_max']} | {summary['k_max_strict']} | "
+                         f"{per_k} | {radius} |")
+    if r2s:
+        sigmas = next(iter(r2s.values()))["sigmas"]
+        lines += ["", "r2 of each trained model's D against its labels' closed forms (fraction of the model's variance "
+                  "across held-out noisy renders that the closed form explains), per noise level:", "",
+                  "| model | closed form | " + " | ".join(f"sigma {s:g}" for s in sigmas) + " |",
+                  "|---|---|" + "---|" * len(sigmas)]
+        for exp, r2 in r2s.items():
+            for name, values in r2["r2"].items():
+                lines.append(f"| {exp} | {name} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
+    if predictions:
+        lines += ["", "| prediction | measured | result |", "|---|---|---|"]
+        lines += [f"| {p['prediction']} | {_short(p['measured'])} | {verdict(p['passed'])} |" for p in predictions]
+    lines += ["", "![closed forms: success vs k](closed_forms.png)", ""]
+    if r2s:
+        lines += ["![r2 against the closed forms](r2.png)", ""]
+    return "\n".join(lines)
+
+
+def r2_figure(r2s: Mapping[str, Mapping]) -> Figure:
+    """One panel per trained model: its r2 against each closed form over the noise level (log axis)."""
+    figure = Figure(figsize=(3.4 * max(1, len(r2s)), 3.2), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, max(1, len(r2s)), sharey=True))
+    for axis, (exp, r2) in zip(axes, r2s.items()):
+        for name, values in r2["r2"].items():
+            axis.plot(r2["sigmas"], values, marker="o", ms=3, label=name,
+                      ls="-" if "local" in name else "--")
+        axis.set_xscale("log")
+        axis.set_ylim(-1.0, 1.0)
+        axis.axhline(0.0, color="0.6", lw=0.8)
+        axis.set_xlabel("sigma (noise level)")
+        axis.set_title(EXPERIMENT_NAMES.get(exp, exp), fontsize=8)
+        axis.legend(fontsize=7)
+    axes[0].set_ylabel("r2 of D against the closed form")
+    return figure
+
+
 def verdict(passed: bool | None) -> str:
     return {True: "PASS", False: "FAIL", None: "not run"}[passed]
 
@@ -361,10 +472,12 @@ def _short(value) -> str:
 
 
 COLORS = {"exp1": "tab:blue", "exp2": "tab:red", "exp3": "tab:green", "fig4_global": "tab:orange",
-          "fig4_local": "tab:purple"}
+          "fig4_local": "tab:purple", "cf_local_all": "tab:cyan", "cf_local_single": "tab:olive",
+          "cf_empirical_all": "tab:brown", "cf_empirical_single": "tab:pink"}
 
 
-def success_figure(lengthgens: Mapping[str, Mapping], randoms: Mapping[str, Mapping] | None = None) -> Figure:
+def success_figure(lengthgens: Mapping[str, Mapping], randoms: Mapping[str, Mapping] | None = None,
+                   title: str = "Length generalization (Table 1, App. E.2)") -> Figure:
     """Success rate vs k for every experiment with its 95% Wilson band (the paper's order solid, random k-subsets
     dotted when given); the oracle row dashed (drawn once when the experiments' oracle rows agree, as they do
     when they judge the same renders)."""
@@ -389,7 +502,7 @@ def success_figure(lengthgens: Mapping[str, Mapping], randoms: Mapping[str, Mapp
     axis.set_xlabel("k (requested objects)")
     axis.set_ylabel("success rate (95% Wilson band)")
     axis.set_ylim(-0.03, 1.03)
-    axis.set_title("Length generalization (Table 1, App. E.2)", fontsize=10)
+    axis.set_title(title, fontsize=10)
     axis.legend(fontsize=7)
     return figure
 

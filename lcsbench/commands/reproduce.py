@@ -60,6 +60,9 @@ class Scale:
     locality: dict  # `python -m lcsbench locality` flags besides --ckpt, --out
     note: str = ""  # one line for --help
     lengthgen_by_experiment: dict = field(default_factory=dict)  # exp -> lengthgen flags replacing the scale's
+    closed_forms: dict = field(default_factory=dict)  # name -> `closed-form spec` flags besides --render, --out
+    closed_form_locality: dict = field(default_factory=dict)  # locality flags replacing the scale's for them
+    r2: dict = field(default_factory=dict)  # `closed-form r2` flags besides --ckpt, --spec, --out
 
     @property
     def resolution(self) -> int:
@@ -78,6 +81,12 @@ def scale_configs(folder: str, experiments: tuple[str, ...] = EXPERIMENTS) -> di
     return {exp: f"{folder}/{exp}.yaml" for exp in experiments}
 
 
+# Issue 23: the training-free closed forms of the render's training split, with Exp 1's labels (all) and Exp 2's
+# (single), evaluated as the trained models are; each trained model's r2 against those of its own labels.
+CLOSED_FORMS = {f"cf_{kind}_{mode}": {"kind": kind, "label-mode": mode}
+                for kind in ("local", "empirical") for mode in ("all", "single")}
+
+
 SCALES: dict[str, Scale] = {
     "smoke": Scale(
         data="data/reproduce-smoke",
@@ -85,7 +94,9 @@ SCALES: dict[str, Scale] = {
         configs=scale_configs("configs/reproduce/smoke"),  # micro U-Nets, G = 8, 20 steps each
         lengthgen={"ks": "1-3", "samples-per-k": 2, "steps": 4, "oracle-samples": 4},
         locality={"sigmas": "0.5,40", "samples": 1, "sample-steps": 4, "locations": 3},
-        note="tiny everything: the pipeline in minutes, no claim about results"),
+        note="tiny everything: the pipeline in minutes, no claim about results",
+        closed_forms={name: {**CLOSED_FORMS[name], "grid-size": 8} for name in ("cf_local_single", "cf_empirical_all")},
+        r2={"sigmas": "0.5,40", "images": 4}),
     "cpu": Scale(
         data="data/reproduce32",  # 10,000 images per count: minutes of Blender, and the judge ships (judge-32.pt)
         render={"counts": "1-3", "per-count": 10000, "val-per-count": 100, "resolution": 32, "samples": 16,
@@ -98,7 +109,12 @@ SCALES: dict[str, Scale] = {
         note="32 px, G = 16, 1-3 objects: hours on 2 CPU cores",
         # full-image patch-local sampling runs the patch U-Net on all 256 patches per step (about 22x the global
         # net's work): 16 Heun steps, checked against 32 at k = 1..4 (STEPS_CHECK)
-        lengthgen_by_experiment={"exp3": {"steps": 16}, "fig4_local": {"steps": 16}}),
+        lengthgen_by_experiment={"exp3": {"steps": 16}, "fig4_local": {"steps": 16},
+                                 # the closed forms: 16 samples per k (the local machine: ~5 s per image)
+                                 **{name: {"steps": 16, "samples-per-k": 16} for name in CLOSED_FORMS}},
+        closed_forms=CLOSED_FORMS,
+        closed_form_locality={"scenes": 2, "samples": 2, "sample-steps": 16},
+        r2={"images": 32}),
     "paper": Scale(
         data="data/clevr64",
         render={"counts": "1-3", "per-count": 500000, "val-per-count": 1000, "resolution": 64, "samples": 64,
@@ -106,7 +122,10 @@ SCALES: dict[str, Scale] = {
         configs={exp: f"configs/{exp}.yaml" for exp in ("exp1", "exp2", "exp3")},  # edm2-img64-xs, G = 16
         lengthgen={"ks": "1-12", "samples-per-k": 32, "steps": 32, "oracle-samples": 64},
         locality={"sigmas": DEFAULT_SIGMAS, "samples": 2, "sample-steps": 32, "locations": 3},
-        note="the paper's scale: 64 px, edm2-img64-xs, G = 16, for a GPU cluster"),
+        note="the paper's scale: 64 px, edm2-img64-xs, G = 16, for a GPU cluster",
+        # the closed forms' cost grows with the training set: the first 30,000 renders of each count
+        closed_forms={name: {**flags, "images-per-count": 30000} for name, flags in CLOSED_FORMS.items()},
+        r2={"images": 64}),
 }
 STAGES = ("render", "fit", "export", "evaluate", "report")
 RUN_VERSION = "run"  # the TensorBoardLogger version folder: a resumed fit writes into the same folder
@@ -143,6 +162,19 @@ class Study:
     dry_run: bool
     argv_base: list[str] = field(default_factory=list)  # the reproduce flags that name this study (for the log)
     parallel_fits: int = 1  # fits at once, each pinned to its own cores (stage_fit)
+
+    @property
+    def trained(self) -> list[str]:
+        """The chosen experiments that train (a fit config), in the order given."""
+        return [exp for exp in self.experiments if exp in self.scale.configs]
+
+    @property
+    def closed_forms(self) -> list[str]:
+        """The chosen closed forms (issue 23): built from the render, nothing to train."""
+        return [name for name in self.experiments if name in self.scale.closed_forms]
+
+    def spec(self, name: str) -> Path:
+        return self.out / "closed_forms" / f"{name}.pt"
 
     def log_dir(self, exp: str) -> Path:
         return self.runs / exp / "lightning_logs" / RUN_VERSION
@@ -386,7 +418,7 @@ def stage_fit(study: Study) -> None:
     if not (study.data / "manifest.json").exists():
         refuse(study, f"the training data {study.data} is missing: run `--stage render` first (or pass --data)")
     pending = []
-    for exp in study.experiments:
+    for exp in study.trained:
         config = read_config(study.config(exp))
         last = study.last_ckpt(exp)
         step = checkpoint_step(last) if last.exists() else None
@@ -514,7 +546,7 @@ def experiment_title(exp: str) -> str:
 
 
 def stage_export(study: Study) -> None:
-    for exp in study.experiments:
+    for exp in study.trained:
         last, weights = study.last_ckpt(exp), study.weights(exp)
         sidecar = read_json(weights.with_suffix(".json"))
         intact = weights_match_record(weights, sidecar) is not False
@@ -558,6 +590,36 @@ def stage_export(study: Study) -> None:
             study.say(f"export {exp}: note: the run is at step {recorded['step']} of {config['max_steps']}")
         study.say(f"export {exp}: wrote {weights} ({weights.stat().st_size / 2**20:.1f} MiB, step "
                   f"{recorded['step']}, {recorded['parameters']} weights)")
+    for name in study.closed_forms:
+        write_closed_form_spec(study, name)
+
+
+def spec_record(path: Path) -> dict | None:
+    """The closed-form entry of a spec file, or None when it is missing or unreadable."""
+    if not path.exists():
+        return None
+    from lcsbench.checkpoints import read_checkpoint
+    from lcsbench.models.closed_form import CLOSED_FORM_KEY
+
+    try:
+        return read_checkpoint(path, "").get(CLOSED_FORM_KEY)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def write_closed_form_spec(study: Study, name: str) -> None:
+    """OUT/closed_forms/<name>.pt, the closed form's spec over the study's render (issue 23), unless the one there
+    names this render as it is now (path and manifest sha256)."""
+    from lcsbench.data.shards import file_sha256
+
+    spec, manifest = study.spec(name), study.data / "manifest.json"
+    entry = spec_record(spec)
+    if (entry is not None and manifest.exists() and entry.get("render") == str(study.data.resolve())
+            and entry.get("manifest_sha256") == file_sha256(manifest)):
+        study.say(f"closed form {name}: {spec} names the current render, skipped")
+        return
+    study.run(["closed-form", "spec", "--render", str(study.data), "--out", str(spec), "--counts",
+               str(study.scale.render["counts"]), *flags(study.scale.closed_forms[name])], f"closed form {name}")
 
 
 # --- stage: evaluate --------------------------------------------------------------------------------------------
@@ -579,25 +641,28 @@ def judge_arguments(study: Study) -> list[str]:
 
 def evaluation_is_current(folder: Path, result: str, export: dict | None) -> bool:
     """The evaluation in `folder` exists and was made from the current export (its stamp names the export and
-    the weights' sha256)."""
+    the weights' sha256; for r2 also the closed forms' specs)."""
     stamp = read_json(folder / "evaluated.json")
     if not (folder / result).exists():
         return False
     if stamp is None or export is None:
         return True
-    return stamp.get("exported") == export.get("exported") and stamp.get("sha256") == export.get("sha256")
+    return all(stamp.get(key) == export.get(key) for key in ("exported", "sha256", "specs") if key in export)
 
 
 def stamp(folder: Path, weights: Path, export: dict | None) -> None:
     export = export or {}
     write_atomic(folder / "evaluated.json", json.dumps(
         {"weights": str(weights), "exported": export.get("exported"), "step": export.get("step"),
-         "sha256": export.get("sha256")}, indent=2))
+         "sha256": export.get("sha256"), **({"specs": export["specs"]} if "specs" in export else {})}, indent=2))
 
 
 def evaluations(study: Study, exp: str) -> dict[str, dict]:
-    """The lengthgen runs of one experiment: OUT/<exp>/<folder> -> its full flags (EVALUATIONS, STEPS_CHECK)."""
+    """The lengthgen runs of one experiment: OUT/<exp>/<folder> -> its full flags (EVALUATIONS, STEPS_CHECK); a
+    closed form is judged in the paper's order only (its sampling is the study's slowest)."""
     base = study.scale.lengthgen_flags(exp)
+    if exp in study.scale.closed_forms:
+        return {"lengthgen": base}
     runs = {folder: {**base, **extra} for folder, extra in EVALUATIONS.items()}
     scale_steps = int(study.scale.lengthgen.get("steps", 32))
     if int(base.get("steps", scale_steps)) < scale_steps:  # this experiment samples with fewer steps
@@ -611,7 +676,7 @@ def share_oracle(study: Study, exp: str, folder: Path, options: dict) -> None:
     """Copy the oracle renders another experiment's lengthgen made of the same requests (same flags)."""
     if (folder / "oracle_render").exists() or options.get("no-oracle"):
         return
-    for other in study.scale.configs:
+    for other in (*study.scale.configs, *study.scale.closed_forms):
         for other_folder, other_options in evaluations(study, other).items() if other != exp else ():
             source = study.out / other / other_folder / "oracle_render"
             if (other_options == options and (source.parent / "lengthgen.json").exists()
@@ -628,8 +693,7 @@ def share_oracle(study: Study, exp: str, folder: Path, options: dict) -> None:
 
 
 def stage_evaluate(study: Study) -> None:
-    judge = None  # looked up when a lengthgen is to run: a finished evaluation needs no judge
-    for exp in study.experiments:
+    for exp in study.trained:
         weights = study.weights(exp)
         if not weights.exists():
             refuse(study, f"evaluate {exp}: no weights at {weights}: run `--stage fit` and `--stage export` "
@@ -639,25 +703,72 @@ def stage_evaluate(study: Study) -> None:
             raise SystemExit(f"reproduce: evaluate {exp}: {weights} does not match the sha256 its export recorded in "
                              f"{weights.with_suffix('.json')}: the file was replaced or damaged. Rerun `--stage "
                              f"export` (from the run folder) or restore the exported file")
-        for name, options in evaluations(study, exp).items():
-            folder = study.out / exp / name
-            if evaluation_is_current(folder, "lengthgen.json", export):
-                study.say(f"{name} {exp}: {folder / 'lengthgen.json'} exists, skipped")
-                continue
-            judge = judge_arguments(study) if judge is None else judge
-            share_oracle(study, exp, folder, options)
-            study.run(["lengthgen", "--ckpt", str(weights), "--out", str(folder), "--name", exp, *judge,
-                       *flags(options)], f"{name} {exp}")
-            if not study.dry_run:
-                stamp(folder, weights, export)
-        locality = study.out / exp / "locality"
-        if evaluation_is_current(locality, "locality_maps.npz", export):
-            study.say(f"locality {exp}: {locality / 'locality.json'} exists, skipped")
-        else:
-            study.run(["locality", "--ckpt", str(weights), "--out", str(locality), *flags(study.scale.locality)],
-                      f"locality {exp}")
-            if not study.dry_run:
-                stamp(locality, weights, export)
+        evaluate_denoiser(study, exp, weights, export, study.scale.locality)
+        evaluate_r2(study, exp, weights, export)
+    for name in study.closed_forms:
+        spec = study.spec(name)
+        if not spec.exists():
+            refuse(study, f"evaluate {name}: no closed-form spec at {spec}: run `--stage export` first (it writes "
+                          f"the specs of the closed forms from the render)")
+        record = {"exported": None, "sha256": spec_sha256(spec)}
+        evaluate_denoiser(study, name, spec, record, {**study.scale.locality, **study.scale.closed_form_locality})
+
+
+def spec_sha256(spec: Path) -> str | None:
+    from lcsbench.data.shards import file_sha256
+
+    return file_sha256(spec) if spec.exists() else None
+
+
+def evaluate_denoiser(study: Study, exp: str, source: Path, record: dict | None, locality_flags: dict) -> None:
+    """The lengthgen runs and the locality maps of one trained model's weights or one closed form's spec."""
+    for name, options in evaluations(study, exp).items():
+        folder = study.out / exp / name
+        if evaluation_is_current(folder, "lengthgen.json", record):
+            study.say(f"{name} {exp}: {folder / 'lengthgen.json'} exists, skipped")
+            continue
+        share_oracle(study, exp, folder, options)
+        study.run(["lengthgen", "--ckpt", str(source), "--out", str(folder), "--name", exp,
+                   *judge_arguments(study), *flags(options)], f"{name} {exp}")
+        if not study.dry_run:
+            stamp(folder, source, record)
+    locality = study.out / exp / "locality"
+    if evaluation_is_current(locality, "locality_maps.npz", record):
+        study.say(f"locality {exp}: {locality / 'locality.json'} exists, skipped")
+    else:
+        study.run(["locality", "--ckpt", str(source), "--out", str(locality), *flags(locality_flags)],
+                  f"locality {exp}")
+        if not study.dry_run:
+            stamp(locality, source, record)
+
+
+def r2_specs(study: Study, exp: str) -> list[str]:
+    """The closed forms a trained model is measured against: those written for the study whose labels and object
+    counts are the model's training data's (Exp 1: the `all` pair; Exp 2, Exp 3: the `single` pair)."""
+    from lcsbench.data.scenes import parse_counts
+
+    data = read_config(study.config(exp))["config"].get("data", {}).get("init_args", {})
+    mode, counts = data.get("label_mode", "all"), parse_counts(str(data.get("counts", "1-3")))
+    same_counts = parse_counts(str(study.scale.render["counts"])) == counts
+    return [name for name, options in study.scale.closed_forms.items()
+            if same_counts and options["label-mode"] == mode and (study.dry_run or study.spec(name).exists())]
+
+
+def evaluate_r2(study: Study, exp: str, weights: Path, export: dict | None) -> None:
+    """OUT/<exp>/r2: the model's D against its closed forms' per noise level (issue 23, item 3)."""
+    names = r2_specs(study, exp)
+    if not names:
+        return
+    folder = study.out / exp / "r2"
+    record = {**(export or {}), "specs": {name: spec_sha256(study.spec(name)) for name in names}}
+    if evaluation_is_current(folder, "r2.json", record):
+        study.say(f"r2 {exp}: {folder / 'r2.json'} exists, skipped")
+        return
+    specs = [item for name in names for item in ("--spec", str(study.spec(name)))]
+    study.run(["closed-form", "r2", "--ckpt", str(weights), *specs, "--out", str(folder), *flags(study.scale.r2)],
+              f"r2 {exp}")
+    if not study.dry_run:
+        stamp(folder, weights, record)
 
 
 # --- stage: report ----------------------------------------------------------------------------------------------
@@ -678,16 +789,23 @@ def machine() -> dict:
             "lcsbench": lcsbench.__version__, "commit": commit}
 
 
-OPTIONAL_INPUTS = ("export", "random", "steps32")  # the report is written without them (older studies)
+# the report is written without them (older studies; a closed form has no export, random order or steps check)
+OPTIONAL_INPUTS = ("export", "random", "steps32", "r2")
 
 
 def report_inputs(study: Study) -> dict[str, dict[str, Path]]:
-    return {exp: {"lengthgen": study.out / exp / "lengthgen" / "lengthgen.json",
-                  "random": study.out / exp / "lengthgen_random" / "lengthgen.json",
-                  "steps32": study.out / exp / STEPS_CHECK[0] / "lengthgen.json",
-                  "locality": study.out / exp / "locality" / "locality.json",
-                  "maps": study.out / exp / "locality" / "locality_maps.npz",
-                  "export": study.weights(exp).with_suffix(".json")} for exp in study.experiments}
+    """Per experiment and closed form, the evaluation files the report reads."""
+    inputs = {exp: {"lengthgen": study.out / exp / "lengthgen" / "lengthgen.json",
+                    "random": study.out / exp / "lengthgen_random" / "lengthgen.json",
+                    "steps32": study.out / exp / STEPS_CHECK[0] / "lengthgen.json",
+                    "locality": study.out / exp / "locality" / "locality.json",
+                    "maps": study.out / exp / "locality" / "locality_maps.npz",
+                    "export": study.weights(exp).with_suffix(".json"),
+                    "r2": study.out / exp / "r2" / "r2.json"} for exp in study.trained}
+    return inputs | {name: {"lengthgen": study.out / name / "lengthgen" / "lengthgen.json",
+                            "locality": study.out / name / "locality" / "locality.json",
+                            "maps": study.out / name / "locality" / "locality_maps.npz"}
+                     for name in study.closed_forms}
 
 
 def stage_report(study: Study) -> None:
@@ -720,13 +838,17 @@ def write_report(study: Study, inputs: dict[str, dict[str, Path]]) -> None:
     from lcsbench.analysis.plots import save_figure
 
     lengthgens = {exp: read_json(files["lengthgen"]) for exp, files in inputs.items()}
-    randoms = {exp: read_json(files["random"]) for exp, files in inputs.items() if files["random"].exists()}
-    steps32 = {exp: read_json(files["steps32"]) for exp, files in inputs.items() if files["steps32"].exists()}
     localities = {exp: read_json(files["locality"]) for exp, files in inputs.items()}
-    exports = {exp: read_json(files["export"]) for exp, files in inputs.items()}
+    trained = [exp for exp in inputs if exp in study.scale.configs]
+    closed_names = [name for name in inputs if name in study.scale.closed_forms]
+    randoms = {exp: read_json(inputs[exp]["random"]) for exp in trained if inputs[exp]["random"].exists()}
+    steps32 = {exp: read_json(inputs[exp]["steps32"]) for exp in trained if inputs[exp]["steps32"].exists()}
+    exports = {exp: read_json(inputs[exp]["export"]) for exp in trained}
+    r2s = {exp: read_json(inputs[exp]["r2"]) for exp in trained if inputs[exp]["r2"].exists()}
+    r2s = {exp: r2 for exp, r2 in r2s.items() if r2 is not None}
     timings = read_json(study.out / "timings.json") or {}
     experiments = {}
-    for exp in inputs:
+    for exp in trained:
         summary = rp.experiment_summary(lengthgens[exp], localities[exp], randoms.get(exp))
         if exp in steps32:
             summary["steps_check"] = rp.steps_agreement(lengthgens[exp], steps32[exp])
@@ -738,6 +860,12 @@ def write_report(study: Study, inputs: dict[str, dict[str, Path]]) -> None:
                     "config": export.get("config"), "lengthgen_protocol": lengthgens[exp]["protocol"],
                     "lengthgen_rows": lengthgens[exp]["rows"], "locality_json": localities[exp]}  # every number
         experiments[exp] = summary
+    closed = rp.closed_form_summary(
+        {name: rp.experiment_summary(lengthgens[name], localities[name]) | {
+            "spec": str(study.spec(name)), "lengthgen_protocol": lengthgens[name]["protocol"],
+            "lengthgen_rows": lengthgens[name]["rows"]} for name in closed_names},
+        {name: study.scale.closed_forms[name] for name in closed_names})
+    predictions = rp.closed_form_predictions(closed, r2s) if closed_names else []
     goals = rp.goal_checks(experiments, localities, timings)
     oracles = {exp: rp.oracle_summary(lengthgens[exp]) for exp in inputs}
     first_oracle = next((o for o in oracles.values() if o is not None), None)
@@ -747,23 +875,39 @@ def write_report(study: Study, inputs: dict[str, dict[str, Path]]) -> None:
         ks = [int(k) for k in lengthgens[exp]["rows"]["model"]["per_k"]]
         found = {k: folder / f"samples_k{k}.png" for k in ks if (folder / f"samples_k{k}.png").exists()}
         links[exp] = {k: str(p.relative_to(study.out)) for k, p in found.items()}
-        grids[exp] = {k: np.asarray(Image.open(p).convert("RGB")) for k, p in found.items()}
-    figures = {"success_vs_k": rp.success_figure(lengthgens, randoms),
-               "locality_radius": rp.locality_radius_figure(localities),
-               "locality_maps": rp.locality_maps_figure(
-                   {exp: dict(np.load(files["maps"], allow_pickle=False)) for exp, files in inputs.items()})}
+        if exp in trained:
+            grids[exp] = {k: np.asarray(Image.open(p).convert("RGB")) for k, p in found.items()}
+    figures = {}
+    if trained:
+        figures |= {"success_vs_k": rp.success_figure({e: lengthgens[e] for e in trained}, randoms),
+                    "locality_radius": rp.locality_radius_figure({e: localities[e] for e in trained}),
+                    "locality_maps": rp.locality_maps_figure(
+                        {e: dict(np.load(inputs[e]["maps"], allow_pickle=False)) for e in trained})}
     if any(grids.values()):
         figures["samples_by_k"] = rp.sample_grid_figure({exp: g for exp, g in grids.items() if g})
+    if closed_names:
+        figures |= {"closed_forms": rp.success_figure({n: lengthgens[n] for n in closed_names},
+                                                      title="Closed forms: length generalization (issue 23)"),
+                    "closed_forms_locality_radius": rp.locality_radius_figure({n: localities[n] for n in closed_names})}
+    if r2s:
+        figures["r2"] = rp.r2_figure(r2s)
     for name, figure in figures.items():
         save_figure(figure, study.out / f"{name}.png")
-    write_atomic(study.out / "table.md", rp.table_markdown(study.scale_name, lengthgens, goals, links, randoms))
+    table = rp.table_markdown(study.scale_name, {e: lengthgens[e] for e in trained}, goals, links, randoms) \
+        if trained else f"# Reproduction (scale `{study.scale_name}`)\n"
+    if closed_names:
+        table += rp.closed_form_markdown(closed, r2s, predictions)
+    write_atomic(study.out / "table.md", table)
     document = {
         "scale": study.scale_name, "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "paper_table1": rp.PAPER_TABLE1, "experiments": experiments,
+        "closed_form": closed, "r2": r2s, "closed_form_predictions": predictions,
         "oracle": {**(first_oracle or {}), "per_experiment": oracles},
         "goals": goals, "render": {"data": str(study.data), **study.scale.render},
-        "evaluation": {"lengthgen": {exp: evaluations(study, exp) for exp in study.scale.configs},
-                       "locality": study.scale.locality},
+        "evaluation": {"lengthgen": {exp: evaluations(study, exp)
+                                     for exp in (*study.scale.configs, *study.scale.closed_forms)},
+                       "locality": study.scale.locality, "closed_form_locality": study.scale.closed_form_locality,
+                       "closed_forms": study.scale.closed_forms, "r2": study.scale.r2},
         "timings": timings, "machine": machine(), "commands": "commands.sh",
         "figures": [f"{name}.png" for name in figures], "sample_grids": links,
     }
@@ -771,8 +915,13 @@ def write_report(study: Study, inputs: dict[str, dict[str, Path]]) -> None:
     for exp, summary in experiments.items():
         study.say(f"{exp}: k_max {summary['k_max_notation']} (strict {summary['k_max_strict']}), paper "
                   f"{summary['paper']}")
+    for mode, kinds in closed.items():
+        for kind, summary in kinds.items():
+            study.say(f"closed form {kind}, {mode} labels: k_max {summary['k_max_notation']}")
     for goal in goals:
         study.say(f"goal {rp.verdict(goal['passed']):7s} {goal['goal']}")
+    for prediction in predictions:
+        study.say(f"closed forms {rp.verdict(prediction['passed']):7s} {prediction['prediction']}")
     study.say(f"wrote {study.out / 'table.md'}, report.json and {len(figures)} figures")
 
 
@@ -807,11 +956,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     scale = SCALES[args.scale]
-    experiments = list(scale.configs) if args.experiments is None else \
+    known = [*scale.configs, *scale.closed_forms]  # trained models, then the closed forms (issue 23)
+    experiments = known if args.experiments is None else \
         [e.strip() for e in args.experiments.split(",") if e.strip()]
-    unknown = [e for e in experiments if e not in scale.configs]
+    unknown = [e for e in experiments if e not in known]
     if unknown or not experiments:
-        raise SystemExit(f"reproduce: --experiments takes a comma list among {','.join(scale.configs)}; found "
+        raise SystemExit(f"reproduce: --experiments takes a comma list among {','.join(known)}; found "
                          f"{args.experiments!r}")
     if args.judge is not None and not Path(args.judge).is_file():
         raise SystemExit(f"reproduce: --judge {args.judge} does not exist: pass a judge checkpoint from "
