@@ -376,10 +376,16 @@ def test_parallel_fits_pin_each_fit_to_its_own_cores(tmp_path, capsys, monkeypat
     assert [f.split(" python")[0] for f in fits] == ["taskset -c 0,2 env OMP_NUM_THREADS=2",
                                                      "taskset -c 1,3 env OMP_NUM_THREADS=2",
                                                      "taskset -c 0,2 env OMP_NUM_THREADS=2"]
-    with pytest.raises(SystemExit, match="--parallel-fits 5 needs at least 5 cores"):
-        cli_main(study_argv(tmp_path, "--stage", "fit", "--parallel-fits", "5"))
-    with pytest.raises(SystemExit, match="--parallel-fits is a number of fits"):
-        cli_main(study_argv(tmp_path, "--stage", "fit", "--parallel-fits", "0"))
+    # the evaluations too: 3 x 2 lengthgen + 2 closed forms' lengthgen, 5 locality, 3 r2, pinned in turn
+    assert cli_main(study_argv(tmp_path, "--stage", "evaluate", "--parallel", "2", "--dry-run",
+                               "--judge", __file__)) == 0
+    pinned = [line for line in capsys.readouterr().out.splitlines() if line.startswith("taskset")]
+    assert len(pinned) == 16 and pinned[0].startswith("taskset -c 0,2 ") and pinned[1].startswith("taskset -c 1,3 ")
+    assert sum(" lengthgen " in line for line in pinned) == 8 and sum(" r2 " in line for line in pinned) == 3
+    with pytest.raises(SystemExit, match="--parallel 5 needs at least 5 cores"):
+        cli_main(study_argv(tmp_path, "--stage", "fit", "--parallel-fits", "5"))  # the older name still works
+    with pytest.raises(SystemExit, match="--parallel is a number of commands"):
+        cli_main(study_argv(tmp_path, "--stage", "fit", "--parallel", "0"))
 
 
 def test_a_second_reproduce_on_the_same_study_is_refused_with_the_holders_pid(tmp_path):

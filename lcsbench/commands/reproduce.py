@@ -161,7 +161,7 @@ class Study:
     judge: str | None
     dry_run: bool
     argv_base: list[str] = field(default_factory=list)  # the reproduce flags that name this study (for the log)
-    parallel_fits: int = 1  # fits at once, each pinned to its own cores (stage_fit)
+    parallel: int = 1  # commands at once (fits, evaluations), each pinned to its own cores (run_jobs)
 
     @property
     def trained(self) -> list[str]:
@@ -390,11 +390,11 @@ def fit_arguments(study: Study, exp: str, config: dict, resume: bool) -> list[st
 
 
 def core_slots(parallel: int) -> list[list[int]]:
-    """The usable cores split into `parallel` disjoint groups, one per concurrent fit."""
+    """The usable cores split into `parallel` disjoint groups, one per concurrent command."""
     cores = usable_core_ids()
     if parallel > len(cores):
-        raise SystemExit(f"reproduce: --parallel-fits {parallel} needs at least {parallel} cores, this process may "
-                         f"use {len(cores)}: pass --parallel-fits {len(cores)} or fewer")
+        raise SystemExit(f"reproduce: --parallel {parallel} needs at least {parallel} cores, this process may "
+                         f"use {len(cores)}: pass --parallel {len(cores)} or fewer")
     return [cores[i::parallel] for i in range(parallel)]
 
 
@@ -409,15 +409,64 @@ def check_fit_finished(study: Study, exp: str, max_steps: int) -> None:
                          f"ModelCheckpoint needs save_last: true and every_n_train_steps dividing max_steps")
 
 
+@dataclass
+class Job:
+    """One `python -m lcsbench ...` command of a stage, with what to do just before and after it runs."""
+
+    argv: list[str]
+    what: str
+    before: object = None  # callable() run just before the command starts (e.g. copy shared oracle renders)
+    after: object = None  # callable() run when it ended well (e.g. check the fit, stamp the evaluation)
+
+
+def run_jobs(study: Study, jobs: list[Job]) -> None:
+    """Run a stage's commands: one after another on every core, or with --parallel N, N at a time, each pinned to
+    its own cores with that many threads (never two on one core: issue 22 measured 26x slower fits beside another
+    job with default threads). A failure lets the running commands finish, starts no new one, then is raised."""
+    if study.parallel == 1:
+        for job in jobs:
+            if job.before is not None:
+                job.before()
+            study.run(job.argv, job.what)
+            if job.after is not None and not study.dry_run:
+                job.after()
+        return
+    pending, free = list(jobs), core_slots(study.parallel)
+    running: list[tuple[Job, subprocess.Popen, list[int]]] = []
+    failure = None
+    while pending or running:
+        while pending and free:
+            job, cores = pending.pop(0), free.pop(0)
+            if job.before is not None:
+                job.before()
+            running.append((job, study.start(job.argv, job.what, cores), cores))
+        done = [entry for entry in running if entry[1] is None or entry[1].poll() is not None]  # None: dry run
+        if not done:
+            time.sleep(2)
+            continue
+        for entry in done:
+            running.remove(entry)
+            job, process, cores = entry
+            free.append(cores)
+            try:
+                study.finish(process)
+                if job.after is not None and not study.dry_run:
+                    job.after()
+            except SystemExit as error:  # let the other commands finish their work before reporting it
+                failure = failure or error
+                pending.clear()
+    if failure is not None:
+        raise failure
+
+
 def stage_fit(study: Study) -> None:
-    """Train the experiments whose last.ckpt is short of max_steps: one after another on every core, or with
-    --parallel-fits N, N at a time, each pinned to its own cores with that many threads (never two fits on one
-    core: issue 22 measured 26x slower fits beside another job with default threads)."""
+    """Train the experiments whose last.ckpt is short of max_steps (run_jobs: one after another on every core, or
+    --parallel N at once on their own cores)."""
     from lcsbench.checkpoints import checkpoint_step
 
     if not (study.data / "manifest.json").exists():
         refuse(study, f"the training data {study.data} is missing: run `--stage render` first (or pass --data)")
-    pending = []
+    jobs = []
     for exp in study.trained:
         config = read_config(study.config(exp))
         last = study.last_ckpt(exp)
@@ -427,37 +476,9 @@ def stage_fit(study: Study) -> None:
             continue
         if step is not None:
             study.say(f"fit {exp}: resuming from step {step} of {config['max_steps']}")
-        pending.append((exp, config, fit_arguments(study, exp, config, resume=step is not None)))
-    if study.parallel_fits == 1:
-        for exp, config, argv in pending:
-            study.run(argv, f"fit {exp}")
-            if not study.dry_run:
-                check_fit_finished(study, exp, config["max_steps"])
-        return
-    free = core_slots(study.parallel_fits)
-    running: dict[str, tuple] = {}  # exp -> (process, cores, max_steps)
-    failure = None
-    while pending or running:
-        while pending and free:
-            exp, config, argv = pending.pop(0)
-            cores = free.pop(0)
-            running[exp] = (study.start(argv, f"fit {exp}", cores), cores, config["max_steps"])
-        done = [exp for exp, (process, _, _) in running.items() if process is None or process.poll() is not None]
-        if not done:
-            time.sleep(2)
-            continue
-        for exp in done:
-            process, cores, max_steps = running.pop(exp)
-            free.append(cores)
-            try:
-                study.finish(process)
-                if not study.dry_run:
-                    check_fit_finished(study, exp, max_steps)
-            except SystemExit as error:  # let the other fits finish their work before reporting it
-                failure = failure or error
-                pending.clear()
-    if failure is not None:
-        raise failure
+        jobs.append(Job(fit_arguments(study, exp, config, resume=step is not None), f"fit {exp}",
+                        after=lambda exp=exp, steps=config["max_steps"]: check_fit_finished(study, exp, steps)))
+    run_jobs(study, jobs)
 
 
 # --- stage: export ----------------------------------------------------------------------------------------------
@@ -672,6 +693,12 @@ def evaluations(study: Study, exp: str) -> dict[str, dict]:
     return runs
 
 
+def same_requests(one: dict, other: dict) -> bool:
+    """Whether two lengthgen runs ask the oracle for the same renders: the same flags but for the model's sampler
+    steps (the oracle renders the requests; it does not sample)."""
+    return {k: v for k, v in one.items() if k != "steps"} == {k: v for k, v in other.items() if k != "steps"}
+
+
 def share_oracle(study: Study, exp: str, folder: Path, options: dict) -> None:
     """Copy the oracle renders another experiment's lengthgen made of the same requests (same flags)."""
     if (folder / "oracle_render").exists() or options.get("no-oracle"):
@@ -679,7 +706,7 @@ def share_oracle(study: Study, exp: str, folder: Path, options: dict) -> None:
     for other in (*study.scale.configs, *study.scale.closed_forms):
         for other_folder, other_options in evaluations(study, other).items() if other != exp else ():
             source = study.out / other / other_folder / "oracle_render"
-            if (other_options == options and (source.parent / "lengthgen.json").exists()
+            if (same_requests(other_options, options) and (source.parent / "lengthgen.json").exists()
                     and (source / "manifest.json").exists()):
                 line = ["cp", "-r", str(source), str(folder / "oracle_render")]
                 if study.dry_run:
@@ -693,6 +720,9 @@ def share_oracle(study: Study, exp: str, folder: Path, options: dict) -> None:
 
 
 def stage_evaluate(study: Study) -> None:
+    """Judge every trained model's exported weights and every closed form (run_jobs: one after another on every
+    core, or --parallel N at once on their own cores)."""
+    jobs: list[Job] = []
     for exp in study.trained:
         weights = study.weights(exp)
         if not weights.exists():
@@ -703,15 +733,16 @@ def stage_evaluate(study: Study) -> None:
             raise SystemExit(f"reproduce: evaluate {exp}: {weights} does not match the sha256 its export recorded in "
                              f"{weights.with_suffix('.json')}: the file was replaced or damaged. Rerun `--stage "
                              f"export` (from the run folder) or restore the exported file")
-        evaluate_denoiser(study, exp, weights, export, study.scale.locality)
-        evaluate_r2(study, exp, weights, export)
+        jobs += denoiser_jobs(study, exp, weights, export, study.scale.locality)
+        jobs += r2_jobs(study, exp, weights, export)
     for name in study.closed_forms:
         spec = study.spec(name)
         if not spec.exists():
             refuse(study, f"evaluate {name}: no closed-form spec at {spec}: run `--stage export` first (it writes "
                           f"the specs of the closed forms from the render)")
         record = {"exported": None, "sha256": spec_sha256(spec)}
-        evaluate_denoiser(study, name, spec, record, {**study.scale.locality, **study.scale.closed_form_locality})
+        jobs += denoiser_jobs(study, name, spec, record, {**study.scale.locality, **study.scale.closed_form_locality})
+    run_jobs(study, jobs)
 
 
 def spec_sha256(spec: Path) -> str | None:
@@ -720,26 +751,26 @@ def spec_sha256(spec: Path) -> str | None:
     return file_sha256(spec) if spec.exists() else None
 
 
-def evaluate_denoiser(study: Study, exp: str, source: Path, record: dict | None, locality_flags: dict) -> None:
-    """The lengthgen runs and the locality maps of one trained model's weights or one closed form's spec."""
+def denoiser_jobs(study: Study, exp: str, source: Path, record: dict | None, locality_flags: dict) -> list[Job]:
+    """The lengthgen runs and the locality maps of one trained model's weights or one closed form's spec that are
+    not current yet."""
+    jobs = []
     for name, options in evaluations(study, exp).items():
         folder = study.out / exp / name
         if evaluation_is_current(folder, "lengthgen.json", record):
             study.say(f"{name} {exp}: {folder / 'lengthgen.json'} exists, skipped")
             continue
-        share_oracle(study, exp, folder, options)
-        study.run(["lengthgen", "--ckpt", str(source), "--out", str(folder), "--name", exp,
-                   *judge_arguments(study), *flags(options)], f"{name} {exp}")
-        if not study.dry_run:
-            stamp(folder, source, record)
+        jobs.append(Job(["lengthgen", "--ckpt", str(source), "--out", str(folder), "--name", exp,
+                         *judge_arguments(study), *flags(options)], f"{name} {exp}",
+                        before=lambda folder=folder, options=options: share_oracle(study, exp, folder, options),
+                        after=lambda folder=folder: stamp(folder, source, record)))
     locality = study.out / exp / "locality"
     if evaluation_is_current(locality, "locality_maps.npz", record):
         study.say(f"locality {exp}: {locality / 'locality.json'} exists, skipped")
     else:
-        study.run(["locality", "--ckpt", str(source), "--out", str(locality), *flags(locality_flags)],
-                  f"locality {exp}")
-        if not study.dry_run:
-            stamp(locality, source, record)
+        jobs.append(Job(["locality", "--ckpt", str(source), "--out", str(locality), *flags(locality_flags)],
+                        f"locality {exp}", after=lambda: stamp(locality, source, record)))
+    return jobs
 
 
 def r2_specs(study: Study, exp: str) -> list[str]:
@@ -754,21 +785,19 @@ def r2_specs(study: Study, exp: str) -> list[str]:
             if same_counts and options["label-mode"] == mode and (study.dry_run or study.spec(name).exists())]
 
 
-def evaluate_r2(study: Study, exp: str, weights: Path, export: dict | None) -> None:
-    """OUT/<exp>/r2: the model's D against its closed forms' per noise level (issue 23, item 3)."""
+def r2_jobs(study: Study, exp: str, weights: Path, export: dict | None) -> list[Job]:
+    """OUT/<exp>/r2: the model's D against its closed forms' per noise level (issue 23, item 3), unless current."""
     names = r2_specs(study, exp)
     if not names:
-        return
+        return []
     folder = study.out / exp / "r2"
     record = {**(export or {}), "specs": {name: spec_sha256(study.spec(name)) for name in names}}
     if evaluation_is_current(folder, "r2.json", record):
         study.say(f"r2 {exp}: {folder / 'r2.json'} exists, skipped")
-        return
+        return []
     specs = [item for name in names for item in ("--spec", str(study.spec(name)))]
-    study.run(["closed-form", "r2", "--ckpt", str(weights), *specs, "--out", str(folder), *flags(study.scale.r2)],
-              f"r2 {exp}")
-    if not study.dry_run:
-        stamp(folder, weights, record)
+    return [Job(["closed-form", "r2", "--ckpt", str(weights), *specs, "--out", str(folder), *flags(study.scale.r2)],
+                f"r2 {exp}", after=lambda: stamp(folder, weights, record))]
 
 
 # --- stage: report ----------------------------------------------------------------------------------------------
@@ -945,10 +974,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--experiments", default=None, help="comma list of the scale's experiments, e.g. exp1,exp2 (default: all)")
     parser.add_argument("--judge", default=None, help="judge checkpoint for lengthgen (default: the judge shipped "
                                                       "for the scale's resolution)")
-    parser.add_argument("--parallel-fits", type=int, default=1,
-                        help="fits at once, each pinned to its own share of the cores with as many threads "
-                             "(default 1: one after another on every core). Small models gain: two tiny 32 px "
-                             "fits on one core each made 1.36x the steps of one fit on both cores (issue 22)")
+    parser.add_argument("--parallel", "--parallel-fits", dest="parallel", type=int, default=1,
+                        help="commands at once (fits, evaluations), each pinned to its own share of the cores with "
+                             "as many threads (default 1: one after another on every core). Small models gain: two "
+                             "tiny 32 px fits on one core each made 1.36x the steps of one fit on both cores "
+                             "(issue 22). --parallel-fits is its older name")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     return parser
 
@@ -977,10 +1007,10 @@ def main(argv: list[str]) -> int:
     base = ["--scale", args.scale, "--out", args.out, "--runs", str(runs), "--data", str(data)]
     if args.judge:
         base += ["--judge", args.judge]
-    if args.parallel_fits < 1:
-        raise SystemExit(f"reproduce: --parallel-fits is a number of fits at once (1 or more), got {args.parallel_fits}")
+    if args.parallel < 1:
+        raise SystemExit(f"reproduce: --parallel is a number of commands at once (1 or more), got {args.parallel}")
     study = Study(args.scale, scale, Path(args.out), runs, data, experiments, args.judge, args.dry_run, base,
-                  args.parallel_fits)
+                  args.parallel)
     stages = STAGES if args.stage == "all" else (args.stage,)
     with contextlib.nullcontext() if args.dry_run else study_lock(study.out, study.runs):
         for stage in stages:
