@@ -133,12 +133,12 @@ def run_locality(pipe, args, out: Path) -> dict:
 
 def run_attention(pipe, args, out: Path) -> dict:
     import matplotlib.pyplot as plt
-    import torch
 
     from lcsbench.analysis.sdxl.attention import resolve_layers
     from lcsbench.analysis.sdxl.plots import (composition_figure, cosine_groups_figure, cosine_layers_figure)
     from lcsbench.analysis.sdxl.prompts import ATTENTION_PROMPTS, parse_concept_prompt
     from lcsbench.analysis.sdxl.studies import attention_study
+    from lcsbench.checkpoints import save_atomic
 
     prompts = [parse_concept_prompt(s) for s in args.concept_prompt] if args.concept_prompt else ATTENTION_PROMPTS
     layers = resolve_layers(pipe.unet, args.layers)  # fails before any sampling on a bad name
@@ -157,8 +157,8 @@ def run_attention(pipe, args, out: Path) -> dict:
     for name, fig in figures:
         fig.savefig(out / f"{name}.png", dpi=120)
         plt.close(fig)
-    torch.save({label: {f"{layer}@{step}": maps.mean(layer, step) for (layer, step) in maps.sums}
-                for label, maps in study.maps.items()} | {"tokens": study.tokens}, out / "attention_maps.pt")
+    save_atomic({label: {f"{layer}@{step}": maps.mean(layer, step) for (layer, step) in maps.sums}
+                 for label, maps in study.maps.items()} | {"tokens": study.tokens}, out / "attention_maps.pt")
     return study.summary(feature_layers)
 
 

@@ -25,7 +25,8 @@ import torch
 from torchmetrics import MeanMetric
 
 from lcsbench.analysis.lengthgen import match_locations
-from lcsbench.checkpoints import JUDGE_ARCH_KEY, architecture_record, class_path, read_checkpoint, read_record, rebuild
+from lcsbench.checkpoints import (JUDGE_ARCH_KEY, architecture_record, class_path, read_checkpoint, read_record, rebuild,
+                                  write_shipped_judge)
 from lcsbench.data.scenes import COLOR_NAMES
 from lcsbench.nn.judge import CentreHeatmapNet, centre_color_loss, centre_heatmap_loss, centre_targets, extract_peaks
 
@@ -257,9 +258,7 @@ def ship_judge(checkpoint: str | Path, out: str | Path, recipe: dict) -> Path:
     (render command, config, steps, seed, lcsbench version, measured accuracy). Plain data only."""
     payload = read_checkpoint(checkpoint, "pass the judge's last.ckpt")
     record = read_record(payload, JUDGE_ARCH_KEY, checkpoint, "a judge checkpoint", "")
-    out = Path(out)
-    torch.save({JUDGE_ARCH_KEY: record, "state_dict": payload["state_dict"], "recipe": recipe}, out)
-    return out
+    return write_shipped_judge(out, record, payload["state_dict"], recipe)
 
 
 def judge_accuracy(judge: JudgeModule, batches, grid_size: int = 16, tolerance_cells: float = 1.0,
