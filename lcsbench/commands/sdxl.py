@@ -89,7 +89,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    from lcsbench.analysis.sdxl.pipeline import NotAPipelineError, load_sdxl_pipeline
+    from lcsbench.models.sdxl import NotAPipelineError, load_sdxl_pipeline
 
     device = args.device or default_device()
     dtype_name = args.dtype or ("float16" if device.startswith("cuda") else "float32")
@@ -119,8 +119,9 @@ def run_locality(pipe, args, out: Path) -> dict:
 
     from lcsbench.analysis.sdxl.plots import locality_figure, word_influence_figure
     from lcsbench.analysis.sdxl.studies import locality_study
+    from lcsbench.models.sdxl import SDXLDenoiser
 
-    study = locality_study(pipe, prompt=args.prompt, stop_steps=args.stop_steps,
+    study = locality_study(pipe, SDXLDenoiser, prompt=args.prompt, stop_steps=args.stop_steps,
                            num_inference_steps=args.num_steps or 50, guidance_scale=args.guidance_scale,
                            seed=args.seed, pixels=args.pixels, words=args.words, height=args.height,
                            width=args.width, fraction=args.fraction)
