@@ -23,6 +23,7 @@ import importlib
 import inspect
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ SNAPSHOT_KIND = "lcsbench-phema-snapshot"  # one EMA at one step, written during
 RECONSTRUCTION_KIND = "lcsbench-phema-reconstruction"  # a post-hoc EMA from `reconstruct-ema`
 EXPORT_KIND = "lcsbench-ema-export"  # a run's EMA weights plus its training data settings (`reproduce` export)
 DATA_HPARAMS_KEY = "datamodule_hyper_parameters"  # Lightning's key for the DataModule's settings
+SNAPSHOT_NAME = re.compile(r"phema-(\d+)-(\d+\.\d+)\.pt$")  # PowerFunctionEMA's phema-<step>-<sigma_rel>.pt
 
 
 # --- the architecture record ---------------------------------------------------------------------------------
@@ -193,6 +195,67 @@ def checkpoint_step(path: str | Path) -> int:
         raise ValueError(f"{path} records no integer global_step (found {step!r}): it is not a Lightning training "
                          f"checkpoint; pass the last.ckpt written by `python -m lcsbench fit`")
     return step
+
+
+# --- EMA snapshots and reconstructions (callbacks/ema.py, `reconstruct-ema`; EDM2 Sec. 3.1 and Alg. 3) ---------
+
+
+def snapshot_path(directory: str | Path, step: int, sigma_rel: float) -> Path:
+    """Where the snapshot of the EMA of width `sigma_rel` at optimizer step `step` goes in `directory`."""
+    return Path(directory) / f"phema-{step:08d}-{sigma_rel:.3f}.pt"
+
+
+def snapshot_step(path: Path) -> int | None:
+    """The training step in an EMA snapshot's file name, or None when the name is not a snapshot's."""
+    match = SNAPSHOT_NAME.search(path.name)
+    return int(match.group(1)) if match else None
+
+
+def write_snapshot(
+    directory: str | Path,  # the run's snapshot folder (<log_dir>/phema)
+    step: int,  # optimizer steps the average has seen
+    sigma_rel: float,  # its relative width
+    gamma: float,  # its power-function exponent
+    run_id: str | None,  # the training run's id (None: a run older than run ids)
+    net_state: dict[str, torch.Tensor],  # the averaged network weights (written as fp16, on the CPU)
+    record: dict[str, Any] | None,  # the module's architecture record, when it has one
+) -> Path:
+    """Write one PowerFunctionEMA snapshot (SNAPSHOT_KIND), self-describing, to `snapshot_path`."""
+    path = snapshot_path(directory, step, sigma_rel)
+    payload = {"kind": SNAPSHOT_KIND, "step": step, "sigma_rel": sigma_rel, "gamma": gamma, "run_id": run_id,
+               "net_state": {k: v.to(torch.float16).cpu() for k, v in net_state.items()}}
+    if record is not None:
+        payload[ARCH_KEY] = record
+    return save_atomic(payload, path)
+
+
+def write_reconstruction(
+    path: str | Path,  # output .pt
+    step: int,  # the step the average is reconstructed at
+    sigma_rel: float,  # its relative width
+    gamma: float,  # its power-function exponent
+    net_state: dict[str, torch.Tensor],  # the combined weights
+    record: dict[str, Any] | None,  # the architecture record of the snapshots
+    run_id: str | None,  # the run the snapshots come from
+    sources: list[str],  # the snapshot files combined
+    coefficients: list[float],  # their least-squares weights
+) -> Path:
+    """Write a post-hoc EMA (RECONSTRUCTION_KIND) that every command takes as --ckpt."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_atomic({"kind": RECONSTRUCTION_KIND, "step": step, "sigma_rel": sigma_rel, "gamma": gamma,
+                        "net_state": net_state, ARCH_KEY: record, "run_id": run_id, "sources": sources,
+                        "coefficients": coefficients}, path)
+
+
+# --- the shipped object judge (models/judge.py, scripts/ship_judge.py) ------------------------------------------
+
+
+def write_shipped_judge(path: str | Path, record: dict[str, Any], state_dict: dict[str, torch.Tensor],
+                        recipe: dict) -> Path:
+    """Write a judge as a small shipped file: its architecture record (under JUDGE_ARCH_KEY), its weights and
+    `recipe` (how it was made and how well it counts). Plain data only."""
+    return save_atomic({JUDGE_ARCH_KEY: record, "state_dict": state_dict, "recipe": recipe}, path)
 
 
 # --- writing an evaluation file ----------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ import time
 import torch
 
 from lcsbench.data.conditioning import label_dim
-from lcsbench.data.datamodule import CLEVRDataModule, read_tar_samples
+from lcsbench.data.datamodule import CLEVRDataModule
+from lcsbench.data.datasets import read_tar_samples
 
 
 def bench_decode(dm: CLEVRDataModule, images: int) -> float:

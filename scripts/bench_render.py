@@ -18,7 +18,8 @@ import resource
 import tempfile
 import time
 
-from lcsbench.data.render import render_dataset, usable_cores
+from lcsbench.data.blender_binary import usable_cores
+from lcsbench.data.render import render_dataset
 from lcsbench.data.scenes import parse_counts
 
 

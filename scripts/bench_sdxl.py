@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 from lcsbench.analysis.locality import pixel_jacobian  # noqa: E402
 from lcsbench.analysis.sdxl.ablation import content_words, word_influence
 from lcsbench.analysis.sdxl.attention import capture_cross_attention, cross_attention_layers
-from lcsbench.analysis.sdxl.denoiser import SDXLDenoiser, sample_euler
 from lcsbench.analysis.sdxl.pipeline import SDXLCondition, encode_prompts, size_ids
 from lcsbench.analysis.sdxl.prompts import LOCALITY_PROMPT
+from lcsbench.models.sdxl import SDXLDenoiser, sample_euler
 
 
 def peak_memory_mib(device: torch.device) -> float:

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from lcsbench.analysis.lengthgen import protocol_requests
-from lcsbench.data.render import parse_counts
+from lcsbench.data.scenes import parse_counts
 
 
 def main() -> None:

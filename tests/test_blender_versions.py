@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lcsbench.data.render import SCENE_SCRIPT, SUPPORTED_BLENDER, RenderSettings, blender_version
+from lcsbench.data.blender_binary import SCENE_SCRIPT, SUPPORTED_BLENDER, blender_version
+from lcsbench.data.render_plan import RenderSettings
 
 BPY_PYTHON = os.environ.get("LCSBENCH_BPY_PYTHON", "")
 SETUP = ("python3.11 -m venv /tmp/bpy4venv && /tmp/bpy4venv/bin/pip install 'bpy==4.5.*', then set "

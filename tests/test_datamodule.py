@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 
 from lcsbench.data import conditioning as C
-from lcsbench.data.datamodule import CLEVRDataModule, ShardError, StridedSampler
+from lcsbench.data.datamodule import CLEVRDataModule, ShardError
+from lcsbench.data.samplers import StridedSampler
 from lcsbench.data.shards import read_shard_samples
 
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from lcsbench.data.datamodule import CLEVRDataModule
-from lcsbench.models.judge import JudgeModule, judge_accuracy, load_judge
+from lcsbench.analysis.judge import judge_accuracy
+from lcsbench.models.judge import JudgeModule, load_judge
 from lcsbench.nn.judge import CentreHeatmapNet, centre_targets, extract_peaks
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "judge.yaml"

@@ -32,10 +32,10 @@ LAYER_RULES: dict[str, dict] = {
         "why": "checkpoints.py may import only torch, lcsbench.nn, lcsbench.diffusion and the standard library",
     },
     "analysis/": {
-        "forbidden": ("lightning", "pytorch_lightning", "lcsbench.models", "lcsbench.callbacks",
+        "forbidden": ("lightning", "pytorch_lightning", "diffusers", "lcsbench.models", "lcsbench.callbacks",
                       "lcsbench.commands", "lcsbench.cli", "lcsbench.data.datamodule"),
-        "why": "analysis/ imports no Lightning and nothing above it (models, callbacks, commands, cli, "
-               "data.datamodule)",
+        "why": "analysis/ imports no Lightning, no diffusers (SDXL is loaded in models/sdxl.py) and nothing above "
+               "it (models, callbacks, commands, cli, data.datamodule)",
     },
     "data/": {
         "forbidden": ("lightning", "pytorch_lightning", "lcsbench.models", "lcsbench.callbacks",
@@ -143,6 +143,8 @@ SCRATCH = {
     "lcsbench/analysis/good.py": "import matplotlib\nfrom lcsbench.data.conditioning import location_grid\n",
     "lcsbench/analysis/bad.py": "import torch\n\n\ndef load():\n    from lcsbench.models.edm2 import load_denoiser\n"
                                 "    from lcsbench.data import datamodule\n",
+    "lcsbench/analysis/sdxl_bad.py": "def load(path):\n    from diffusers import StableDiffusionXLPipeline\n"
+                                     "    import diffusers.utils\n",
     "lcsbench/data/__init__.py": "",
     "lcsbench/data/shards.py": "import webdataset\nimport pytorch_lightning\n",
     "lcsbench/data/datamodule.py": "import lightning as L\nfrom lcsbench.data.shards import load_manifest\n",
@@ -170,6 +172,8 @@ def test_forbidden_imports_are_reported_and_allowed_ones_are_not(tmp_path):
         "lcsbench/diffusion/bad.py:1 imports scipy.special",
         "lcsbench/analysis/bad.py:5 imports lcsbench.models.edm2",     # function-level
         "lcsbench/analysis/bad.py:6 imports lcsbench.data.datamodule",
+        "lcsbench/analysis/sdxl_bad.py:2 imports diffusers",            # the SDXL loader belongs in models/
+        "lcsbench/analysis/sdxl_bad.py:3 imports diffusers.utils",
         "lcsbench/data/shards.py:2 imports pytorch_lightning",
         "lcsbench/models/edm2.py:2 imports lcsbench.callbacks.ema",
         "lcsbench/callbacks/ema.py:2 imports lcsbench.cli",

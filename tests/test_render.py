@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lcsbench.data.render import RenderError, parse_counts, render_dataset
+from lcsbench.data.render import RenderError, render_dataset
+from lcsbench.data.scenes import parse_counts
 from lcsbench.data.shards import ShardError, read_shard_samples, verify_shard
 from tests.conftest import TINY_DATASET
 
@@ -311,7 +312,8 @@ def test_a_manifest_without_checksums_still_trains(clevr_shards, tmp_path):
 
 
 def test_a_second_render_of_the_same_shards_is_refused_while_one_runs(clevr_shards, tmp_path):
-    from lcsbench.data.render import LOCKS, RenderSettings, claim_shards, plan_dataset
+    from lcsbench.data.locks import LOCKS, claim_shards
+    from lcsbench.data.render_plan import RenderSettings, plan_dataset
 
     out = tmp_path / "busy"
     shutil.copytree(clevr_shards, out)
@@ -356,7 +358,7 @@ def test_a_dataset_is_not_resumed_with_another_blender_release(clevr_shards, tmp
 @pytest.mark.slow  # stops two Blender renders with signals and reruns them
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
 def test_a_stop_signal_ends_every_blender_and_the_rerun_resumes(stop, clevr_shards, tmp_path):
-    from lcsbench.data.render import parent_death_prefix
+    from lcsbench.data.blender_binary import parent_death_prefix
 
     if stop == signal.SIGKILL and not parent_death_prefix():
         pytest.skip("no util-linux setpriv with --pdeathsig here: SIGKILL leaves Blender running")

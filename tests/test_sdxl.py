@@ -22,11 +22,10 @@ from lcsbench.analysis.sdxl.ablation import (STOP_WORDS, content_words, prompt_w
 from lcsbench.analysis.sdxl.attention import (capture_cross_attention, concept_token,  # noqa: E402
                                               cross_attention_layers, end_token, resolve_layers, word_token_span)
 from lcsbench.analysis.sdxl.cosines import compositional_similarity, cosine_matrices, difference_vectors  # noqa: E402
-from lcsbench.analysis.sdxl.denoiser import SDXLDenoiser, sample_euler  # noqa: E402
-from lcsbench.analysis.sdxl.pipeline import (NotAPipelineError, encode_prompts, load_sdxl_pipeline,  # noqa: E402
-                                             unconditional_condition)
+from lcsbench.analysis.sdxl.pipeline import encode_prompts, unconditional_condition  # noqa: E402
 from lcsbench.analysis.sdxl.prompts import LOCALITY_PROMPT, ConceptPrompt  # noqa: E402
 from lcsbench.analysis.sdxl.studies import attention_study  # noqa: E402
+from lcsbench.models.sdxl import NotAPipelineError, SDXLDenoiser, load_sdxl_pipeline, sample_euler  # noqa: E402
 from tests.sdxl_tiny import build_tiny_sdxl_pipeline  # noqa: E402
 
 LATENT = (8, 8)

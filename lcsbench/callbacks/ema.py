@@ -28,7 +28,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from lcsbench.checkpoints import ARCH_KEY, EMA_STATE_KEY, SNAPSHOT_KIND
+from lcsbench.checkpoints import EMA_STATE_KEY, write_snapshot
 from lcsbench.diffusion.phema import ema_net_state, power_ema_beta, sigma_rel_to_gamma, tracked_index
 
 
@@ -124,18 +124,10 @@ class PowerFunctionEMA(L.Callback):
         directory = getattr(self, "_snapshot_path", None) or Path(self.snapshot_dir or "phema")
         directory.mkdir(parents=True, exist_ok=True)
         describe = getattr(pl_module, "describe", None)
-        paths = []
-        for sigma_rel, gamma in zip(self.sigma_rels, self.gammas):
-            state = {k: v.to(torch.float16).cpu() for k, v in self.net_state(pl_module, sigma_rel).items()}
-            path = directory / f"phema-{self.step:08d}-{sigma_rel:.3f}.pt"
-            payload = {"kind": SNAPSHOT_KIND, "step": self.step, "sigma_rel": sigma_rel, "gamma": gamma,
-                       "run_id": self.run_id, "net_state": state}
-            if callable(describe):
-                payload[ARCH_KEY] = describe()
-            tmp = path.with_suffix(".pt.tmp")
-            torch.save(payload, tmp)
-            tmp.replace(path)
-            paths.append(path)
+        record = describe() if callable(describe) else None
+        paths = [write_snapshot(directory, self.step, sigma_rel, gamma, self.run_id,
+                                self.net_state(pl_module, sigma_rel), record)
+                 for sigma_rel, gamma in zip(self.sigma_rels, self.gammas)]
         rank_zero_info(f"PowerFunctionEMA: step {self.step}: wrote {len(paths)} snapshot(s) to {directory}")
         return paths
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,13 +14,14 @@ if TYPE_CHECKING:
     from lcsbench.diffusion.denoiser import Denoiser
 
 DEFAULT_SIGMAS = "0.05,0.2,0.5,1,2,5,10,40"  # the locality noise grid (Figure 2's rows and more)
-SNAPSHOT_NAME = re.compile(r"phema-(\d+)-(\d+\.\d+)\.pt$")  # PowerFunctionEMA's phema-<step>-<sigma_rel>.pt
 
 
 def snapshot_step(path: Path) -> int | None:
-    """The training step in an EMA snapshot's file name, or None when the name is not a snapshot's."""
-    match = SNAPSHOT_NAME.search(path.name)
-    return int(match.group(1)) if match else None
+    """checkpoints.snapshot_step (the owner of the snapshot file name), kept here for commands/trainer.py; imported
+    when called, so that importing a command does not import torch."""
+    from lcsbench.checkpoints import snapshot_step as step_in_name
+
+    return step_in_name(path)
 
 
 def default_device() -> str:

@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     from lcsbench.data.datamodule import CLEVRDataModule
     from lcsbench.data.scenes import parse_counts
     from lcsbench.data.shards import load_manifest
-    from lcsbench.models.judge import judge_accuracy, load_judge
+    from lcsbench.analysis.judge import judge_accuracy
+    from lcsbench.models.judge import load_judge
 
     torch.set_grad_enabled(False)
     try:

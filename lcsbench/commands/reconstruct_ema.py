@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lcsbench.commands._common import check_output_file, snapshot_step
+from lcsbench.commands._common import check_output_file
 
 
 def main(argv: list[str]) -> int:
@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="output .pt file")
     args = parser.parse_args(argv)
 
-    from lcsbench.checkpoints import ARCH_KEY, RECONSTRUCTION_KIND, read_checkpoint, save_atomic
+    from lcsbench.checkpoints import read_checkpoint, snapshot_step, write_reconstruction
     from lcsbench.diffusion.phema import sigma_rel_to_gamma, solve_posthoc_coefficients, weighted_state_sum
 
     try:
@@ -66,10 +66,8 @@ def main(argv: list[str]) -> int:
               f"of the same run here (snapshots of another run are refused)", file=sys.stderr)
     states = (read_checkpoint(h["path"], "a snapshot vanished while reading: rerun")["net_state"] for h in headers)
     combined = weighted_state_sum(states, coefficients)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic({"kind": RECONSTRUCTION_KIND, "step": target_step, "sigma_rel": args.sigma_rel,
-                 "gamma": target_gamma, "net_state": combined, ARCH_KEY: description, "run_id": headers[-1]["run_id"],
-                 "sources": [str(h["path"]) for h in headers], "coefficients": coefficients.tolist()}, out)
+    write_reconstruction(out, target_step, args.sigma_rel, target_gamma, combined, description, headers[-1]["run_id"],
+                         [str(h["path"]) for h in headers], coefficients.tolist())
     print(f"reconstruct-ema: wrote {out}")
     return 0
 

@@ -9,16 +9,10 @@ import sys
 
 from lcsbench.commands._common import check_output_dir
 from lcsbench.data.layouts import LayoutError, load_layout_file
-from lcsbench.data.render import (
-    MAX_OBJECTS,
-    RenderError,
-    RenderInterrupted,
-    RenderSettings,
-    parse_counts,
-    parse_shard_range,
-    render_dataset,
-    render_layouts,
-)
+from lcsbench.data.render import render_dataset, render_layouts
+from lcsbench.data.render_errors import RenderError, RenderInterrupted
+from lcsbench.data.render_plan import MAX_OBJECTS, RenderSettings, parse_shard_range
+from lcsbench.data.scenes import parse_counts
 from lcsbench.data.shards import ShardError, verify_dataset
 
 DEFAULTS = RenderSettings()

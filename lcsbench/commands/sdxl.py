@@ -89,7 +89,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    from lcsbench.analysis.sdxl.pipeline import NotAPipelineError, load_sdxl_pipeline
+    from lcsbench.models.sdxl import NotAPipelineError, load_sdxl_pipeline
 
     device = args.device or default_device()
     dtype_name = args.dtype or ("float16" if device.startswith("cuda") else "float32")
@@ -119,8 +119,9 @@ def run_locality(pipe, args, out: Path) -> dict:
 
     from lcsbench.analysis.sdxl.plots import locality_figure, word_influence_figure
     from lcsbench.analysis.sdxl.studies import locality_study
+    from lcsbench.models.sdxl import SDXLDenoiser
 
-    study = locality_study(pipe, prompt=args.prompt, stop_steps=args.stop_steps,
+    study = locality_study(pipe, SDXLDenoiser, prompt=args.prompt, stop_steps=args.stop_steps,
                            num_inference_steps=args.num_steps or 50, guidance_scale=args.guidance_scale,
                            seed=args.seed, pixels=args.pixels, words=args.words, height=args.height,
                            width=args.width, fraction=args.fraction)
@@ -133,12 +134,12 @@ def run_locality(pipe, args, out: Path) -> dict:
 
 def run_attention(pipe, args, out: Path) -> dict:
     import matplotlib.pyplot as plt
-    import torch
 
     from lcsbench.analysis.sdxl.attention import resolve_layers
     from lcsbench.analysis.sdxl.plots import (composition_figure, cosine_groups_figure, cosine_layers_figure)
     from lcsbench.analysis.sdxl.prompts import ATTENTION_PROMPTS, parse_concept_prompt
     from lcsbench.analysis.sdxl.studies import attention_study
+    from lcsbench.checkpoints import save_atomic
 
     prompts = [parse_concept_prompt(s) for s in args.concept_prompt] if args.concept_prompt else ATTENTION_PROMPTS
     layers = resolve_layers(pipe.unet, args.layers)  # fails before any sampling on a bad name
@@ -157,8 +158,8 @@ def run_attention(pipe, args, out: Path) -> dict:
     for name, fig in figures:
         fig.savefig(out / f"{name}.png", dpi=120)
         plt.close(fig)
-    torch.save({label: {f"{layer}@{step}": maps.mean(layer, step) for (layer, step) in maps.sums}
-                for label, maps in study.maps.items()} | {"tokens": study.tokens}, out / "attention_maps.pt")
+    save_atomic({label: {f"{layer}@{step}": maps.mean(layer, step) for (layer, step) in maps.sums}
+                 for label, maps in study.maps.items()} | {"tokens": study.tokens}, out / "attention_maps.pt")
     return study.summary(feature_layers)
 
 

@@ -9,7 +9,6 @@ samples have `<key>.png` and `<key>.json` only, and the manifest says `"has_mask
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
 import re
@@ -19,6 +18,7 @@ from PIL import Image
 
 from lcsbench import __version__
 from lcsbench.data.scenes import COLOR_NAMES, IMAGE_EXT, SCENE_EXT
+from lcsbench.data.manifest import shard_manifest
 from lcsbench.data.shards import CHECKSUMS, MANIFEST, MAX_PNG_SIDE, png_bytes, write_json_atomic, write_shard
 
 
@@ -158,32 +158,22 @@ def import_clevr(sources: list[tuple[Path, Path]], out: Path, resolution: int = 
             record["image_filename"] = f"{key}.{IMAGE_EXT}"
             groups[(group, split)].append({"__key__": key, IMAGE_EXT: png_bytes(resized),
                                            SCENE_EXT: json.dumps(record).encode()})
-    shards: dict[str, dict[str, list[str]]] = {}
-    shard_samples: dict[str, int] = {}
+    listed: list[tuple[str, str, str, int]] = []  # (group, split, relpath, images) per shard
     checksums: dict[str, str] = {}
-    images: dict[str, dict[str, int]] = {}
     for (group, split), samples in sorted(groups.items(), key=lambda item: (int(item[0][0][1:]), item[0][1])):
-        images.setdefault(group, {})[split] = len(samples)
         for shard_index in range(math.ceil(len(samples) / shard_size)):
             relpath = f"{group}/{split}-{shard_index:06d}.tar"
             chunk = samples[shard_index * shard_size:(shard_index + 1) * shard_size]
             checksums[relpath] = write_shard(out / relpath, chunk)
-            shards.setdefault(group, {}).setdefault(split, []).append(relpath)
-            shard_samples[relpath] = len(chunk)
-    totals: dict[str, int] = {}
-    for per_split in images.values():
-        for split, n in per_split.items():
-            totals[split] = totals.get(split, 0) + n
-    manifest = {
-        "format": "lcsbench-clevr-shards/1", "mode": "import-clevr",
-        "settings": {"resolution": resolution, "shard_size": shard_size,
-                     "counts": sorted(int(g[1:]) for g in images), "crop": "centre-square",
-                     "sources": [[str(i), str(s)] for i, s in sources]},
-        "shards": shards, "shard_samples": shard_samples, CHECKSUMS: checksums, "images": images, "totals": totals,
-        "has_masks": False, "sample_keys": {"image": IMAGE_EXT, "scene": SCENE_EXT, "mask": None},
-        "dropped_objects_outside_crop": dropped_total, "skipped_images_without_objects": skipped_empty,
-        "renderer": {"lcsbench": __version__, "source": "CLEVR (clevr-dataset-gen)"},
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+            listed.append((group, split, relpath, len(chunk)))
+    manifest = shard_manifest(
+        "import-clevr",
+        {"resolution": resolution, "shard_size": shard_size,
+         "counts": sorted({int(group[1:]) for group, _ in groups}), "crop": "centre-square",
+         "sources": [[str(i), str(s)] for i, s in sources]},
+        listed, {"image": IMAGE_EXT, "scene": SCENE_EXT, "mask": None},
+        {"lcsbench": __version__, "source": "CLEVR (clevr-dataset-gen)"},
+        **{CHECKSUMS: checksums}, has_masks=False, dropped_objects_outside_crop=dropped_total,
+        skipped_images_without_objects=skipped_empty)
     write_json_atomic(out / MANIFEST, manifest)
     return manifest

@@ -1,4 +1,5 @@
-"""The EDM sampler (Karras et al. 2022, Alg. 2): Heun's 2nd-order ODE solver with optional churn.
+"""The samplers, one signature `sampler(denoiser, noise, cond, ...)`: the EDM sampler (Karras et al. 2022,
+Alg. 2), Heun's 2nd-order ODE solver with optional churn, and the Euler sampler of a given noise schedule.
 
 `num_steps` noise levels `sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho`, then 0. Each
 step takes an Euler step and, except into sigma = 0, a Heun correction: 32 steps = 63 denoiser calls. The
@@ -9,7 +10,8 @@ two denoisers into one.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -73,3 +75,58 @@ def edm_sampler(
             d_prime = (x_next - denoise(x_next, t_next)) / t_next.to(dtype)
             x_next = x_hat + (t_next - t_hat).to(dtype) * (0.5 * d_cur + 0.5 * d_prime)
     return x_next
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Euler sampling on a given noise schedule (the deterministic step x <- x + (sigma_next - sigma) (x - D) / sigma,
+# EulerDiscreteScheduler's without churn), recording the state at chosen steps: the SDXL studies' sampler.
+
+
+@dataclass
+class EulerRun:
+    """States of one Euler run: `states[k]` is the latent fed to step k (1-based) at noise `sigmas[k]`;
+    `final` the latent after the last step; `schedule` every step's input sigma (length num_steps + 1, last 0)."""
+
+    states: dict[int, torch.Tensor] = field(default_factory=dict)
+    sigmas: dict[int, float] = field(default_factory=dict)
+    final: torch.Tensor | None = None
+    schedule: list[float] = field(default_factory=list)
+
+
+def check_steps(steps: Sequence[int], num_inference_steps: int) -> list[int]:
+    bad = [s for s in steps if not 1 <= int(s) <= num_inference_steps]
+    if bad or not steps:
+        raise ValueError(f"steps are 1-based denoising step numbers in 1..{num_inference_steps}; found "
+                         f"{list(steps)}: choose steps within the run of {num_inference_steps} steps")
+    return sorted({int(s) for s in steps})
+
+
+@torch.no_grad()
+def euler_sampler(
+    denoiser: Denoiser,  # denoiser(x, sigma, cond) -> D(x); sigma is passed as a float
+    noise: torch.Tensor,  # [N, C, H, W] standard normal
+    cond: Any,  # conditioner handed unchanged to the denoiser
+    sigmas: Sequence[float],  # noise level at the input of each step, then a final 0 (num_steps + 1 values)
+    init_scale: float | None = None,  # initial noise scale; None: sigmas[0]
+    record_steps: Sequence[int] = (),  # 1-based steps whose input state to keep
+    stop_after: int | None = None,  # stop once this step's input is recorded; None: run to the end
+    on_step_end: Callable[[int, float], None] | None = None,  # called after step k (1-based) with its sigma
+) -> EulerRun:
+    """Deterministic Euler sampling from `noise * init_scale` down the schedule `sigmas` (no churn)."""
+    schedule = [float(s) for s in sigmas]
+    num_steps = len(schedule) - 1
+    record = set(check_steps(record_steps, num_steps)) if record_steps else set()
+    run = EulerRun(schedule=schedule)
+    x = noise * (schedule[0] if init_scale is None else init_scale)
+    for k in range(1, num_steps + 1):
+        sigma, sigma_next = schedule[k - 1], schedule[k]
+        if k in record:
+            run.states[k], run.sigmas[k] = x.clone(), sigma
+        if stop_after is not None and k >= stop_after:
+            return run
+        denoised = denoiser(x, sigma, cond)
+        x = x + (sigma_next - sigma) * (x - denoised) / sigma
+        if on_step_end is not None:
+            on_step_end(k, sigma)
+    run.final = x
+    return run

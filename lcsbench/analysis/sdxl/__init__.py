@@ -1,8 +1,10 @@
 """SDXL analyses through diffusers (paper Section 4, Appendix G; Figures 6, 7, 13). Extra: `lcsbench[sdxl]`.
 
-- `pipeline`: load any SDXL pipeline from a local folder (no hub access); prompts -> `SDXLCondition`.
-- `denoiser`: `SDXLDenoiser`, the UNet as `denoiser(x, sigma, cond) -> D` in the VAE latent space (so the
-  locality analyses run unchanged), and Euler sampling that matches the pipeline's EulerDiscreteScheduler.
+The pipeline loader and the denoiser adapter live beside the other models (models/sdxl.py); the Euler sampler
+in diffusion/sampler.py. Nothing here imports diffusers: the analyses take a loaded pipeline and, where they
+need it, the adapter.
+
+- `pipeline`: prompts -> `SDXLCondition`, the unconditional branch, latent decoding, the pipeline's noise schedule.
 - `ablation`: word ablation (score difference per latent pixel), ranking and dominant words.
 - `attention`: cross-attention capture (processors swapped and restored), word -> token positions.
 - `cosines`: Eq. 3 mean difference vectors, cosine matrices, compositional similarity.
@@ -15,6 +17,4 @@ from lcsbench.analysis.sdxl.ablation import (content_words, prompt_without_word,
                                              word_influence)
 from lcsbench.analysis.sdxl.attention import (capture_cross_attention, concept_token,  # noqa: F401
                                               cross_attention_layers, end_token, resolve_layers, word_token_span)
-from lcsbench.analysis.sdxl.denoiser import SDXLDenoiser, sample_euler  # noqa: F401
-from lcsbench.analysis.sdxl.pipeline import (NotAPipelineError, SDXLCondition, encode_prompts,  # noqa: F401
-                                             load_sdxl_pipeline, unconditional_condition)
+from lcsbench.analysis.sdxl.pipeline import (SDXLCondition, encode_prompts, unconditional_condition)  # noqa: F401

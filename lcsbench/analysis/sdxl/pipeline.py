@@ -1,99 +1,16 @@
-"""Loading a Stable Diffusion XL pipeline from a local folder and encoding prompts (paper Appendix G).
+"""Encoding prompts for a loaded Stable Diffusion XL pipeline, and its noise schedule (paper Appendix G).
 
-The paper uses `stabilityai/stable-diffusion-xl-base-1.0` with the standard EulerDiscreteScheduler. lcsbench
-never reaches the hub: the weights are downloaded elsewhere and the folder is passed by path.
-`SDXLCondition` is the structured conditioner the SDXL denoiser adapter takes as `cond`.
+`SDXLCondition` is the structured conditioner the SDXL denoiser adapter (models/sdxl.py, which also loads the
+pipeline) takes as `cond`. Everything here works on a loaded pipeline object and imports no diffusers.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import Tensor
-
-PAPER_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
-SDXL_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
-DOWNLOAD_HINT = (
-    f"download the weights on a machine with internet access, e.g. `hf download {PAPER_MODEL} "
-    f"--local-dir sdxl-base` (or `huggingface-cli download ...`, or "
-    f"`StableDiffusionXLPipeline.from_pretrained('{PAPER_MODEL}').save_pretrained('sdxl-base')`), copy the "
-    f"folder here and pass it with --model sdxl-base"
-)
-
-
-class NotAPipelineError(ValueError):
-    """The path given as an SDXL pipeline is not a usable diffusers SDXL folder."""
-
-
-def check_pipeline_folder(path: str | Path) -> Path:
-    """The folder as a Path if it looks like a diffusers SDXL pipeline; a clear error that says why not."""
-    folder = Path(path)
-    if not folder.exists():
-        raise NotAPipelineError(f"SDXL pipeline folder {str(folder)!r} does not exist: {DOWNLOAD_HINT}")
-    if not folder.is_dir():
-        raise NotAPipelineError(
-            f"{str(folder)!r} is a file, but an SDXL pipeline is a folder with model_index.json and the "
-            f"sub-folders {', '.join(SDXL_COMPONENTS)}: {DOWNLOAD_HINT}")
-    index = folder / "model_index.json"
-    found = sorted(p.name for p in folder.iterdir())
-    if not index.is_file():
-        raise NotAPipelineError(
-            f"{str(folder)!r} is not a diffusers pipeline: expected model_index.json and the sub-folders "
-            f"{', '.join(SDXL_COMPONENTS)}, found {found[:20]}: {DOWNLOAD_HINT}")
-    try:
-        spec = json.loads(index.read_text())
-    except json.JSONDecodeError as error:
-        raise NotAPipelineError(f"{index} is not valid JSON ({error}): re-download the pipeline") from error
-    missing = [name for name in SDXL_COMPONENTS if name not in spec or not (folder / name).is_dir()]
-    if missing:
-        raise NotAPipelineError(
-            f"{str(folder)!r} is a {spec.get('_class_name', 'diffusers')} folder but not a Stable Diffusion XL "
-            f"text-to-image pipeline: it lacks the components {missing} (an SDXL folder has "
-            f"{', '.join(SDXL_COMPONENTS)}); pass the folder of {PAPER_MODEL} or another SDXL base model")
-    return folder
-
-
-def load_sdxl_pipeline(
-    path: str | Path,                       # local diffusers folder (model_index.json, unet/, vae/, ...)
-    device: str | torch.device = "cpu",     # where the pipeline runs
-    dtype: torch.dtype | None = None,       # weights dtype; None: as stored (float32 for most folders)
-):
-    """An SDXL pipeline from a local folder, with the standard EulerDiscreteScheduler (Appendix G).
-
-    Never touches the network (`local_files_only`). A non-Euler scheduler in the folder is replaced by an
-    EulerDiscreteScheduler built from the same config, because the paper's analyses are defined on it.
-    """
-    folder = check_pipeline_folder(path)
-    try:
-        from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
-    except ImportError as error:  # the sdxl extra is not installed
-        raise ImportError(f"the SDXL analyses need diffusers and transformers: pip install 'lcsbench[sdxl]' "
-                          f"({error})") from error
-    kwargs = {"local_files_only": True, "add_watermarker": False}
-    if dtype is not None:  # recent diffusers name it `dtype` and deprecate `torch_dtype`
-        kwargs["dtype" if _accepts_dtype_keyword() else "torch_dtype"] = dtype
-    try:
-        pipe = StableDiffusionXLPipeline.from_pretrained(str(folder), **kwargs)
-    except (OSError, ValueError, TypeError, KeyError) as error:
-        raise NotAPipelineError(f"could not load an SDXL pipeline from {str(folder)!r}: {error}. Check that every "
-                                f"component folder holds its config and weights: {DOWNLOAD_HINT}") from error
-    if not isinstance(pipe.scheduler, EulerDiscreteScheduler):
-        pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
-
-
-def _accepts_dtype_keyword() -> bool:
-    """Whether this diffusers resolves `dtype=` in from_pretrained (older releases only know torch_dtype)."""
-    try:
-        from diffusers.utils import deprecation_utils
-    except ImportError:
-        return False
-    return hasattr(deprecation_utils, "_resolve_dtype")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -201,3 +118,11 @@ def decode_latents(pipe, latents: Tensor) -> Tensor:
         finally:
             vae.to(original_dtype)
     return (images.float() / 2 + 0.5).clamp(0, 1).cpu()
+
+
+def inference_sigmas(scheduler, num_inference_steps: int) -> tuple[list[float], float]:
+    """The scheduler's sigma at each of num_inference_steps steps plus the final 0, and its initial noise
+    scale, computed on a copy so the pipeline's scheduler is left untouched."""
+    copy = type(scheduler).from_config(scheduler.config)
+    copy.set_timesteps(num_inference_steps)
+    return [float(s) for s in copy.sigmas], float(copy.init_noise_sigma)

@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -27,10 +27,10 @@ from lcsbench.analysis.sdxl.attention import (AttentionMaps, capture_cross_atten
                                               layer_group, resolve_layers, token_strings)
 from lcsbench.analysis.sdxl.cosines import (average_matrix, compositional_similarity, cosine_matrices,
                                             difference_vectors, off_diagonal_mean)
-from lcsbench.analysis.sdxl.denoiser import SDXLDenoiser, check_steps, sample_euler
-from lcsbench.analysis.sdxl.pipeline import (decode_latents, encode_prompts, image_and_latent_size,
+from lcsbench.analysis.sdxl.pipeline import (decode_latents, encode_prompts, image_and_latent_size, inference_sigmas,
                                              unconditional_condition)
 from lcsbench.analysis.sdxl.prompts import ATTENTION_PROMPTS, LOCALITY_PROMPT, ConceptPrompt
+from lcsbench.diffusion.sampler import check_steps, euler_sampler
 
 LOCALITY_STEPS = (1, 10, 25, 40, 50)  # Appendix G's list of stopping steps is lost in the text; our default
 ATTENTION_STEPS = (1, 7, 15)         # Appendix G: steps 1, 7 and 15 of 15
@@ -101,7 +101,9 @@ class LocalityStudy:
 
 
 def locality_study(
-    pipe,                                   # SDXL pipeline (load_sdxl_pipeline)
+    pipe,                                   # SDXL pipeline (models.sdxl.load_sdxl_pipeline)
+    adapter: Callable[..., Callable],       # (unet, scheduler, guidance_scale, unconditional) -> denoiser, e.g.
+                                            # models.sdxl.SDXLDenoiser (analysis/ does not import models/)
     prompt: str = LOCALITY_PROMPT,          # Figure 6's prompt
     stop_steps: Sequence[int] = LOCALITY_STEPS,  # 1-based steps at which the state is analysed
     num_inference_steps: int = 50,          # Appendix G: 50 Euler steps
@@ -121,11 +123,12 @@ def locality_study(
     encode = partial(encode_prompts, pipe, height=height, width=width)
     cond = encode([prompt])
     negative = unconditional_condition(pipe, 1, height, width) if guidance_scale != 1.0 else None
-    denoiser = SDXLDenoiser(pipe.unet, pipe.scheduler, guidance_scale, negative).eval()
+    denoiser = adapter(pipe.unet, pipe.scheduler, guidance_scale, negative).eval()
     device = pipe.unet.device
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn((1, pipe.unet.config.in_channels, *latent_size), generator=generator).to(device)
-    run = sample_euler(denoiser, pipe.scheduler, cond, noise, num_inference_steps, record_steps=stops)
+    schedule, init_scale = inference_sigmas(pipe.scheduler, num_inference_steps)
+    run = euler_sampler(denoiser, noise, cond, schedule, init_scale, record_steps=stops)
     study = LocalityStudy(prompt, num_inference_steps, guidance_scale, seed, latent_size, pixels, fraction)
     study.final_image = decode_latents(pipe, run.final)[0]
     for step in stops:
@@ -252,7 +255,7 @@ def prompt_tokens(pipe, prompt: ConceptPrompt) -> dict[str, int]:
 
 
 def attention_study(
-    pipe,                                   # SDXL pipeline (load_sdxl_pipeline)
+    pipe,                                   # SDXL pipeline (models.sdxl.load_sdxl_pipeline)
     prompts: Sequence[ConceptPrompt] = ATTENTION_PROMPTS,  # Appendix G's 12 prompts
     layers: Sequence[str] = ("down", "mid", "up"),  # cross-attention layers (groups or names)
     steps: Sequence[int] = ATTENTION_STEPS,  # 1-based steps to capture

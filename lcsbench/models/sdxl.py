@@ -1,6 +1,10 @@
-"""The SDXL UNet as an lcsbench denoiser in the VAE latent space, and Euler sampling on it (Appendix G).
+"""Stable Diffusion XL beside the other models (paper Section 4, Appendix G). Extra: `lcsbench[sdxl]`.
 
-`SDXLDenoiser(x, sigma, cond) -> D` follows DESIGN.md's EDM convention: x is the noisy latent
+The loader: any SDXL pipeline from a local folder, with the standard EulerDiscreteScheduler. The paper uses
+`stabilityai/stable-diffusion-xl-base-1.0`; lcsbench never reaches the hub: the weights are downloaded elsewhere
+and the folder is passed by path.
+
+The adapter: `SDXLDenoiser(x, sigma, cond) -> D` follows DESIGN.md's EDM convention: x is the noisy latent
 `[B, 4, h, w]` at noise level sigma (x = x0 + sigma * n), D the denoised latent, the score (D - x) / sigma^2.
 SDXL is a discrete-time epsilon predictor (EulerDiscreteScheduler convention, Karras et al. 2022 Table 1,
 "VP" column in sigma form): the UNet sees c_in(sigma) x with c_in = 1 / sqrt(sigma^2 + 1) at the timestep t
@@ -8,18 +12,108 @@ whose training sigma is `sigma`, and
     epsilon prediction:  D = x - sigma * eps
     v prediction:        D = x / (sigma^2 + 1) - sigma / sqrt(sigma^2 + 1) * v
 With guidance_scale w != 1 the output is classifier-free guided, D = D_u + w (D_c - D_u), exactly the
-pipeline's guided prediction. So `lcsbench.analysis.locality.pixel_jacobian` and friends run on SDXL unchanged.
+pipeline's guided prediction. So `lcsbench.analysis.locality.pixel_jacobian` and friends run on SDXL unchanged,
+and the SDXL studies (analysis/sdxl/studies.py) take this class as their `adapter`.
+
+`sample_euler` runs diffusion/sampler.py's `euler_sampler` on the pipeline's own noise schedule. Prompts become
+an `SDXLCondition` in analysis/sdxl/pipeline.py.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from lcsbench.analysis.sdxl.pipeline import SDXLCondition
+from lcsbench.analysis.sdxl.pipeline import SDXLCondition, inference_sigmas
+from lcsbench.diffusion.sampler import EulerRun, euler_sampler
+
+PAPER_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+SDXL_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+DOWNLOAD_HINT = (
+    f"download the weights on a machine with internet access, e.g. `hf download {PAPER_MODEL} "
+    f"--local-dir sdxl-base` (or `huggingface-cli download ...`, or "
+    f"`StableDiffusionXLPipeline.from_pretrained('{PAPER_MODEL}').save_pretrained('sdxl-base')`), copy the "
+    f"folder here and pass it with --model sdxl-base"
+)
+
+
+class NotAPipelineError(ValueError):
+    """The path given as an SDXL pipeline is not a usable diffusers SDXL folder."""
+
+
+def check_pipeline_folder(path: str | Path) -> Path:
+    """The folder as a Path if it looks like a diffusers SDXL pipeline; a clear error that says why not."""
+    folder = Path(path)
+    if not folder.exists():
+        raise NotAPipelineError(f"SDXL pipeline folder {str(folder)!r} does not exist: {DOWNLOAD_HINT}")
+    if not folder.is_dir():
+        raise NotAPipelineError(
+            f"{str(folder)!r} is a file, but an SDXL pipeline is a folder with model_index.json and the "
+            f"sub-folders {', '.join(SDXL_COMPONENTS)}: {DOWNLOAD_HINT}")
+    index = folder / "model_index.json"
+    found = sorted(p.name for p in folder.iterdir())
+    if not index.is_file():
+        raise NotAPipelineError(
+            f"{str(folder)!r} is not a diffusers pipeline: expected model_index.json and the sub-folders "
+            f"{', '.join(SDXL_COMPONENTS)}, found {found[:20]}: {DOWNLOAD_HINT}")
+    try:
+        spec = json.loads(index.read_text())
+    except json.JSONDecodeError as error:
+        raise NotAPipelineError(f"{index} is not valid JSON ({error}): re-download the pipeline") from error
+    missing = [name for name in SDXL_COMPONENTS if name not in spec or not (folder / name).is_dir()]
+    if missing:
+        raise NotAPipelineError(
+            f"{str(folder)!r} is a {spec.get('_class_name', 'diffusers')} folder but not a Stable Diffusion XL "
+            f"text-to-image pipeline: it lacks the components {missing} (an SDXL folder has "
+            f"{', '.join(SDXL_COMPONENTS)}); pass the folder of {PAPER_MODEL} or another SDXL base model")
+    return folder
+
+
+def load_sdxl_pipeline(
+    path: str | Path,                       # local diffusers folder (model_index.json, unet/, vae/, ...)
+    device: str | torch.device = "cpu",     # where the pipeline runs
+    dtype: torch.dtype | None = None,       # weights dtype; None: as stored (float32 for most folders)
+):
+    """An SDXL pipeline from a local folder, with the standard EulerDiscreteScheduler (Appendix G).
+
+    Never touches the network (`local_files_only`). A non-Euler scheduler in the folder is replaced by an
+    EulerDiscreteScheduler built from the same config, because the paper's analyses are defined on it.
+    """
+    folder = check_pipeline_folder(path)
+    try:
+        from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    except ImportError as error:  # the sdxl extra is not installed
+        raise ImportError(f"the SDXL analyses need diffusers and transformers: pip install 'lcsbench[sdxl]' "
+                          f"({error})") from error
+    kwargs = {"local_files_only": True, "add_watermarker": False}
+    if dtype is not None:  # recent diffusers name it `dtype` and deprecate `torch_dtype`
+        kwargs["dtype" if _accepts_dtype_keyword() else "torch_dtype"] = dtype
+    try:
+        pipe = StableDiffusionXLPipeline.from_pretrained(str(folder), **kwargs)
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise NotAPipelineError(f"could not load an SDXL pipeline from {str(folder)!r}: {error}. Check that every "
+                                f"component folder holds its config and weights: {DOWNLOAD_HINT}") from error
+    if not isinstance(pipe.scheduler, EulerDiscreteScheduler):
+        pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def _accepts_dtype_keyword() -> bool:
+    """Whether this diffusers resolves `dtype=` in from_pretrained (older releases only know torch_dtype)."""
+    try:
+        from diffusers.utils import deprecation_utils
+    except ImportError:
+        return False
+    return hasattr(deprecation_utils, "_resolve_dtype")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The adapter: the SDXL UNet as an lcsbench denoiser in the VAE latent space
 
 SUPPORTED_PREDICTIONS = ("epsilon", "v_prediction")
 
@@ -118,35 +212,7 @@ def _broadcast(cond: SDXLCondition, batch: int, name: str) -> SDXLCondition:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Euler sampling (the EulerDiscreteScheduler's deterministic step, x <- x + (sigma_next - sigma) (x - D) / sigma)
-# with the pipeline's own noise schedule, recording the state at chosen steps.
-
-
-@dataclass
-class EulerRun:
-    """States of one Euler run: `states[k]` is the latent fed to step k (1-based) at noise `sigmas[k]`;
-    `final` the latent after the last step; `schedule` every step's input sigma (length num_steps + 1, last 0)."""
-
-    states: dict[int, Tensor] = field(default_factory=dict)
-    sigmas: dict[int, float] = field(default_factory=dict)
-    final: Tensor | None = None
-    schedule: list[float] = field(default_factory=list)
-
-
-def inference_sigmas(scheduler, num_inference_steps: int) -> tuple[list[float], float]:
-    """The scheduler's sigma at each of num_inference_steps steps plus the final 0, and its initial noise
-    scale, computed on a copy so the pipeline's scheduler is left untouched."""
-    copy = type(scheduler).from_config(scheduler.config)
-    copy.set_timesteps(num_inference_steps)
-    return [float(s) for s in copy.sigmas], float(copy.init_noise_sigma)
-
-
-def check_steps(steps: Sequence[int], num_inference_steps: int) -> list[int]:
-    bad = [s for s in steps if not 1 <= int(s) <= num_inference_steps]
-    if bad or not steps:
-        raise ValueError(f"steps are 1-based denoising step numbers in 1..{num_inference_steps}; found "
-                         f"{list(steps)}: choose steps within the run of {num_inference_steps} steps")
-    return sorted({int(s) for s in steps})
+# Euler sampling with the pipeline's own noise schedule (the EulerDiscreteScheduler's deterministic step)
 
 
 @torch.no_grad()
@@ -162,18 +228,4 @@ def sample_euler(
 ) -> EulerRun:
     """Deterministic Euler sampling, identical to the pipeline with EulerDiscreteScheduler (no churn)."""
     schedule, init_scale = inference_sigmas(scheduler, num_inference_steps)
-    record = set(check_steps(record_steps, num_inference_steps)) if record_steps else set()
-    run = EulerRun(schedule=schedule)
-    x = noise * init_scale
-    for k in range(1, num_inference_steps + 1):
-        sigma, sigma_next = schedule[k - 1], schedule[k]
-        if k in record:
-            run.states[k], run.sigmas[k] = x.clone(), sigma
-        if stop_after is not None and k >= stop_after:
-            return run
-        denoised = denoiser(x, sigma, cond)
-        x = x + (sigma_next - sigma) * (x - denoised) / sigma
-        if on_step_end is not None:
-            on_step_end(k, sigma)
-    run.final = x
-    return run
+    return euler_sampler(denoiser, noise, cond, schedule, init_scale, record_steps, stop_after, on_step_end)
