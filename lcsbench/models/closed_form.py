@@ -36,7 +36,7 @@ from torch import nn
 
 from lcsbench.analysis.closed_form import EmpiricalDenoiser, LocalScoreMachine, TrainingSet, training_set
 from lcsbench.analysis.closed_form.posterior import DEFAULT_MEMORY_BUDGET
-from lcsbench.checkpoints import DATA_HPARAMS_KEY, read_checkpoint
+from lcsbench.checkpoints import DATA_HPARAMS_KEY, read_checkpoint, save_atomic
 from lcsbench.data.conditioning import LABEL_MODES, check_grid_size, scene_conditioner
 from lcsbench.data.datamodule import sample_generator
 from lcsbench.data.scenes import IMAGE_EXT, SCENE_EXT, parse_counts
@@ -209,9 +209,7 @@ def write_spec(
             "grid_size": grid_size, "resolution": resolution}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save({CLOSED_FORM_KEY: entry, DATA_HPARAMS_KEY: data}, partial)
-    partial.replace(path)
+    save_atomic({CLOSED_FORM_KEY: entry, DATA_HPARAMS_KEY: data}, path)
     return entry
 
 
