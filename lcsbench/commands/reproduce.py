@@ -417,6 +417,7 @@ class Job:
     what: str
     before: object = None  # callable() run just before the command starts (e.g. copy shared oracle renders)
     after: object = None  # callable() run when it ended well (e.g. check the fit, stamp the evaluation)
+    beside: bool = False  # a check beside the table's rows (random k-subsets, the steps check): run last
 
 
 def run_jobs(study: Study, jobs: list[Job]) -> None:
@@ -742,7 +743,8 @@ def stage_evaluate(study: Study) -> None:
                           f"the specs of the closed forms from the render)")
         record = {"exported": None, "sha256": spec_sha256(spec)}
         jobs += denoiser_jobs(study, name, spec, record, {**study.scale.locality, **study.scale.closed_form_locality})
-    run_jobs(study, jobs)
+    # the rows of the table first, the checks beside them last: a study stopped early reports what it has
+    run_jobs(study, [job for job in jobs if not job.beside] + [job for job in jobs if job.beside])
 
 
 def spec_sha256(spec: Path) -> str | None:
@@ -763,7 +765,7 @@ def denoiser_jobs(study: Study, exp: str, source: Path, record: dict | None, loc
         jobs.append(Job(["lengthgen", "--ckpt", str(source), "--out", str(folder), "--name", exp,
                          *judge_arguments(study), *flags(options)], f"{name} {exp}",
                         before=lambda folder=folder, options=options: share_oracle(study, exp, folder, options),
-                        after=lambda folder=folder: stamp(folder, source, record)))
+                        after=lambda folder=folder: stamp(folder, source, record), beside=name != "lengthgen"))
     locality = study.out / exp / "locality"
     if evaluation_is_current(locality, "locality_maps.npz", record):
         study.say(f"locality {exp}: {locality / 'locality.json'} exists, skipped")
