@@ -1,13 +1,16 @@
 """Helpers shared by the commands: the checkpoint options of the analysis commands, the device default and its
 check, the checks of output paths (before any work), comma-separated number lists and the names of EMA snapshot
-files. Nothing here computes; the commands call the layers below for that."""
+files, and the cores a process may use (its threads). Nothing here computes; the commands call the layers below
+for that."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +25,94 @@ def snapshot_step(path: Path) -> int | None:
     """The training step in an EMA snapshot's file name, or None when the name is not a snapshot's."""
     match = SNAPSHOT_NAME.search(path.name)
     return int(match.group(1)) if match else None
+
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2 quota: "<quota us> <period us>" or "max <period>"
+
+
+def usable_core_ids() -> list[int]:
+    """The cores this process may run on (its CPU affinity), sorted."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))  # not on Linux
+
+
+def cgroup_cpu_limit(path: Path = CGROUP_CPU_MAX) -> float | None:
+    """The CPU time this process's cgroup may use, in cores (quota / period), or None when unlimited or unknown."""
+    try:
+        quota, period = path.read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cores() -> int:
+    """How many cores this process may run on: its CPU affinity, capped by a cgroup CPU quota (containers, SLURM
+    with cgroups), at least 1. What a fit should use as threads."""
+    cores = len(usable_core_ids())
+    limit = cgroup_cpu_limit()
+    if limit is not None:
+        cores = min(cores, math.ceil(limit - 1e-9))
+    return max(1, cores)
+
+
+def busy_cores(core_ids: list[int], seconds: float = 0.25) -> float:
+    """How many of `core_ids` other processes keep busy (their summed busy fraction over `seconds`, read from
+    /proc/stat while this process sleeps); 0 where /proc/stat cannot be read. A thread on a busy core waits for it
+    at every parallel region, which made a fit beside one busy process 26x slower than one thread (issue 27)."""
+
+    def times() -> dict[int, tuple[int, int]]:
+        found = {}
+        for line in Path("/proc/stat").read_text().splitlines():
+            name, *fields = line.split()
+            if name.startswith("cpu") and name[3:].isdigit():
+                values = [int(v) for v in fields[:8]]
+                idle = values[3] + values[4]  # idle + iowait
+                found[int(name[3:])] = (sum(values) - idle, sum(values))
+        return found
+
+    try:
+        before = times()
+        time.sleep(seconds)
+        after = times()
+    except (OSError, ValueError):
+        return 0.0
+    busy = 0.0
+    for core in core_ids:
+        if core in before and core in after and after[core][1] > before[core][1]:
+            busy += (after[core][0] - before[core][0]) / (after[core][1] - before[core][1])
+    return busy
+
+
+def thread_count(processes: int = 1, requested: int | None = None) -> tuple[int, str]:
+    """Torch intra-op threads for each of `processes` processes on this machine (DDP ranks), and why: `requested`
+    (--threads) if given, else OMP_NUM_THREADS if set, else the usable cores (`usable_cores`) less those other
+    processes keep busy (measured only for a single process: ranks starting together would count each other),
+    split between the processes."""
+    if requested is not None:
+        if requested < 1:
+            raise SystemExit(f"--threads takes a positive number of threads; found {requested}")
+        return requested, "--threads"
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env:
+        try:
+            if int(env) >= 1:
+                return int(env), "OMP_NUM_THREADS"
+        except ValueError:
+            pass
+        raise SystemExit(f"OMP_NUM_THREADS={env!r} is not a positive number of threads: set it to one (e.g. "
+                         f"OMP_NUM_THREADS=2) or unset it to use the cores this process may use")
+    cores = usable_cores()
+    why = f"{cores} usable core{'s' * (cores != 1)}"
+    free = cores
+    if processes == 1 and cores > 1 and cgroup_cpu_limit() is None:
+        busy = min(cores - 1, round(busy_cores(usable_core_ids())))
+        if busy:
+            free = cores - busy
+            why += f", {busy} busy with other processes"
+    if processes > 1:
+        why += f" for {processes} processes"
+    return max(1, free // processes), why
 
 
 def default_device() -> str:
