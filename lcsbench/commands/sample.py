@@ -14,10 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
-from lcsbench.commands._common import check_device, check_output_file, default_device
+from lcsbench.commands._common import Progress, check_device, check_output_file, default_device
 
 
 def paper_count(item: str, option: str, available: int) -> int:
@@ -111,11 +110,12 @@ def main(argv: list[str]) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     noise = torch.randn((args.n, *denoiser.image_shape), generator=generator)
     samples = []
+    progress = Progress("sample", args.n)
     for start in range(0, args.n, args.batch):
         chunk = noise[start:start + args.batch].to(device)
         conds = cond.unsqueeze(0).expand(chunk.shape[0], *cond.shape).to(device)
         samples.append(edm_sampler(denoiser, chunk, conds, num_steps=args.steps).cpu())
-        print(f"sample: {min(start + args.batch, args.n)}/{args.n} images", file=sys.stderr)
+        progress.update(min(start + args.batch, args.n))
     grid = image_grid(torch.cat(samples))
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid.numpy()).save(out)

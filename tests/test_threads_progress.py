@@ -1,0 +1,77 @@
+"""Threads from the usable cores and progress lines for logs (issue 27 items 1 and 2)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+from lightning.pytorch.demos.boring_classes import BoringModel
+
+from lcsbench.callbacks.progress import ProgressLines, progress_line
+from lcsbench.commands._common import Progress, cgroup_cpu_limit, heartbeat, thread_count, usable_cores
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_cgroup_quota_is_read_in_cores(tmp_path):
+    limited, unlimited = tmp_path / "limited", tmp_path / "unlimited"
+    limited.write_text("150000 100000\n")
+    unlimited.write_text("max 100000\n")
+    assert cgroup_cpu_limit(limited) == 1.5
+    assert cgroup_cpu_limit(unlimited) is None
+    assert cgroup_cpu_limit(tmp_path / "absent") is None
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
+def test_usable_cores_follow_the_cpu_affinity():
+    """A process pinned to one core counts one core and, unless told otherwise, chooses one thread."""
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from lcsbench.commands._common import usable_cores, thread_count; print(usable_cores(), *thread_count())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[:3] == ["1", "1", "1"]
+
+
+def test_thread_overrides_win(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert thread_count() == (3, "OMP_NUM_THREADS")
+    assert thread_count(requested=5) == (5, "--threads")
+    monkeypatch.setenv("OMP_NUM_THREADS", "lots")
+    with pytest.raises(SystemExit, match="OMP_NUM_THREADS"):
+        thread_count()
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    threads, why = thread_count(processes=2)  # ranks split the cores, never below one thread
+    assert threads == max(1, usable_cores() // 2) and "for 2 processes" in why
+
+
+def test_progress_lines_have_rate_and_eta():
+    progress = Progress("sample", 64)
+    time.sleep(0.05)
+    line = progress.line(16)
+    assert line.startswith("sample: 16/64 images, ") and "images/s" in line and "ETA 0:00:0" in line
+    assert progress_line(30, 600, 2.0, 15.0, {"loss": 0.5}) == \
+        "step 30/600 (5%), 2 steps/s, ETA 0:04:45, elapsed 0:00:15, loss 0.5"
+    assert "s/step" in progress_line(3, None, 0.25, 12.0, {})
+
+
+def test_heartbeat_prints_while_long_work_runs(capsys):
+    with heartbeat("locality", "scene 1/1", every_seconds=0.05):
+        time.sleep(0.3)
+    beats = [line for line in capsys.readouterr().err.splitlines() if line.startswith("locality: scene 1/1, ")]
+    assert beats and all(line.endswith("so far") for line in beats)
+
+
+def test_progress_lines_report_a_real_fit(tmp_path, capsys):
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=6, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=tmp_path, callbacks=[ProgressLines(every_seconds=1e-6)])
+    trainer.fit(BoringModel())
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("lcsbench fit: step")]
+    assert lines[0].startswith("lcsbench fit: step 1/6 (17%), ") and lines[-1].startswith("lcsbench fit: step 6/6")
+    assert len(lines) == 6 and all("ETA" in line and ("steps/s" in line or "s/step" in line) for line in lines)
