@@ -75,3 +75,24 @@ def test_progress_lines_report_a_real_fit(tmp_path, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("lcsbench fit: step")]
     assert lines[0].startswith("lcsbench fit: step 1/6 (17%), ") and lines[-1].startswith("lcsbench fit: step 6/6")
     assert len(lines) == 6 and all("ETA" in line and ("steps/s" in line or "s/step" in line) for line in lines)
+
+
+def test_sample_grids_are_enlarged_and_outline_the_requested_cells():
+    """A 32 px tile becomes 96 px by whole blocks; the conditioned cell (row 4, col 10 of 16) gets a lime border
+    of 6 x 6 px at 96 px, and nothing outside it changes."""
+    import torch
+
+    from lcsbench.analysis.plots import image_grid, outline_cells, upscale
+
+    images = torch.linspace(-1, 1, 2 * 3 * 32 * 32).view(2, 3, 32, 32)
+    big = upscale(images)
+    assert big.shape == (2, 3, 96, 96) and torch.equal(big[:, :, ::3, ::3], images)
+    grid = torch.zeros(1, 16, 16, dtype=torch.long)
+    grid[0, 4, 10] = 1
+    marked = outline_cells(big, grid)
+    changed = (marked != big).any(dim=1)
+    rows, cols = changed.nonzero()[:, 1], changed.nonzero()[:, 2]
+    assert rows.min() == 24 and rows.max() == 29 and cols.min() == 60 and cols.max() == 65  # the cell: 6 px at 96
+    assert torch.equal(marked[0, :, 24, 60], torch.tensor([-1.0, 1.0, -1.0]))  # lime border
+    assert torch.equal(marked[:, :, 26:28, 62:64], big[:, :, 26:28, 62:64])  # inside the border: the image
+    assert image_grid(marked).shape == (98, 195, 3)  # one row of two 96 px tiles, 1 px gaps
