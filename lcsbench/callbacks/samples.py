@@ -5,8 +5,8 @@ Every `every_n_steps` optimizer steps, on global rank 0 only (callbacks/base.py 
 the EDM Heun sampler and fixed noise. The conditioners are those of the first training batch the callback sees,
 kept for the whole run, so successive grids are comparable; the real images they came from are logged once under
 `samples/real`. Tiles are enlarged to at least 96 px and the conditioned location cells are outlined in lime
-(analysis/plots.py), so a grid shows what was asked beside what was drawn. Nothing in the rank-0 branch communicates across ranks, so the other ranks carry on to the next
-step.
+(analysis/plots.py), so a grid shows what was asked beside what was drawn. Nothing in the rank-0 branch
+communicates across ranks, so the other ranks carry on to the next step.
 """
 
 from __future__ import annotations

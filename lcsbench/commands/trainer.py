@@ -30,6 +30,8 @@ or from `--threads` / OMP_NUM_THREADS, and the choice is printed once. DataLoade
 (torch's DataLoader sets it). When stdout is not a terminal (a log file, SLURM), Lightning's bar gives way to a
 progress line every 30 s with step, total, rate and ETA (callbacks/progress.py); on a terminal the Rich bar names
 the steps of each epoch out of the fit's total. A progress bar given in the config's callbacks is left alone.
+A TensorBoardLogger is made with `default_hp_metric=False`: lcsbench has no single hyperparameter metric, and
+the -1 placeholder Lightning would log under HPARAMS says nothing.
 """
 
 from __future__ import annotations
@@ -343,6 +345,10 @@ class LcsbenchCLI(LightningCLI):
         callbacks = config.get("trainer", {}).get("callbacks") or []
         self.configured_progress_bar = any("ProgressBar" in str(getattr(c, "class_path", "") or "")
                                            for c in (callbacks if isinstance(callbacks, list) else [callbacks]))
+        logger = config.get("trainer", {}).get("logger")
+        init_args = getattr(logger, "init_args", None) if logger is not None else None
+        if str(getattr(logger, "class_path", "")).endswith("TensorBoardLogger") and init_args is not None:
+            init_args["default_hp_metric"] = False  # lcsbench logs no hp_metric: no empty -1 placeholder in HPARAMS
         if self.subcommand == "fit":
             config = self.config["fit"]
             run = checkpoint_run_folder(config.get("ckpt_path"))
