@@ -96,3 +96,23 @@ def test_sample_grids_are_enlarged_and_outline_the_requested_cells():
     assert torch.equal(marked[0, :, 24, 60], torch.tensor([-1.0, 1.0, -1.0]))  # lime border
     assert torch.equal(marked[:, :, 26:28, 62:64], big[:, :, 26:28, 62:64])  # inside the border: the image
     assert image_grid(marked).shape == (98, 195, 3)  # one row of two 96 px tiles, 1 px gaps
+
+
+def test_analysis_callbacks_say_once_that_they_need_tensorboard(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lcsbench.callbacks.base import EveryNSteps
+
+    class Counting(EveryNSteps):
+        calls = 0
+
+        def analyse(self, trainer, pl_module, batch, writer):
+            Counting.calls += 1
+
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=4, logger=CSVLogger(tmp_path),
+                        enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        callbacks=[Counting(every_n_steps=1)])
+    with pytest.warns(UserWarning, match=r"Counting logs to TensorBoard only .*CSVLogger.*will do nothing") as caught:
+        trainer.fit(BoringModel())
+    assert sum("TensorBoard only" in str(w.message) for w in caught) == 1 and Counting.calls == 0
