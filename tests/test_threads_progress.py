@@ -116,3 +116,20 @@ def test_analysis_callbacks_say_once_that_they_need_tensorboard(tmp_path):
     with pytest.warns(UserWarning, match=r"Counting logs to TensorBoard only .*CSVLogger.*will do nothing") as caught:
         trainer.fit(BoringModel())
     assert sum("TensorBoard only" in str(w.message) for w in caught) == 1 and Counting.calls == 0
+
+
+def test_the_terminal_bar_names_steps_out_of_the_total(tmp_path):
+    """The stock Rich bar labels a max_steps fit "Epoch 1/-2"; this one names the epoch's steps out of the total."""
+    from lcsbench.callbacks.progress import StepsRichProgressBar
+
+    bar, labels = StepsRichProgressBar(), []
+
+    class Labels(L.Callback):  # the label each epoch's bar gets, made when the epoch starts
+        def on_train_epoch_start(self, trainer, pl_module):
+            labels.append(bar._get_train_description(trainer.current_epoch))
+
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=100, logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
+                        callbacks=[bar, Labels()])
+    trainer.fit(BoringModel())  # 64 batches per epoch
+    assert labels == ["Epoch 0 (steps 0-64 of 100)", "Epoch 1 (steps 64-100 of 100)"]
