@@ -69,12 +69,17 @@ def test_heartbeat_prints_while_long_work_runs(capsys):
 
 def test_progress_lines_report_a_real_fit(tmp_path, capsys):
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=6, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        default_root_dir=tmp_path, callbacks=[ProgressLines(every_seconds=1e-6)])
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=2,
+                        val_check_interval=3, default_root_dir=tmp_path,
+                        callbacks=[ProgressLines(every_seconds=1e-6)])
     trainer.fit(BoringModel())
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("lcsbench fit: step")]
+    out = capsys.readouterr().out.splitlines()
+    lines = [line for line in out if line.startswith("lcsbench fit: step")]
     assert lines[0].startswith("lcsbench fit: step 1/6 (17%), ") and lines[-1].startswith("lcsbench fit: step 6/6")
     assert len(lines) == 6 and all("ETA" in line and ("steps/s" in line or "s/step" in line) for line in lines)
+    validations = [line for line in out if line.startswith("lcsbench fit: validation at step")]
+    assert [line.split(" took ")[0] for line in validations] == ["lcsbench fit: validation at step 3",
+                                                                  "lcsbench fit: validation at step 6"]
 
 
 def test_sample_grids_are_enlarged_and_outline_the_requested_cells():

@@ -5,7 +5,7 @@ step, the total, the rate and the time left, e.g.
 
     lcsbench fit: step 120/600 (20%), 2.13 steps/s, ETA 0:03:45, elapsed 0:00:56, loss 0.412
 
-so a fit whose output goes to a file (a background job, SLURM) shows where it is; `lcsbench fit` uses it in place
+and one line after each validation (its duration and val/loss), so a fit whose output goes to a file (a background job, SLURM) shows where it is; `lcsbench fit` uses it in place
 of Lightning's bar when stdout is not a terminal. `StepsRichProgressBar` is Lightning's Rich bar whose epoch label
 names the steps it covers out of the fit's total, where the stock bar shows "Epoch 2/-2" for a fit bounded by
 `max_steps` (max_epochs -1).
@@ -65,6 +65,8 @@ class ProgressLines(L.Callback):
         self._start = self._last_print = 0.0
         self._start_step = 0
         self._last_step = -1
+        self._validation_start = 0.0
+        self._reported_step = -1
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = self._last_print = time.perf_counter()
@@ -86,11 +88,23 @@ class ProgressLines(L.Callback):
             self._last_print = now
             self.report(trainer, now)
 
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validation_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k == "val/loss"}
+        extra = "".join(f", {k} {v:.4g}" for k, v in metrics.items())
+        self.say(f"validation at step {trainer.global_step} took "
+                 f"{duration(time.perf_counter() - self._validation_start)}{extra}")
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.global_step != self._last_step or time.perf_counter() - self._last_print > 1:
+        if trainer.global_step != self._reported_step:  # a fit stopped between lines (max_time, an error)
             self.report(trainer, time.perf_counter())
 
     def report(self, trainer: L.Trainer, now: float) -> None:
+        self._reported_step = trainer.global_step
         done = trainer.global_step - self._start_step
         elapsed = now - self._start
         rate = done / elapsed if done > 0 and elapsed > 0 else None
