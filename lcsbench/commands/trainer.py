@@ -43,6 +43,7 @@ import shutil
 import sys
 import tempfile
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -359,6 +360,12 @@ class LcsbenchCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self.protect_checkpoint_loading()
+        # Lightning's warnings on resuming that say nothing about lcsbench's runs:
+        if self.resumed_run is not None:  # the run's checkpoints/ holds its earlier ones (RunFolder sets later aside)
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        if type(self.datamodule).__module__.startswith("lcsbench."):  # a resampled stream: no position to resume
+            warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the "
+                                                      r"epoch ended and your dataloader is not resumable")
         root = getattr(self.trainer.logger, "root_dir", None)
         self.trainer.callbacks.append(RunFolder(Path(root).resolve() if root else None,
                                                 resumed=self.resumed_run is not None))
