@@ -19,11 +19,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_cgroup_quota_is_read_in_cores(tmp_path):
-    limited, unlimited = tmp_path / "limited", tmp_path / "unlimited"
-    limited.write_text("150000 100000\n")
-    unlimited.write_text("max 100000\n")
-    assert cgroup_cpu_limit(limited) == 1.5
-    assert cgroup_cpu_limit(unlimited) is None
+    v2, v2_unlimited, v1, v1_unlimited = (tmp_path / name for name in ("v2", "v2max", "v1", "v1none"))
+    for folder in (v2, v2_unlimited, v1 / "cpu", v1_unlimited / "cpu"):
+        folder.mkdir(parents=True)
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    (v2_unlimited / "cpu.max").write_text("max 100000\n")
+    for root, quota in ((v1, "250000"), (v1_unlimited, "-1")):
+        (root / "cpu" / "cpu.cfs_quota_us").write_text(quota + "\n")
+        (root / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_limit(v2) == 1.5 and cgroup_cpu_limit(v1) == 2.5
+    assert cgroup_cpu_limit(v2_unlimited) is None and cgroup_cpu_limit(v1_unlimited) is None
     assert cgroup_cpu_limit(tmp_path / "absent") is None
 
 

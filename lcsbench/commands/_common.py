@@ -31,7 +31,7 @@ def snapshot_step(path: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2 quota: "<quota us> <period us>" or "max <period>"
+CGROUP_ROOT = Path("/sys/fs/cgroup")  # v2: cpu.max "<quota us> <period us>" | "max <period>"; v1: cpu/cpu.cfs_*
 
 
 def usable_core_ids() -> list[int]:
@@ -41,11 +41,18 @@ def usable_core_ids() -> list[int]:
     return list(range(os.cpu_count() or 1))  # not on Linux
 
 
-def cgroup_cpu_limit(path: Path = CGROUP_CPU_MAX) -> float | None:
-    """The CPU time this process's cgroup may use, in cores (quota / period), or None when unlimited or unknown."""
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
+    """The CPU time this process's cgroup may use, in cores (quota / period), or None when unlimited or unknown.
+    Reads cgroup v2's `cpu.max`, else v1's `cpu/cpu.cfs_quota_us` and `cpu.cfs_period_us` (quota -1: none)."""
     try:
-        quota, period = path.read_text().split()[:2]
+        quota, period = (root / "cpu.max").read_text().split()[:2]
         return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
     except (OSError, ValueError):
         return None
 
