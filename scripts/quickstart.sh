@@ -15,8 +15,11 @@ LOGDIR=runs/quickstart
 VERSION=$(ls -d "$LOGDIR"/lightning_logs/version_* | sort -V | tail -n 1)
 CKPT="$VERSION/checkpoints/last.ckpt"
 REPORTS=reports/quickstart
-$PY -m lcsbench sample --ckpt "$CKPT" --locations paper:3 --n 16 --out "$REPORTS/samples_paper3.png" --device cpu
-$PY -m lcsbench locality --ckpt "$CKPT" --out "$REPORTS" --device cpu
+# sample and locality on the threads `fit` would choose (usable cores less busy ones; OMP_NUM_THREADS wins)
+THREADS=${OMP_NUM_THREADS:-$($PY -c 'from lcsbench.commands._common import thread_count; print(thread_count()[0])')}
+OMP_NUM_THREADS=$THREADS $PY -m lcsbench sample --ckpt "$CKPT" --locations paper:3 --n 16 \
+    --out "$REPORTS/samples_paper3.png" --device cpu
+OMP_NUM_THREADS=$THREADS $PY -m lcsbench locality --ckpt "$CKPT" --out "$REPORTS" --device cpu
 echo
 echo "quickstart done."
 echo "  dataset:      data/quickstart (manifest.json, n1..n3/*.tar)"

@@ -135,7 +135,7 @@ def test_ema_checkpoint_and_load_denoiser(clevr_shards, tmp_path):
         load_denoiser(tmp_path / "missing.ckpt")
     from PIL import Image
 
-    assert Image.open(grid).size == (2 * 33 + 1, 2 * 33 + 1)  # 2 x 2 tiles of 32 px with 1 px gaps
+    assert Image.open(grid).size == (2 * 97 + 1, 2 * 97 + 1)  # 2 x 2 tiles of 32 px shown at 96, 1 px gaps
 
 
 def test_sample_grid_callback_logs_ema_samples_to_tensorboard(clevr_shards, tmp_path):

@@ -3,7 +3,9 @@
 Each figure function returns a `matplotlib.figure.Figure` built without pyplot, so importing or calling this
 module never selects a backend or touches a notebook's figures; `save_figure` writes a PNG (`Figure.savefig`
 renders through Agg), and callbacks hand the same figure to TensorBoard's `add_figure`. `image_grid` tiles
-sample images into one uint8 picture (pure torch) for TensorBoard's `add_image` and `lcsbench sample`.
+sample images into one uint8 picture (pure torch) for TensorBoard's `add_image` and `lcsbench sample`, after
+`upscale` (nearest neighbour, so a 32 px tile is seen at 96 px without blur) and `outline_cells` (the conditioned
+location cells drawn on each tile, so a grid shows what was asked beside what was drawn).
 """
 
 from __future__ import annotations
@@ -32,6 +34,38 @@ def image_grid(images: torch.Tensor, columns: int | None = None, padding: int = 
         top, left = padding + r * (h + padding), padding + col * (w + padding)
         grid[:, top:top + h, left:left + w] = pixels[i]
     return grid.permute(1, 2, 0).contiguous()
+
+
+CELL_OUTLINE = (-1.0, 1.0, -1.0)  # lime in [-1, 1] RGB: brighter than any CLEVR material's green
+
+
+def upscale(images: Tensor, min_size: int = 96) -> Tensor:
+    """`[N, C, H, W]` images enlarged by the smallest whole factor that makes H at least `min_size`, each pixel a
+    block of identical pixels (nearest neighbour)."""
+    factor = max(1, math.ceil(min_size / images.shape[-2]))
+    return images.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+
+
+def outline_cells(images: Tensor, location_grid: Tensor) -> Tensor:
+    """`[N, C, H, W]` images in [-1, 1] with the cells of their `[N or 1, G, G]` location conditioner (counts > 0)
+    outlined in CELL_OUTLINE, one line of max(1, H // 96) px just inside each cell (cell (i, j) covers rows
+    i H / G .. (i + 1) H / G and the same in columns). Returns a copy."""
+    images = images.detach().float().clone()
+    n, c, h, w = images.shape
+    grid = location_grid.expand(n, *location_grid.shape[-2:]) if location_grid.shape[0] == 1 else location_grid
+    g = grid.shape[-1]
+    width = max(1, h // 96)
+    colour = torch.tensor(CELL_OUTLINE if c == 3 else (1.0,) * c)
+    for index, cells in enumerate(grid.cpu()):
+        for i, j in (cells > 0).nonzero().tolist():
+            top, bottom = round(i * h / g), round((i + 1) * h / g)
+            left, right = round(j * w / g), round((j + 1) * w / g)
+            for rows, cols in ((slice(top, top + width), slice(left, right)),
+                               (slice(bottom - width, bottom), slice(left, right)),
+                               (slice(top, bottom), slice(left, left + width)),
+                               (slice(top, bottom), slice(right - width, right))):
+                images[index, :, rows, cols] = colour.view(c, 1, 1)
+    return images
 
 
 def _image(tensor: Tensor) -> Tensor:

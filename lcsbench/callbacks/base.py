@@ -4,7 +4,8 @@
 (step > 0, not while sanity checking, once per optimizer step also with gradient accumulation), on global rank 0
 only and only when a TensorBoard writer is there to log to, with the EMA weights swapped in (when an EMA callback
 is present: the weights the paper analyses) and the module in eval mode. Nothing in the rank-0 branch
-communicates across ranks (no `self.log`, no `sync_dist`, no barrier), so the other ranks simply carry on.
+communicates across ranks (no `self.log`, no `sync_dist`, no barrier), so the other ranks simply carry on. Without
+a TensorBoard logger the callback says so once, when the fit starts (a warning), and then does nothing.
 
 `tensorboard_writer`, `ema_weights` and `eval_mode` are the pieces, for callbacks that need them on their own;
 `conditioning_kind` tells the two conditioner layouts apart for the analyses that draw them.
@@ -18,6 +19,7 @@ from typing import Iterator
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
 
 
 def tensorboard_writer(trainer: L.Trainer):
@@ -72,6 +74,12 @@ class EveryNSteps(L.Callback):
             raise ValueError(f"every_n_steps must be a positive number of steps; found {every_n_steps}")
         self.every_n_steps = every_n_steps
         self._last_step = -1  # the optimizer step last analysed (batches of one step share global_step)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if tensorboard_writer(trainer) is None:
+            rank_zero_warn(f"{type(self).__name__} logs to TensorBoard only and the trainer has no TensorBoardLogger "
+                           f"(loggers: {[type(x).__name__ for x in trainer.loggers] or 'none'}), so it will do "
+                           f"nothing: add trainer.logger: lightning.pytorch.loggers.TensorBoardLogger to the config")
 
     def due(self, trainer: L.Trainer) -> bool:
         step = trainer.global_step

@@ -4,8 +4,9 @@ Every `every_n_steps` optimizer steps, on global rank 0 only (callbacks/base.py 
 (when a PowerFunctionEMA callback is present; the raw weights otherwise) samples one image per conditioner with
 the EDM Heun sampler and fixed noise. The conditioners are those of the first training batch the callback sees,
 kept for the whole run, so successive grids are comparable; the real images they came from are logged once under
-`samples/real`. Nothing in the rank-0 branch communicates across ranks, so the other ranks carry on to the next
-step.
+`samples/real`. Tiles are enlarged to at least 96 px and the conditioned location cells are outlined in lime
+(analysis/plots.py), so a grid shows what was asked beside what was drawn. Nothing in the rank-0 branch
+communicates across ranks, so the other ranks carry on to the next step.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from lcsbench.analysis.plots import image_grid
+from lcsbench.analysis.plots import image_grid, outline_cells, upscale
 from lcsbench.callbacks.base import EveryNSteps, tensorboard_writer
 from lcsbench.diffusion.sampler import edm_sampler
 
@@ -41,7 +42,7 @@ class SampleGrid(EveryNSteps):
             self.cond = batch["cond"][: self.num_samples].detach().cpu()
             writer = tensorboard_writer(trainer)
             if writer is not None:
-                writer.add_image("samples/real", image_grid(batch["image"][: self.num_samples]),
+                writer.add_image("samples/real", self.grid(batch["image"][: self.num_samples]),
                                  trainer.global_step, dataformats="HWC")
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
@@ -51,4 +52,11 @@ class SampleGrid(EveryNSteps):
         generator = torch.Generator().manual_seed(self.seed)
         noise = torch.randn((cond.shape[0], *batch["image"].shape[1:]), generator=generator).to(pl_module.device)
         samples = edm_sampler(pl_module.denoiser, noise, cond, num_steps=self.num_steps)
-        writer.add_image("samples/ema", image_grid(samples), trainer.global_step, dataformats="HWC")
+        writer.add_image("samples/ema", self.grid(samples), trainer.global_step, dataformats="HWC")
+
+    def grid(self, images: torch.Tensor) -> torch.Tensor:
+        """Tiles enlarged to >= 96 px (nearest neighbour), location cells outlined (analysis/plots.py)."""
+        images = upscale(images.detach().float().cpu())
+        if self.cond.ndim == 3:  # a location grid; colour counts have no place to draw
+            images = outline_cells(images, self.cond[: images.shape[0]])
+        return image_grid(images)

@@ -1,14 +1,21 @@
 """Helpers shared by the commands: the checkpoint options of the analysis commands, the device default and its
 check, the checks of output paths (before any work), comma-separated number lists and the names of EMA snapshot
-files. Nothing here computes; the commands call the layers below for that."""
+files, the cores a process may use (its threads) and progress lines for long work. Nothing here computes; the
+commands call the layers below for that."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
 import math
+import os
+import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
     from lcsbench.diffusion.denoiser import Denoiser
@@ -22,6 +29,146 @@ def snapshot_step(path: Path) -> int | None:
     from lcsbench.checkpoints import snapshot_step as step_in_name
 
     return step_in_name(path)
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")  # v2: cpu.max "<quota us> <period us>" | "max <period>"; v1: cpu/cpu.cfs_*
+
+
+def usable_core_ids() -> list[int]:
+    """The cores this process may run on (its CPU affinity), sorted."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))  # not on Linux
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
+    """The CPU time this process's cgroup may use, in cores (quota / period), or None when unlimited or unknown.
+    Reads cgroup v2's `cpu.max`, else v1's `cpu/cpu.cfs_quota_us` and `cpu.cfs_period_us` (quota -1: none)."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cores() -> int:
+    """How many cores this process may run on: its CPU affinity, capped by a cgroup CPU quota (containers, SLURM
+    with cgroups), at least 1. What a fit should use as threads."""
+    cores = len(usable_core_ids())
+    limit = cgroup_cpu_limit()
+    if limit is not None:
+        cores = min(cores, math.ceil(limit - 1e-9))
+    return max(1, cores)
+
+
+def busy_cores(core_ids: list[int], seconds: float = 0.25) -> float:
+    """How many of `core_ids` other processes keep busy (their summed busy fraction over `seconds`, read from
+    /proc/stat while this process sleeps); 0 where /proc/stat cannot be read. A thread on a busy core waits for it
+    at every parallel region, which made a fit beside one busy process 26x slower than one thread (issue 27)."""
+
+    def times() -> dict[int, tuple[int, int]]:
+        found = {}
+        for line in Path("/proc/stat").read_text().splitlines():
+            name, *fields = line.split()
+            if name.startswith("cpu") and name[3:].isdigit():
+                values = [int(v) for v in fields[:8]]
+                idle = values[3] + values[4]  # idle + iowait
+                found[int(name[3:])] = (sum(values) - idle, sum(values))
+        return found
+
+    try:
+        before = times()
+        time.sleep(seconds)
+        after = times()
+    except (OSError, ValueError):
+        return 0.0
+    busy = 0.0
+    for core in core_ids:
+        if core in before and core in after and after[core][1] > before[core][1]:
+            busy += (after[core][0] - before[core][0]) / (after[core][1] - before[core][1])
+    return busy
+
+
+def thread_count(processes: int = 1, requested: int | None = None) -> tuple[int, str]:
+    """Torch intra-op threads for each of `processes` processes on this machine (DDP ranks), and why: `requested`
+    (--threads) if given, else OMP_NUM_THREADS if set, else the usable cores (`usable_cores`) less those other
+    processes keep busy (measured only for a single process: ranks starting together would count each other),
+    split between the processes."""
+    if requested is not None:
+        if requested < 1:
+            raise SystemExit(f"--threads takes a positive number of threads; found {requested}")
+        return requested, "--threads"
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env:
+        try:
+            if int(env) >= 1:
+                return int(env), "OMP_NUM_THREADS"
+        except ValueError:
+            pass
+        raise SystemExit(f"OMP_NUM_THREADS={env!r} is not a positive number of threads: set it to one (e.g. "
+                         f"OMP_NUM_THREADS=2) or unset it to use the cores this process may use")
+    cores = usable_cores()
+    why = f"{cores} usable core{'s' * (cores != 1)}"
+    free = cores
+    if processes == 1 and cores > 1 and cgroup_cpu_limit() is None:
+        busy = min(cores - 1, round(busy_cores(usable_core_ids())))
+        if busy:
+            free = cores - busy
+            why += f", {busy} busy with other processes"
+    if processes > 1:
+        why += f" for {processes} processes"
+    return max(1, free // processes), why
+
+
+def duration(seconds: float) -> str:
+    """Seconds as h:mm:ss."""
+    return str(datetime.timedelta(seconds=max(0, round(seconds))))
+
+
+class Progress:
+    """Progress of `total` units of work for a log: `line(done)` reads "sample: 32/64 images, 1.9 images/s, ETA
+    0:00:17, elapsed 0:00:17", with the rate over everything done since the Progress was made."""
+
+    def __init__(self, prefix: str, total: int, unit: str = "images"):
+        self.prefix, self.total, self.unit = prefix, total, unit
+        self.started = time.perf_counter()
+
+    def line(self, done: int) -> str:
+        elapsed = time.perf_counter() - self.started
+        text = f"{self.prefix}: {done}/{self.total} {self.unit}"
+        if done > 0 and elapsed > 0:
+            rate = done / elapsed
+            text += f", {rate:.3g} {self.unit}/s" if rate >= 1 else f", {1 / rate:.3g} s per {self.unit.rstrip('s')}"
+            text += f", ETA {duration((self.total - done) / rate)}"
+        return text + f", elapsed {duration(elapsed)}"
+
+    def update(self, done: int) -> None:
+        print(self.line(done), file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def heartbeat(prefix: str, what: str, every_seconds: float = 30.0) -> Iterator[None]:
+    """While the body runs, print "<prefix>: <what>, h:mm:ss so far" every `every_seconds` (a daemon thread), so
+    long work with no progress of its own still shows in a log that it is alive and how long it has taken."""
+    stop, started = threading.Event(), time.perf_counter()
+
+    def beat() -> None:
+        while not stop.wait(every_seconds):
+            print(f"{prefix}: {what}, {duration(time.perf_counter() - started)} so far", file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def default_device() -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from lcsbench.commands._common import add_model_arguments, load_trained_denoiser, parse_floats
+from lcsbench.commands._common import add_model_arguments, heartbeat, load_trained_denoiser, parse_floats
 
 DEFAULT_SIGMAS = "0.1,0.5,2,10"
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         noise = torch.randn(shape, generator=generator).to(args.device)
         which = torch.arange(args.samples) % len(labels)
-        with torch.no_grad():
+        with torch.no_grad(), heartbeat("features", f"sampling {args.samples} images"):
             images = edm_sampler(denoiser, noise, conditions[which.to(args.device)],
                                  num_steps=args.sample_steps).clamp(-1, 1)
     else:
@@ -86,18 +86,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(labels)} {denoiser.conditioning} conditions x {len(sigmas)} sigmas x {args.samples} images on "
           f"{len(layers)} layers ({args.site} site)...", flush=True)
 
-    def measure(network):
-        vectors = mean_difference_vectors(denoiser, images, sigmas, conditions, layers=layers, network=network,
-                                          seed=args.seed + 1, batch_size=args.batch_size, site=args.site)
+    def measure(network, what: str):
+        print(f"features: {what} ({time.perf_counter() - started:.0f} s so far)", flush=True)
+        with heartbeat("features", what):
+            vectors = mean_difference_vectors(denoiser, images, sigmas, conditions, layers=layers, network=network,
+                                              seed=args.seed + 1, batch_size=args.batch_size, site=args.site)
         return feature_cosines(vectors, labels, averaged)
 
-    cosines = measure(denoiser.network)
+    cosines = measure(denoiser.network, "the trained network's feature differences")
     baseline = None
     if not args.no_baseline:  # the chance level: the same measurement through re-drawn weights
         trained = {k: v.detach().clone() for k, v in denoiser.network.state_dict().items()}
         denoiser.network.load_state_dict(reinitialised_copy(denoiser.network, seed=args.seed).state_dict())
         try:
-            baseline = measure(denoiser.network).summary()
+            baseline = measure(denoiser.network, "the chance baseline: the same through re-drawn weights").summary()
         finally:
             denoiser.network.load_state_dict(trained)
     out = Path(args.out)

@@ -31,7 +31,7 @@ import json
 import sys
 from pathlib import Path
 
-from lcsbench.commands._common import check_device, check_output_dir, default_device
+from lcsbench.commands._common import Progress, check_device, check_output_dir, default_device
 
 
 def parse_ks(text: str) -> list[int]:
@@ -164,9 +164,10 @@ def main(argv: list[str]) -> int:
     samples = lg.load_samples(out / "samples.npz", sampling,
                               shape=(len(requests), *denoiser.image_shape[1:], denoiser.image_shape[0]))
     if samples is None:
+        meter = Progress("lengthgen sampling", len(requests))
         samples = lg.sample_requests(
             denoiser, requests, grid_size, denoiser.image_shape, args.steps, args.batch, args.seed, device,
-            progress=lambda done, total: print(f"lengthgen: sampled {done}/{total} images", file=sys.stderr))
+            progress=lambda done, total: meter.update(done))
         lg.save_samples(out / "samples.npz", samples, sampling)
     else:
         print(f"lengthgen: judging the {len(samples)} samples saved in {out / 'samples.npz'} (same checkpoint and "

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lcsbench.commands._common import (DEFAULT_SIGMAS, add_model_arguments, check_device, check_output_dir,
-                                      load_trained_denoiser, parse_floats)
+from lcsbench.commands._common import (DEFAULT_SIGMAS, Progress, add_model_arguments, check_device,
+                                      check_output_dir, heartbeat, load_trained_denoiser, parse_floats)
 
 
 def parse_pixels(texts: list[str]) -> list[tuple[int, int]]:
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     location = denoiser.conditioning == "location"
     centres = (lambda cell: grid_cell_centre(cell, denoiser.grid_size, res)) if location else None
     profiles, scenes = [], []
+    progress = Progress("locality", args.scenes, unit="scenes")
     for scene in range(args.scenes):
         cond_one, described = build_conditioner(denoiser, args.locations, args.colors, scene, args.seed)
         cond = cond_one[None].repeat(args.samples, *([1] * cond_one.ndim)).to(args.device)
@@ -136,10 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             sample = edm_sampler(denoiser, noise, cond[:1], num_steps=args.sample_steps).clamp(-1, 1)
         images = sample.repeat(args.samples, 1, 1, 1)
-        profiles.append(locality_profile(denoiser, images, cond, sigmas, targets, conditioner_centres=centres,
-                                         fraction=args.fraction, seed=args.seed + 1 + scene,
-                                         chunk_size=args.chunk_size,
-                                         memory_budget=int(args.memory_budget_gib * 2**30), skip_removed=True))
+        with heartbeat("locality", f"scene {scene + 1}/{args.scenes}: Jacobians at {len(sigmas)} noise levels"):
+            profiles.append(locality_profile(denoiser, images, cond, sigmas, targets, conditioner_centres=centres,
+                                             fraction=args.fraction, seed=args.seed + 1 + scene,
+                                             chunk_size=args.chunk_size,
+                                             memory_budget=int(args.memory_budget_gib * 2**30), skip_removed=True))
+        progress.update(scene + 1)
         scenes.append({"conditioned": described, "sample": sample[0].float().cpu().numpy()})
     profile = profiles[0]
     described = scenes[0]["conditioned"]

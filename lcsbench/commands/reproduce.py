@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lcsbench
-from lcsbench.commands._common import DEFAULT_SIGMAS
+from lcsbench.commands._common import DEFAULT_SIGMAS, usable_core_ids, usable_cores
 
 # --- scales: what each one renders, trains and evaluates --------------------------------------------------------
 
@@ -270,18 +270,6 @@ class Study:
         timings[what] = {"seconds": round(seconds, 1),
                          "finished": datetime.datetime.now().isoformat(timespec="seconds")}
         write_atomic(path, json.dumps(timings, indent=2))
-
-
-def usable_core_ids() -> list[int]:
-    """The cores this process may run on (its CPU affinity), sorted."""
-    if hasattr(os, "sched_getaffinity"):
-        return sorted(os.sched_getaffinity(0))
-    return list(range(os.cpu_count() or 1))  # not on Linux
-
-
-def usable_cores() -> int:
-    """How many cores this process may run on, which is what a fit should use as threads."""
-    return max(1, len(usable_core_ids()))
 
 
 LOCK_NAME = ".reproduce.lock"

@@ -7,6 +7,8 @@
 Locations are (x, y) fractions of the image (x = column, y = row; conditioning.grid_from_locations), or
 `paper:K` for the first K of the paper's 12 evaluation locations; colours are CLEVR colour names, or `paper:K`.
 Sampling is the paper's: EDM Heun, 32 steps, raw conditional denoiser (no guidance), EMA weights by default.
+The grid shows each sample enlarged to at least 96 px (nearest neighbour) with the requested location cells
+outlined in lime; the settings file says so.
 """
 
 from __future__ import annotations
@@ -14,10 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
-from lcsbench.commands._common import check_device, check_output_file, default_device
+from lcsbench.commands._common import Progress, check_device, check_output_file, default_device
 
 
 def paper_count(item: str, option: str, available: int) -> int:
@@ -88,7 +89,7 @@ def main(argv: list[str]) -> int:
     import torch
     from PIL import Image
 
-    from lcsbench.analysis.plots import image_grid
+    from lcsbench.analysis.plots import image_grid, outline_cells, upscale
     from lcsbench.data.conditioning import counts_from_colors, grid_from_locations
     from lcsbench.diffusion.sampler import edm_sampler
     from lcsbench.models.edm2 import load_denoiser
@@ -111,16 +112,20 @@ def main(argv: list[str]) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     noise = torch.randn((args.n, *denoiser.image_shape), generator=generator)
     samples = []
+    progress = Progress("sample", args.n)
     for start in range(0, args.n, args.batch):
         chunk = noise[start:start + args.batch].to(device)
         conds = cond.unsqueeze(0).expand(chunk.shape[0], *cond.shape).to(device)
         samples.append(edm_sampler(denoiser, chunk, conds, num_steps=args.steps).cpu())
-        print(f"sample: {min(start + args.batch, args.n)}/{args.n} images", file=sys.stderr)
-    grid = image_grid(torch.cat(samples))
+        progress.update(min(start + args.batch, args.n))
+    samples = upscale(torch.cat(samples))
+    grid = image_grid(outline_cells(samples, cond[None]) if kind == "location" else samples)
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid.numpy()).save(out)
     settings = {"command": "sample", "ckpt": str(args.ckpt), "ema": not args.no_ema, "sigma_rel": args.sigma_rel,
-                "conditioning": kind, "requested": requested, "n": args.n, "steps": args.steps, "seed": args.seed}
+                "conditioning": kind, "requested": requested, "n": args.n, "steps": args.steps, "seed": args.seed,
+                "figure": "samples enlarged to >= 96 px by nearest neighbour" + (
+                    "; the requested grid cells outlined in lime" if kind == "location" else "")}
     out.with_suffix(".json").write_text(json.dumps(settings, indent=2))
     print(f"sample: wrote {out} ({args.n} samples) and {out.with_suffix('.json')}")
     return 0

@@ -23,6 +23,15 @@ given, and is then downloaded and read weights-only too. The model is the config
 `hyper_parameters._class_path` is never imported (one that differs from the config is refused, naming both), its
 network must match the configured network, and configured hyperparameters win over the checkpoint's (each
 difference is printed, and a changed `lr` also rescales the restored optimizer and scheduler states).
+
+Threads and progress (issue 27): torch's intra-op threads are set from the cores the process may use (CPU affinity,
+cgroup quota, less the cores other processes keep busy when the fit starts; split between DDP ranks on the node),
+or from `--threads` / OMP_NUM_THREADS, and the choice is printed once. DataLoader workers run one torch thread each
+(torch's DataLoader sets it). When stdout is not a terminal (a log file, SLURM), Lightning's bar gives way to a
+progress line every 30 s with step, total, rate and ETA (callbacks/progress.py); on a terminal the Rich bar names
+the steps of each epoch out of the fit's total. A progress bar given in the config's callbacks is left alone.
+A TensorBoardLogger is made with `default_hp_metric=False`: lcsbench has no single hyperparameter metric, and
+the -1 placeholder Lightning would log under HPARAMS says nothing.
 """
 
 from __future__ import annotations
@@ -34,23 +43,28 @@ import shutil
 import sys
 import tempfile
 import urllib.request
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from lcsbench.callbacks.ema import PowerFunctionEMA
 from lcsbench.checkpoints import ARCH_KEY, JUDGE_ARCH_KEY, check_class_path, read_checkpoint
-from lcsbench.commands._common import snapshot_step
+from lcsbench.callbacks.progress import ProgressLines, StepsRichProgressBar
+from lcsbench.commands._common import snapshot_step, thread_count
 
 CHECKPOINT_STEP = re.compile(r"step=(\d+)")  # in ModelCheckpoint's default file names, epoch=E-step=N.ckpt
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")  # ckpt_path values Lightning resolves itself
 REMOTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # http://, https://, s3://, file://, ...
 REMOTE_FLAG = "--allow_remote_ckpt"
+THREADS_FLAG = "--threads"
+PROGRESS_EVERY_SECONDS = 30.0  # a progress line this often when stdout is not a terminal
 
 
 # --- checkpoints are read as data (issue 25 items 1, 2, 4) ---------------------------------------------------------
@@ -260,6 +274,9 @@ class LcsbenchCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(REMOTE_FLAG, type=bool, default=False,
                             help="allow --ckpt_path to be a URL (it is downloaded and read weights only)")
+        parser.add_argument(THREADS_FLAG, type=Optional[int], default=None,
+                            help="torch intra-op threads per process (default: OMP_NUM_THREADS if set, else the "
+                                 "usable cores less those busy with other processes, split between DDP ranks)")
 
     def _parse_ckpt_path(self) -> None:
         """Replaces LightningCLI's, which loads URLs with pickle and lets the checkpoint's hyperparameters (and its
@@ -299,9 +316,40 @@ class LcsbenchCLI(LightningCLI):
 
     def before_validate(self) -> None:
         self.protect_checkpoint_loading()
+        self.set_threads()
+
+    def set_threads(self) -> None:
+        """Torch's intra-op threads for this process (module docstring), printed once by rank 0."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        threads, why = thread_count(max(1, int(self.trainer.num_devices or 1)), config.get(THREADS_FLAG.lstrip("-")))
+        torch.set_num_threads(threads)
+        workers = getattr(self.datamodule, "num_workers", None)
+        loader = ("" if workers is None else ", data loaded in the main process" if workers == 0 else
+                  f", {workers} loader worker{'s' * (workers != 1)} x 1 thread")
+        say_once(f"lcsbench: {why} -> torch threads {threads}{loader}; override with OMP_NUM_THREADS or "
+                 f"{THREADS_FLAG}")
+
+    def set_progress_display(self) -> None:
+        """Lightning's default bar becomes progress lines off a terminal, the steps-labelled Rich bar on one."""
+        bar = self.trainer.progress_bar_callback
+        if bar is None or self.configured_progress_bar or type(bar) not in (RichProgressBar, TQDMProgressBar):
+            return  # no bar wanted, or the user's own
+        self.trainer.callbacks.remove(bar)
+        if not sys.stdout.isatty():
+            self.trainer.callbacks.append(ProgressLines(every_seconds=PROGRESS_EVERY_SECONDS))
+        else:
+            self.trainer.callbacks.append(StepsRichProgressBar() if type(bar) is RichProgressBar else bar)
 
     def before_instantiate_classes(self) -> None:
         self.resumed_run = None
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        callbacks = config.get("trainer", {}).get("callbacks") or []
+        self.configured_progress_bar = any("ProgressBar" in str(getattr(c, "class_path", "") or "")
+                                           for c in (callbacks if isinstance(callbacks, list) else [callbacks]))
+        logger = config.get("trainer", {}).get("logger")
+        init_args = getattr(logger, "init_args", None) if logger is not None else None
+        if str(getattr(logger, "class_path", "")).endswith("TensorBoardLogger") and init_args is not None:
+            init_args["default_hp_metric"] = False  # lcsbench logs no hp_metric: no empty -1 placeholder in HPARAMS
         if self.subcommand == "fit":
             config = self.config["fit"]
             run = checkpoint_run_folder(config.get("ckpt_path"))
@@ -312,10 +360,23 @@ class LcsbenchCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self.protect_checkpoint_loading()
+        # Lightning's warnings on resuming that say nothing about lcsbench's runs:
+        if self.resumed_run is not None:  # the run's checkpoints/ holds its earlier ones (RunFolder sets later aside)
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        if type(self.datamodule).__module__.startswith("lcsbench."):  # a resampled stream: no position to resume
+            warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the "
+                                                      r"epoch ended and your dataloader is not resumable")
         root = getattr(self.trainer.logger, "root_dir", None)
         self.trainer.callbacks.append(RunFolder(Path(root).resolve() if root else None,
                                                 resumed=self.resumed_run is not None))
         self.trainer.callbacks.append(ConfiguredLearningRate())
+        self.set_threads()
+        self.set_progress_display()
+
+
+@rank_zero_only
+def say_once(text: str) -> None:
+    print(text, flush=True)
 
 
 def build_cli(argv: list[str] | None, run: bool = True) -> LightningCLI:

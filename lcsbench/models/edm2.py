@@ -191,7 +191,6 @@ class EDM2Diffusion(L.LightningModule):
         loss = self.per_image_loss(batch, generator).mean()  # EDM2: sum over C x H x W, mean over the batch
         per_element = loss.detach() / images[0].numel()  # comparable across resolutions
         self.log("train/loss", per_element)  # a device tensor: the logger reads it every log_every_n_steps
-        self.log("train/lr", torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"]))  # host: no copy
         self._unchecked_losses.append((self.global_step, batch_idx, list(batch.get("key", [])[:4]), per_element))
         if len(self._unchecked_losses) >= self.loss_check_interval():
             self.log("loss", self.check_losses(), prog_bar=True, logger=False)  # a host tensor: the bar never syncs
@@ -255,7 +254,8 @@ class EDM2Diffusion(L.LightningModule):
                                  self.hparams.lr_rampup_images)
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        schedule = {"scheduler": scheduler, "interval": "step", "name": "train/lr"}  # the LearningRateMonitor's tag
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     # -- validation at fixed noise levels --
 
