@@ -40,6 +40,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -403,8 +404,8 @@ class Job:
 
     argv: list[str]
     what: str
-    before: object = None  # callable() run just before the command starts (e.g. copy shared oracle renders)
-    after: object = None  # callable() run when it ended well (e.g. check the fit, stamp the evaluation)
+    before: Callable[[], None] | None = None  # run just before the command starts (e.g. copy shared oracle renders)
+    after: Callable[[], None] | None = None  # run when it ended well (e.g. check the fit, stamp the evaluation)
     beside: bool = False  # a check beside the table's rows (random k-subsets, the steps check): run last
 
 
