@@ -529,6 +529,11 @@ def test_smoke_scale_end_to_end(tmp_path, capsys):
         module = load_denoiser(summary["weights"])  # the export alone rebuilds the model
         assert module.denoiser.image_shape == (3, 32, 32) and module.grid_size == 8
     assert sorted(report["oracle"]["success"]) == ["1", "2", "3"] and len(report["goals"]) == 8  # 7 + study time
+    # the closed forms of the render, judged like the models, and each model's r2 against its labels' closed form
+    assert set(report["closed_form"]) == {"all", "single"} and isinstance(
+        report["closed_form"]["single"]["local"]["k_max"], int)
+    assert set(report["r2"]) == {"exp1", "exp2", "exp3"} and list(report["r2"]["exp3"]["r2"]) == ["cf_local_single"]
+    assert all(math.isfinite(v) for r2 in report["r2"].values() for v in next(iter(r2["r2"].values())))
     for name in ("success_vs_k", "locality_radius", "locality_maps", "samples_by_k"):
         assert (out / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
     table = (out / "table.md").read_text()
@@ -550,6 +555,7 @@ def test_smoke_scale_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert cli_main(argv) == 0
     assert (out / "commands.sh").read_text() == commands
-    # render, 3 fits, 3 exports, 3 x (lengthgen, lengthgen_random, locality), report
-    assert capsys.readouterr().out.count("skipped") == 1 + 3 + 3 + 9 + 1
+    # render, 3 fits, 3 exports, 2 closed-form specs, 3 x (lengthgen, lengthgen_random, locality), 3 r2,
+    # 2 closed forms x (lengthgen, locality), report
+    assert capsys.readouterr().out.count("skipped") == 1 + 3 + 3 + 2 + 9 + 3 + 4 + 1
     assert math.isfinite(report["experiments"]["exp1"]["success_interval"]["1"][1])

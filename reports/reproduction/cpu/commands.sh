@@ -36,3 +36,21 @@ python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs r
 python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --data data/reproduce32 --stage export --experiments exp3
 # 2026-12-03T09:31:22 fit exp3 (python -m lcsbench reproduce --scale cpu --stage fit --experiments exp3 --parallel-fits 2, from the worktree at ec4488a; stopped at its step-5000 checkpoint at 10:03:40 for want of session time: the config asks 10000)
 taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench fit --config configs/reproduce/cpu/exp3.yaml --trainer.logger.init_args.save_dir runs/reproduction/cpu/exp3 --trainer.logger.init_args.version run
+# 2026-12-03T12:07:37 export exp3: EMA weights of /work/study/runs/reproduction/cpu/exp3/lightning_logs/run/checkpoints/last.ckpt -> /work/main/reports/reproduction/cpu/weights/exp3.pt
+python -m lcsbench reproduce --scale cpu --out /work/main/reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --data data/reproduce32 --stage export --experiments exp3
+# 2026-12-03T12:07:41 export fig4_global: EMA weights of /work/study/runs/reproduction/cpu/fig4_global/lightning_logs/run/checkpoints/last.ckpt -> /work/main/reports/reproduction/cpu/weights/fig4_global.pt
+python -m lcsbench reproduce --scale cpu --out /work/main/reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --data data/reproduce32 --stage export --experiments fig4_global
+# 2026-12-03T12:07:41 export fig4_local: EMA weights of /work/study/runs/reproduction/cpu/fig4_local/lightning_logs/run/checkpoints/last.ckpt -> /work/main/reports/reproduction/cpu/weights/fig4_local.pt
+python -m lcsbench reproduce --scale cpu --out /work/main/reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --data data/reproduce32 --stage export --experiments fig4_local
+# 2026-12-03T12:07:42 closed form cf_local_all
+python -m lcsbench closed-form spec --render data/reproduce32 --out /work/main/reports/reproduction/cpu/closed_forms/cf_local_all.pt --counts 1-3 --kind local --label-mode all
+# 2026-12-03T12:07:48 closed form cf_local_single
+python -m lcsbench closed-form spec --render data/reproduce32 --out /work/main/reports/reproduction/cpu/closed_forms/cf_local_single.pt --counts 1-3 --kind local --label-mode single
+# 2026-12-03T12:07:54 closed form cf_empirical_all
+python -m lcsbench closed-form spec --render data/reproduce32 --out /work/main/reports/reproduction/cpu/closed_forms/cf_empirical_all.pt --counts 1-3 --kind empirical --label-mode all
+# 2026-12-03T12:08:00 closed form cf_empirical_single
+python -m lcsbench closed-form spec --render data/reproduce32 --out /work/main/reports/reproduction/cpu/closed_forms/cf_empirical_single.pt --counts 1-3 --kind empirical --label-mode single
+# 2026-12-03T12:08:10 r2 exp1
+taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench closed-form r2 --ckpt /work/main/reports/reproduction/cpu/weights/exp1.pt --spec /work/main/reports/reproduction/cpu/closed_forms/cf_local_all.pt --spec /work/main/reports/reproduction/cpu/closed_forms/cf_empirical_all.pt --out /work/main/reports/reproduction/cpu/exp1/r2 --images 32
+# 2026-12-03T12:08:10 r2 exp2
+taskset -c 1 env OMP_NUM_THREADS=1 python -m lcsbench closed-form r2 --ckpt /work/main/reports/reproduction/cpu/weights/exp2.pt --spec /work/main/reports/reproduction/cpu/closed_forms/cf_local_single.pt --spec /work/main/reports/reproduction/cpu/closed_forms/cf_empirical_single.pt --out /work/main/reports/reproduction/cpu/exp2/r2 --images 32
