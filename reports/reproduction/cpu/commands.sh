@@ -54,3 +54,9 @@ python -m lcsbench closed-form spec --render data/reproduce32 --out /work/main/r
 taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench closed-form r2 --ckpt /work/main/reports/reproduction/cpu/weights/exp1.pt --spec /work/main/reports/reproduction/cpu/closed_forms/cf_local_all.pt --spec /work/main/reports/reproduction/cpu/closed_forms/cf_empirical_all.pt --out /work/main/reports/reproduction/cpu/exp1/r2 --images 32
 # 2026-12-03T12:08:10 r2 exp2
 taskset -c 1 env OMP_NUM_THREADS=1 python -m lcsbench closed-form r2 --ckpt /work/main/reports/reproduction/cpu/weights/exp2.pt --spec /work/main/reports/reproduction/cpu/closed_forms/cf_local_single.pt --spec /work/main/reports/reproduction/cpu/closed_forms/cf_empirical_single.pt --out /work/main/reports/reproduction/cpu/exp2/r2 --images 32
+# 2026-12-03T12:10:00 lengthgen exp3: the oracle renders of exp1
+cp -r /work/main/reports/reproduction/cpu/exp1/lengthgen/oracle_render /work/main/reports/reproduction/cpu/exp3/lengthgen/oracle_render
+# 2026-12-03T12:10:00 lengthgen exp3
+taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench lengthgen --ckpt /work/main/reports/reproduction/cpu/weights/exp3.pt --out /work/main/reports/reproduction/cpu/exp3/lengthgen --name exp3 --ks 1-10 --samples-per-k 32 --steps 16 --oracle-samples 16
+# 2026-12-03T12:10:04 locality exp3
+taskset -c 1 env OMP_NUM_THREADS=1 python -m lcsbench locality --ckpt /work/main/reports/reproduction/cpu/weights/exp3.pt --out /work/main/reports/reproduction/cpu/exp3/locality --sigmas 0.05,0.2,0.5,1,2,5,10,40 --samples 4 --scenes 8 --sample-steps 32 --locations 3
