@@ -60,3 +60,9 @@ cp -r /work/main/reports/reproduction/cpu/exp1/lengthgen/oracle_render /work/mai
 taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench lengthgen --ckpt /work/main/reports/reproduction/cpu/weights/exp3.pt --out /work/main/reports/reproduction/cpu/exp3/lengthgen --name exp3 --ks 1-10 --samples-per-k 32 --steps 16 --oracle-samples 16
 # 2026-12-03T12:10:04 locality exp3
 taskset -c 1 env OMP_NUM_THREADS=1 python -m lcsbench locality --ckpt /work/main/reports/reproduction/cpu/weights/exp3.pt --out /work/main/reports/reproduction/cpu/exp3/locality --sigmas 0.05,0.2,0.5,1,2,5,10,40 --samples 4 --scenes 8 --sample-steps 32 --locations 3
+# 2026-12-03T12:22:19 lengthgen fig4_global: the oracle renders of exp1
+cp -r /work/main/reports/reproduction/cpu/exp1/lengthgen/oracle_render /work/main/reports/reproduction/cpu/fig4_global/lengthgen/oracle_render
+# 2026-12-03T12:22:19 lengthgen fig4_global
+taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench lengthgen --ckpt /work/main/reports/reproduction/cpu/weights/fig4_global.pt --out /work/main/reports/reproduction/cpu/fig4_global/lengthgen --name fig4_global --ks 1-10 --samples-per-k 32 --steps 32 --oracle-samples 16
+# 2026-12-03T12:22:19 locality fig4_global
+taskset -c 1 env OMP_NUM_THREADS=1 python -m lcsbench locality --ckpt /work/main/reports/reproduction/cpu/weights/fig4_global.pt --out /work/main/reports/reproduction/cpu/fig4_global/locality --sigmas 0.05,0.2,0.5,1,2,5,10,40 --samples 4 --scenes 8 --sample-steps 32 --locations 3
