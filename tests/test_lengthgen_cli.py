@@ -154,7 +154,7 @@ def test_lengthgen_into_an_out_with_other_settings_fails_before_sampling(fitted,
     capsys.readouterr()
     with pytest.raises(SystemExit, match="lengthgen: the oracle row: .* holds a dataset rendered with other settings"):
         cli_main([*base, "--ks", "1-2"])
-    assert "lengthgen: sampled" not in capsys.readouterr().err  # nothing was computed and thrown away
+    assert "lengthgen sampling:" not in capsys.readouterr().err  # nothing was computed and thrown away
 
 
 def test_lengthgen_rerun_judges_the_saved_samples_without_sampling(fitted, tmp_path, capsys):
@@ -162,7 +162,7 @@ def test_lengthgen_rerun_judges_the_saved_samples_without_sampling(fitted, tmp_p
     base = ["lengthgen", "--ckpt", str(model_ckpt), "--judge", str(judge_ckpt), "--out", str(tmp_path),
             "--samples-per-k", "2", "--ks", "1-2", "--steps", "2", "--no-oracle"]
     assert cli_main(base) == 0
-    assert "lengthgen: sampled 4/4 images" in capsys.readouterr().err
+    assert "lengthgen sampling: 4/4 images" in capsys.readouterr().err
     with np.load(tmp_path / "samples.npz") as saved_file:
         settings = json.loads(str(saved_file["settings"]))
     assert settings["steps"] == 2 and settings["ks"] == [1, 2] and len(settings["ckpt_sha256"]) == 64
@@ -171,13 +171,13 @@ def test_lengthgen_rerun_judges_the_saved_samples_without_sampling(fitted, tmp_p
     # another tolerance: the same samples judged again, nothing sampled
     assert cli_main([*base, "--tolerance-cells", "3"]) == 0
     err = capsys.readouterr().err
-    assert "lengthgen: sampled" not in err and "judging the 4 samples saved in" in err
+    assert "lengthgen sampling:" not in err and "judging the 4 samples saved in" in err
     report = json.loads((tmp_path / "lengthgen.json").read_text())
     assert report["protocol"]["tolerance_cells"] == 3.0
     # other sampling settings draw new samples and replace the saved ones
     assert cli_main([*base[:-3], "--steps", "3", "--no-oracle"]) == 0
-    assert "lengthgen: sampled 4/4 images" in capsys.readouterr().err
+    assert "lengthgen sampling: 4/4 images" in capsys.readouterr().err
     assert lg.load_samples(tmp_path / "samples.npz", {"steps": 2}) is None
     (tmp_path / "samples.npz").write_bytes(b"truncated")  # an unreadable file is sampled again, not a crash
     assert cli_main(base) == 0
-    assert "lengthgen: sampled 4/4 images" in capsys.readouterr().err
+    assert "lengthgen sampling: 4/4 images" in capsys.readouterr().err

@@ -66,3 +66,7 @@ cp -r /work/main/reports/reproduction/cpu/exp1/lengthgen/oracle_render /work/mai
 taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench lengthgen --ckpt /work/main/reports/reproduction/cpu/weights/fig4_global.pt --out /work/main/reports/reproduction/cpu/fig4_global/lengthgen --name fig4_global --ks 1-10 --samples-per-k 32 --steps 32 --oracle-samples 16
 # 2026-12-03T12:22:19 locality fig4_global
 taskset -c 1 env OMP_NUM_THREADS=1 python -m lcsbench locality --ckpt /work/main/reports/reproduction/cpu/weights/fig4_global.pt --out /work/main/reports/reproduction/cpu/fig4_global/locality --sigmas 0.05,0.2,0.5,1,2,5,10,40 --samples 4 --scenes 8 --sample-steps 32 --locations 3
+# 2026-12-03T12:24:39 lengthgen fig4_local
+taskset -c 1 env OMP_NUM_THREADS=1 python -m lcsbench lengthgen --ckpt /work/main/reports/reproduction/cpu/weights/fig4_local.pt --out /work/main/reports/reproduction/cpu/fig4_local/lengthgen --name fig4_local --ks 1-10 --samples-per-k 16 --steps 16 --oracle-samples 16
+# 2026-12-03T12:26:57 locality fig4_local
+taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench locality --ckpt /work/main/reports/reproduction/cpu/weights/fig4_local.pt --out /work/main/reports/reproduction/cpu/fig4_local/locality --sigmas 0.05,0.2,0.5,1,2,5,10,40 --samples 4 --scenes 8 --sample-steps 32 --locations 3
