@@ -45,14 +45,19 @@ trustworthy only up to the k where the oracle row stays near 100%.
 The package holds one module per part: `protocol` (requests, success rule, settings), `matching`, `tally`
 (counts, k_max, the report), `figures` and `study` (`run`: the whole study in one call, and its steps). Every
 name is re-exported here, so `from lcsbench.analysis.lengthgen import X` keeps working for its importers.
+
+A notebook runs the whole study in one line:
+
+    result = run(model.denoiser, load_judge(None, resolution=64), LengthGenProtocol(SuccessRule("location", (1, 2, 3))))
 """
 
-from lcsbench.analysis.lengthgen.figures import detection_grid, plot_success_curves
+from lcsbench.analysis.lengthgen.figures import detection_grid, plot_success_curves, save_figures
 from lcsbench.analysis.lengthgen.matching import judge_request, match_colors, match_locations
-from lcsbench.analysis.lengthgen.protocol import (MATCH_RULES, SuccessRule, cell_centres_pixels, check_match_rule,
-                                                  check_tolerance, crowding, fractions_to_pixels, oracle_scene,
-                                                  protocol_requests, request_conditioner, requested_colors,
-                                                  requested_locations)
-from lcsbench.analysis.lengthgen.study import judge_images, load_samples, sample_requests, save_samples
+from lcsbench.analysis.lengthgen.protocol import (MATCH_RULES, LengthGenProtocol, SuccessRule, cell_centres_pixels,
+                                                  check_match_rule, check_tolerance, crowding, fractions_to_pixels,
+                                                  oracle_scene, protocol_requests, request_conditioner,
+                                                  requested_colors, requested_locations)
+from lcsbench.analysis.lengthgen.study import (Result, judge_images, load_samples, model_samples, render_oracle, run,
+                                               sample_requests, save_samples)
 from lcsbench.analysis.lengthgen.tally import (K_MAX_STRICT_THRESHOLD, K_MAX_THRESHOLD, TABLE_HEADER,
                                                LengthGenTally, k_max, lengthgen_report, table_row)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -83,3 +84,19 @@ def detection_grid(
             draw.ellipse([px - 5, py - 5, px + 5, py + 5], outline=color)
     return canvas
 
+
+
+def save_figures(result, out: str | Path, title: str) -> None:
+    """A study's figures in `out` (a `study.Result`): `lengthgen.png` (success vs k) and, per row and k, the judged
+    images with their requests marked: `samples_k{K}.png` for the model row, `{row}_k{K}.png` for the others."""
+    out = Path(out)
+    plot_success_curves(result.report, out / "lengthgen.png", title=title)
+    protocol = result.protocol
+    for name, images in result.images.items():
+        prefix = "samples" if name == "model" else name
+        for k in protocol.ks:
+            index = [i for i, request in enumerate(result.requests) if request["k"] == k]
+            detection_grid(images[index], [result.requests[i] for i in index],
+                           [result.detections[name][i] for i in index], protocol.grid_size,
+                           tolerance_cells=protocol.tolerance_cells, match=protocol.match
+                           ).save(out / f"{prefix}_k{k}.png")

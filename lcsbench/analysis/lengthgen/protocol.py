@@ -233,3 +233,46 @@ def oracle_scene(
     return [{"pixel": [float(x * resolution), float(y * resolution)], "color": color, "size": "small"}
             for (x, y), color in zip(PAPER_LOCATIONS, request["colors"])]
 
+
+
+# --- the settings of one study ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LengthGenProtocol:
+    """What one length-generalization study asks and how it judges (the package docstring): `study.run` takes it.
+
+    Bad settings are refused here, before anything is sampled or rendered, with the messages of the functions
+    that would refuse them later (`requested_locations`, `check_tolerance`, ...).
+    """
+
+    rule: SuccessRule  # the success rule of the trained model; its kind is the protocol's
+    ks: tuple[int, ...] | None = None  # numbers of requested objects; None: 1..12 (location) / 1..8 (colour)
+    samples_per_k: int = 32  # samples per k (the paper counts 8 by eye)
+    order: str = "paper"  # location requests: the paper's prefixes or random k-subsets (a new one per sample)
+    match: str = "cell"  # cell | point (MATCH_RULES)
+    tolerance_cells: float = 1.0  # a detection matches a request at most this many grid cells away
+    grid_size: int | None = None  # conditioning grid G; None: the denoiser's
+    num_steps: int = 32  # Heun steps (the paper's sampler, E.1)
+    seed: int = 0  # noise, random subsets and oracle placement
+
+    def __post_init__(self) -> None:
+        ks = self.ks or range(1, 1 + len(PAPER_LOCATIONS if self.kind == "location" else PAPER_COLORS))
+        object.__setattr__(self, "ks", tuple(int(k) for k in ks))
+        if self.samples_per_k < 1 or self.num_steps < 2:
+            raise ValueError(f"a length-generalization protocol needs samples_per_k >= 1 and num_steps >= 2 (Heun); "
+                             f"got {self.samples_per_k}, {self.num_steps}")
+        if self.order not in ("paper", "random"):
+            raise ValueError(f"order must be 'paper' or 'random', got {self.order!r}")
+        check_tolerance(self.tolerance_cells)
+        check_match_rule(self.match)
+        for k in self.ks:  # a k beyond the paper's lists is refused now, not after the oracle render
+            requested_locations(k) if self.kind == "location" else requested_colors(k)
+
+    @property
+    def kind(self) -> str:
+        return self.rule.kind
+
+    def requests(self) -> list[dict]:
+        """One request per sample, grouped by k (`protocol_requests`)."""
+        return protocol_requests(self.kind, self.ks, self.samples_per_k, self.order, self.seed)

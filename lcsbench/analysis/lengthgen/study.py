@@ -7,17 +7,131 @@ document, the images and detections per row. The steps are here too, for callers
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lcsbench.analysis.lengthgen.matching import judge_request
-from lcsbench.analysis.lengthgen.protocol import SuccessRule, request_conditioner
-from lcsbench.analysis.lengthgen.tally import LengthGenTally
+from lcsbench.analysis.lengthgen.protocol import (LengthGenProtocol, SuccessRule, crowding, oracle_scene,
+                                                  request_conditioner)
+from lcsbench.analysis.lengthgen.tally import LengthGenTally, lengthgen_report
+
+
+@dataclass
+class Result:
+    """What one study found: the lengthgen.json document and, per row ("model", "oracle"), what it was made of."""
+
+    protocol: LengthGenProtocol  # the settings, with the grid size the study used
+    requests: list[dict]  # one per sample, grouped by k
+    report: dict  # the lengthgen.json document (package docstring)
+    images: dict[str, np.ndarray]  # row -> uint8 [N, H, W, 3], one image per request
+    detections: dict[str, list[dict]]  # row -> the judge's output per image
+    tallies: dict[str, LengthGenTally]  # row -> per-k counts
+
+
+def run(
+    denoiser,  # the Denoiser (diffusion/denoiser.py) whose row is measured; None: the oracle row alone
+    judge,  # .detect(images [B, 3, H, W] in [-1, 1]) -> detections, .resolution (models/judge.py)
+    protocol: LengthGenProtocol,  # what is requested and how it is judged
+    oracle_root: str | Path | None = None,  # render the oracle row (Blender) here, first; None: no oracle row
+    oracle_samples: int = 64,  # Cycles samples per pixel of the oracle renders
+    samples_file: str | Path | None = None,  # keep the model row's samples here; reused when drawn alike
+    samples_key: Mapping | None = None,  # what else identifies those samples (e.g. {"ckpt_sha256": ...})
+    record: Mapping | None = None,  # settings appended to the report's protocol entry (checkpoint, judge, ...)
+    batch: int = 64,  # images per sampler and judge call
+    device: torch.device | str = "cpu",
+    progress: Callable[[int, int], None] | None = None,  # called with (done, total) while sampling
+    log: Callable[[str], None] | None = None,  # told, in one line, when saved samples are judged again
+) -> Result:
+    """The whole length-generalization study: requests, the oracle row (when `oracle_root` is given) before the
+    model row (so a render that fails loses no samples), judging, tallies and the report. Raises what the
+    renderer (RenderError) or the shard reader (ShardError) raise for the oracle row."""
+    resolution = judge.resolution if denoiser is None else denoiser.image_shape[-1]
+    if denoiser is not None and denoiser.conditioning != protocol.kind:
+        raise ValueError(f"the {protocol.kind} protocol was asked for but the denoiser is "
+                         f"{denoiser.conditioning}-conditioned: build the protocol's SuccessRule with kind "
+                         f"{denoiser.conditioning!r}")
+    grid_size = protocol.grid_size or getattr(denoiser, "grid_size", None)
+    if grid_size is None and protocol.kind == "location":
+        raise ValueError("a location protocol needs the grid size: the denoiser states none, so pass "
+                         "LengthGenProtocol(grid_size=...)")
+    protocol = dataclasses.replace(protocol, grid_size=grid_size)
+    requests = protocol.requests()
+    images: dict[str, np.ndarray] = {}
+    if oracle_root is not None:
+        images["oracle"] = render_oracle(requests, oracle_root, resolution,
+                                         grid_size if protocol.match == "cell" else None, oracle_samples,
+                                         protocol.seed)
+    if denoiser is not None:
+        images = {"model": model_samples(denoiser, requests, protocol, samples_file, samples_key, batch, device,
+                                         progress, log), **images}
+    tallies, detections = {}, {}
+    for name, row in images.items():
+        tallies[name], detections[name] = judge_images(judge, row, requests, protocol.rule, grid_size,
+                                                       protocol.tolerance_cells, batch, device, protocol.match)
+    rule = protocol.rule
+    description = {"kind": protocol.kind, "ks": list(protocol.ks), "order": protocol.order, "match": protocol.match,
+                   "tolerance_cells": protocol.tolerance_cells, "crowding": crowding(requests, resolution),
+                   "grid_size": grid_size, "resolution": resolution, "trained_counts": list(rule.trained_counts),
+                   "label_mode": rule.label_mode, "samples_per_k": protocol.samples_per_k,
+                   "success_rule": rule.describe(), **(record or {})}
+    return Result(protocol, requests, lengthgen_report(description, tallies), images, detections, tallies)
+
+
+def render_oracle(
+    requests: Sequence[Mapping],  # protocol requests
+    root: str | Path,  # the oracle's shards (reused when the same layouts are asked again)
+    resolution: int,  # image size in pixels
+    grid_size: int | None,  # the cell rule: each object at a random point of its requested cell; None: exactly there
+    samples: int,  # Cycles samples per pixel
+    seed: int = 0,  # object placement and render seed
+) -> np.ndarray:
+    """Blender renders of the requested layouts (`oracle_scene`), `uint8 [N, H, W, 3]`; a `root` rendered with
+    other settings is refused by the renderer (RenderError)."""
+    from lcsbench.data.render import render_layouts
+    from lcsbench.data.shards import read_layout_images
+
+    placement = torch.Generator().manual_seed(seed)
+    scenes = [oracle_scene(request, resolution, grid_size, placement) for request in requests]
+    render_layouts(Path(root), scenes, resolution=resolution, samples=samples, seed=seed)
+    return read_layout_images(Path(root), len(requests))
+
+
+def model_samples(
+    denoiser,  # the Denoiser to sample
+    requests: Sequence[Mapping],  # protocol requests
+    protocol: LengthGenProtocol,  # num_steps and seed, and what identifies the samples
+    samples_file: str | Path | None = None,  # reuse the samples saved here when drawn alike; save new ones here
+    samples_key: Mapping | None = None,  # what else identifies them (e.g. the checkpoint's hash)
+    batch: int = 64,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> np.ndarray:
+    """The model row's images: the ones saved in `samples_file` when drawn with the same settings, else new ones
+    (`sample_requests`), saved there."""
+    settings = {**(samples_key or {}), "kind": protocol.kind, "ks": list(protocol.ks),
+                "samples_per_k": protocol.samples_per_k, "order": protocol.order, "seed": protocol.seed,
+                "steps": protocol.num_steps}
+    channels, height, width = denoiser.image_shape
+    if samples_file is not None:
+        saved = load_samples(samples_file, settings, shape=(len(requests), height, width, channels))
+        if saved is not None:
+            if log is not None:
+                log(f"judging the {len(saved)} samples saved in {samples_file} (same checkpoint and sampling "
+                    f"settings) without sampling again")
+            return saved
+    images = sample_requests(denoiser, requests, protocol.grid_size, denoiser.image_shape, protocol.num_steps, batch,
+                             protocol.seed, device, progress)
+    if samples_file is not None:
+        save_samples(samples_file, images, settings)
+    return images
 
 
 def sample_requests(
