@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-budget-gib", type=float, default=2.0, help="memory per batched backward")
     args = parser.parse_args(argv)
 
-    from lcsbench.analysis.locality import check_pixels, grid_cell_centre, locality_profile
+    from lcsbench.analysis.locality import check_pixels, locality_profile, locality_targets
     from lcsbench.analysis.plots import locality_grid, radius_curves, save_figure
 
     sigmas = parse_floats(args.sigmas, "sigmas")
@@ -114,19 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     from lcsbench.diffusion.sampler import edm_sampler
 
     started = time.perf_counter()
-    location = denoiser.conditioning == "location"
-    centres = (lambda cell: grid_cell_centre(cell, denoiser.grid_size, res)) if location else None
     profiles, scenes = [], []
     progress = Progress("locality", args.scenes, unit="scenes")
     for scene in range(args.scenes):
         cond_one, described = build_conditioner(denoiser, args.locations, args.colors, scene, args.seed)
         cond = cond_one[None].repeat(args.samples, *([1] * cond_one.ndim)).to(args.device)
-        targets = fixed_targets
-        if targets is None:
-            targets = [grid_cell_centre(cell, denoiser.grid_size, res) for cell in cond_one.nonzero().tolist()] \
-                if location else [(res // 2, res // 2)]
+        targets, centres = locality_targets(denoiser, cond_one)  # the conditioned cells' centres, or the middle
         try:
-            targets = check_pixels(targets, res, res)
+            targets = check_pixels(fixed_targets or targets, res, res)
         except ValueError as error:
             raise SystemExit(f"lcsbench locality: --targets: {error}")
         generator = torch.Generator().manual_seed(args.seed + 7919 * scene)
