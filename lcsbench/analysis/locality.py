@@ -453,6 +453,21 @@ class LocalityProfile:
         return out
 
 
+    def maps(self) -> dict:
+        """The maps as numpy arrays (the layout of `python -m lcsbench locality`'s locality_maps.npz, less the
+        sample): `sigmas [S]`, `pixels [P, 2]`, `heat [S, P, H, W]`, where measured `heat_without_skip
+        [S, P, H, W]`, `conditioners [J, d]`, `influence [S, J, H, W]`, `conditioner_centres [J, 2]`."""
+        import numpy as np
+
+        maps = {"sigmas": np.asarray(self.sigmas), "pixels": np.asarray(self.pixels), "heat": self.heat.numpy()}
+        if self.heat_without_skip is not None:
+            maps["heat_without_skip"] = self.heat_without_skip.numpy()
+        if self.influence is not None:
+            maps |= {"conditioners": np.asarray(self.conditioners), "influence": self.influence.numpy()}
+            if self.conditioner_centres is not None:
+                maps["conditioner_centres"] = np.asarray(self.conditioner_centres)
+        return maps
+
 def _nanmean(values: Tensor, dim: int) -> Tensor:
     return values.nanmean(dim=dim)
 

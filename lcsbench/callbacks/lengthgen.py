@@ -36,7 +36,7 @@ class LengthGenCurve(EveryNSteps):
         trained_counts: Sequence[int] | None = None,  # training object counts; default: the DataModule's
         label_mode: str | None = None,  # all | single | random | drop_one; default: the DataModule's
         tolerance_cells: float = 1.0,  # matching tolerance in grid cells
-        match: str = "cell",  # cell (the paper's: the requested grid cell) | point (analysis/lengthgen.py)
+        match: str = "cell",  # cell (the paper's: the requested grid cell) | point (analysis/lengthgen)
         seed: int = 0,  # noise seed (the same noise every evaluation, so curves compare over training)
     ) -> None:
         if every_n_steps < 1 or samples_per_k < 1 or num_steps < 2:

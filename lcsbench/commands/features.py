@@ -28,7 +28,8 @@ from lcsbench.commands._common import add_model_arguments, heartbeat, load_train
 DEFAULT_SIGMAS = "0.1,0.5,2,10"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[float]]:
+    """The arguments, checked, and the noise levels."""
     parser = argparse.ArgumentParser(prog="python -m lcsbench features", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser, out_help="output folder for features.json and feature_cosines.png")
@@ -48,15 +49,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list-layers", action="store_true", help="print the layer names and exit")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward")
     args = parser.parse_args(argv)
-
-    from lcsbench.analysis.features import (chance_level, condition_samples, feature_cosines, feature_layers,
-                                            mean_difference_vectors, paper_conditions, resolve_layers)
-    from lcsbench.analysis.plots import cosine_matrices, save_figure
-
     if args.samples < 1 or args.sample_steps < 2:
         raise SystemExit(f"lcsbench features: need --samples >= 1 and --sample-steps >= 2; found {args.samples}, "
                          f"{args.sample_steps}")
     sigmas = parse_floats(args.sigmas, "sigmas")
+    return args, sigmas
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, sigmas = parse_args(argv)
+    from lcsbench.analysis.features import (chance_level, condition_samples, feature_cosines, feature_layers,
+                                            mean_difference_vectors, paper_conditions, resolve_layers)
+    from lcsbench.analysis.plots import cosine_matrices, save_figure
+
     denoiser = load_trained_denoiser(args.ckpt, ema=not args.no_ema, device=args.device)
     names = list(feature_layers(denoiser.network, args.site))
     if args.list_layers:

@@ -10,7 +10,7 @@ For k = 1..12 paper locations (location models) or k = 1..8 paper colours (colou
 Blender as the oracle row, judges both with the trained judge and writes to OUT:
 
     lengthgen.json          per-k success rate, mean missing/extra, count histogram, k_max, k_max_strict for the
-                            rows "model" and "oracle" (layout: lcsbench/analysis/lengthgen.py docstring)
+                            rows "model" and "oracle" (layout: the lcsbench.analysis.lengthgen docstring)
     lengthgen.png           success vs k, model beside oracle
     samples_k{K}.png        model samples per k with requested centres (green +) and detections (yellow o
                             matched, red o extra); oracle_k{K}.png the same for the Blender renders
@@ -22,6 +22,9 @@ Blender as the oracle row, judges both with the trained judge and writes to OUT:
 
 The success rule follows the training data (E.2; analysis/lengthgen.SuccessRule): the trained object counts and
 label mode are read from the checkpoint's DataModule settings, or given with --trained-counts / --label-mode.
+
+The study itself is `lcsbench.analysis.lengthgen.run` (one call in a notebook); this command reads the flags,
+loads the model and the judge and writes what the study returns.
 """
 
 from __future__ import annotations
