@@ -21,6 +21,7 @@ from lcsbench.callbacks.lengthgen import LengthGenCurve
 from lcsbench.callbacks.locality import LocalityHeatmaps
 from lcsbench.cli import main as cli_main
 from lcsbench.data.conditioning import PAPER_LOCATIONS
+from lcsbench.diffusion.denoiser import BoundDenoiser
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -52,8 +53,10 @@ class ToyDiffusion(L.LightningModule):
         super().__init__()
         self.net = LocalToyNet()
 
-    def denoiser(self, x, sigma, cond):
-        return self.net(x, sigma, cond)
+    @property
+    def denoiser(self) -> BoundDenoiser:
+        """The Denoiser protocol every model presents: the callbacks read its kind and grid from it."""
+        return BoundDenoiser(self.net, (3, 16, 16), "location", self.net.grid_size, network=self)
 
     def training_step(self, batch, batch_idx):
         noisy = batch["image"] + 0.5 * torch.randn_like(batch["image"])

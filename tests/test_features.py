@@ -231,3 +231,22 @@ def test_untrained_edm2_is_no_more_disentangled_than_its_chance_level():
     score = untrained.summary()["average_mean_abs_off_diagonal"]
     level = chance.summary()["average_mean_abs_off_diagonal"]
     assert 0.5 < score / level < 2.0  # a random network sits at its own chance level, not below it
+
+
+def test_chance_level_measures_through_redrawn_weights_and_restores_the_trained_ones():
+    from lcsbench.analysis.features import chance_level
+    from lcsbench.diffusion.denoiser import BoundDenoiser
+
+    net = nn.Linear(4, 4)
+    trained = {k: v.clone() for k, v in net.state_dict().items()}
+    denoiser = BoundDenoiser(lambda x, sigma, cond: net(x), (1, 1, 4), "color", network=net)
+    seen = chance_level(denoiser, lambda: net.weight.detach().clone(), seed=3)
+    assert not torch.equal(seen, trained["weight"]) and torch.equal(net.bias, trained["bias"])  # gains kept
+    assert all(torch.equal(v, trained[k]) for k, v in net.state_dict().items())
+
+    def failing():
+        raise RuntimeError("measurement failed")
+
+    with pytest.raises(RuntimeError, match="measurement failed"):
+        chance_level(denoiser, failing)
+    assert all(torch.equal(v, trained[k]) for k, v in net.state_dict().items())

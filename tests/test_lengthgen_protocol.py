@@ -1,4 +1,4 @@
-"""Length-generalization protocol (analysis/lengthgen.py): requests, matching, success rules, k_max."""
+"""Length-generalization protocol (analysis/lengthgen/): requests, matching, success rules, k_max."""
 
 from __future__ import annotations
 

@@ -363,3 +363,20 @@ def test_the_skip_removed_map_drops_exactly_the_skip_term():
     assert summary["scenes"] == 3 and len(summary["pixel_radius_without_skip_mean"]) == 2
     assert summary["pixel_radius_scene_std"] == [0.0, 0.0]  # a linear denoiser: the same maps in every scene
     assert summary["pixel_radius_without_skip_mean"][0] == 1.0  # the 3x3 blur: radius 1 once the spike is gone
+
+
+def test_locality_targets_read_kind_and_grid_from_the_denoiser():
+    """The commands' and the callback's one target choice: conditioned cells' centres, else the image centre."""
+    from lcsbench.analysis.locality import locality_targets
+    from lcsbench.diffusion.denoiser import BoundDenoiser
+
+    identity = lambda x, sigma, cond: x  # noqa: E731
+    location = BoundDenoiser(identity, (3, 32, 32), "location", 16)
+    cond = torch.zeros(16, 16)
+    cond[2, 5] = cond[9, 1] = 1
+    targets, centres = locality_targets(location, cond)
+    assert targets == [grid_cell_centre((2, 5), 16, 32), grid_cell_centre((9, 1), 16, 32)]
+    assert centres((9, 1)) == grid_cell_centre((9, 1), 16, 32)
+    assert locality_targets(location, cond, max_targets=1)[0] == targets[:1]
+    assert locality_targets(location, torch.zeros(16, 16)) == ([(16, 16)], None)  # nothing conditioned
+    assert locality_targets(BoundDenoiser(identity, (3, 32, 32), "color"), torch.ones(8)) == ([(16, 16)], None)

@@ -19,9 +19,9 @@ first two encoder resolutions (E.4: "layers with resolution 128 and 64").
 Chance level: low cosines alone do not show disentanglement, because a random network maps one-hot
 conditions to near-orthogonal directions too (measured on an untrained tiny colour model with its emb gains
 at 0.3: mean |cos| 0.15 over the feature-space layers at the modulated site, 0.12 at the scale site).
-`reinitialised_copy` gives the same network with its weight matrices re-drawn and its gains kept, and the
-commands report its matrices beside the model's: only a model well below its own chance level reads as
-disentangled.
+`reinitialised_copy` gives the same network with its weight matrices re-drawn and its gains kept, `chance_level`
+runs a measurement through it, and the commands report its matrices beside the model's: only a model well below
+its own chance level reads as disentangled.
 
 Works on any denoiser `denoiser(x, sigma, cond) -> D` that owns (or is given) an nn.Module with such
 layers; no Lightning.
@@ -33,7 +33,7 @@ import fnmatch
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -210,6 +210,44 @@ def reinitialised_copy(network: nn.Module, seed: int = 0) -> nn.Module:
             if parameter.ndim >= 2:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator).to(parameter))
     return fresh
+
+
+def chance_level(
+    denoiser: Denoiser,                     # the trained denoiser the measurement runs through
+    measure: Callable[[], "FeatureCosines"],  # the model's measurement (mean_difference_vectors, feature_cosines)
+    seed: int = 0,                          # seeds the re-drawn weights
+) -> "FeatureCosines":
+    """The chance level of a feature measurement (module docstring): `measure` again with the denoiser's network
+    re-initialised in place (`reinitialised_copy`: weight matrices re-drawn, gains kept), so the denoiser calls
+    the re-drawn weights; the trained weights are back afterwards, also when `measure` fails."""
+    network = _module_of(denoiser)
+    if network is None:
+        raise ValueError("the chance level re-draws the weights of the nn.Module behind the denoiser, and this "
+                         "denoiser states none (Denoiser.network): pass a denoiser with its network")
+    trained = {k: v.detach().clone() for k, v in network.state_dict().items()}
+    network.load_state_dict(reinitialised_copy(network, seed=seed).state_dict())
+    try:
+        return measure()
+    finally:
+        network.load_state_dict(trained)
+
+
+def condition_samples(
+    denoiser: Denoiser,                     # the denoiser to sample, in eval mode
+    conditions: Tensor,                     # K conditioners [K, ...] on the denoiser's device
+    count: int,                             # images to draw
+    num_steps: int = 32,                    # Heun steps
+    seed: int = 0,                          # noise seed
+) -> Tensor:
+    """`[count, C, H, W]` samples of the denoiser in [-1, 1], one per condition in turn (cycling): images of the
+    model's own distribution to measure its feature differences on."""
+    from lcsbench.diffusion.sampler import edm_sampler
+
+    noise = torch.randn((count, *denoiser.image_shape), generator=torch.Generator().manual_seed(seed))
+    which = torch.arange(count) % len(conditions)
+    with torch.no_grad():
+        return edm_sampler(denoiser, noise.to(conditions.device), conditions[which.to(conditions.device)],
+                           num_steps=num_steps).clamp(-1, 1)
 
 
 def per_image_features(calls: list[Tensor], images: int, name: str) -> Tensor:

@@ -14,6 +14,7 @@ colour counts `[B, 8]`, or any `[B, ...]` tensor of counts). No Lightning, no mo
 - `locality_profile`: the same measurements over a grid of noise levels (Figures 2 and 10), optionally also
   the Eq. 9 map of `D - c_skip x` (`without_skip`): the skip term c_skip x of EDM's preconditioning puts a spike
   at the target pixel at low noise that says nothing about what the network learned;
+- `locality_targets`: the target pixels of one conditioner (its cells' centres, or the image centre);
 - `scenes_summary`: radii over several scenes, their mean and spread across scenes (Figure 2's evidence).
 
 The denoiser must be in eval mode (the caller's job): the analyses never change module state.
@@ -367,6 +368,23 @@ def grid_cell_centre(cell: Sequence[int], grid_size: int, resolution: int) -> tu
     return int(y * resolution), int(x * resolution)
 
 
+def locality_targets(
+    denoiser: Denoiser,  # states the conditioning kind, the grid size and the image size
+    cond: Tensor,  # one conditioner: a [G, G] location grid or [8] colour counts
+    max_targets: int | None = None,  # at most this many target pixels (the first conditioned cells); None: all
+) -> tuple[list[tuple[int, int]], Callable[[tuple[int, ...]], tuple[int, int]] | None]:
+    """The target pixels of Figure 2 for one conditioner, and the pixel each conditioner names (for the Eq. 10
+    radii of `locality_profile`): a location model with conditioned cells: the cells' centres, and cell -> its
+    centre; otherwise (a colour model, an empty grid): the image centre, and no conditioner pixels."""
+    resolution = denoiser.image_shape[-1]
+    if denoiser.conditioning == "location" and bool((cond != 0).any()):
+        grid_size = denoiser.grid_size
+        cells = cond.nonzero().tolist()[:max_targets]
+        return ([grid_cell_centre(cell, grid_size, resolution) for cell in cells],
+                lambda cell: grid_cell_centre(cell, grid_size, resolution))
+    return [(resolution // 2, resolution // 2)], None
+
+
 def without_skip(denoiser: Denoiser, sigma_data: float = SIGMA_DATA) -> BoundDenoiser:
     """`D(x) - c_skip(sigma) x`, the network's part of EDM's denoiser (c_skip = sigma_data^2 / (sigma^2 +
     sigma_data^2), EDM Table 1): its Eq. 9 map has no identity spike at the target pixel."""
@@ -434,6 +452,21 @@ class LocalityProfile:
         out["pixel_radius_mean"] = _nan_to_none(out["pixel_radius_mean"])
         return out
 
+
+    def maps(self) -> dict:
+        """The maps as numpy arrays (the layout of `python -m lcsbench locality`'s locality_maps.npz, less the
+        sample): `sigmas [S]`, `pixels [P, 2]`, `heat [S, P, H, W]`, where measured `heat_without_skip
+        [S, P, H, W]`, `conditioners [J, d]`, `influence [S, J, H, W]`, `conditioner_centres [J, 2]`."""
+        import numpy as np
+
+        maps = {"sigmas": np.asarray(self.sigmas), "pixels": np.asarray(self.pixels), "heat": self.heat.numpy()}
+        if self.heat_without_skip is not None:
+            maps["heat_without_skip"] = self.heat_without_skip.numpy()
+        if self.influence is not None:
+            maps |= {"conditioners": np.asarray(self.conditioners), "influence": self.influence.numpy()}
+            if self.conditioner_centres is not None:
+                maps["conditioner_centres"] = np.asarray(self.conditioner_centres)
+        return maps
 
 def _nanmean(values: Tensor, dim: int) -> Tensor:
     return values.nanmean(dim=dim)

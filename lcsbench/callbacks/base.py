@@ -7,8 +7,9 @@ is present: the weights the paper analyses) and the module in eval mode. Nothing
 communicates across ranks (no `self.log`, no `sync_dist`, no barrier), so the other ranks simply carry on. Without
 a TensorBoard logger the callback says so once, when the fit starts (a warning), and then does nothing.
 
-`tensorboard_writer`, `ema_weights` and `eval_mode` are the pieces, for callbacks that need them on their own;
-`conditioning_kind` tells the two conditioner layouts apart for the analyses that draw them.
+`tensorboard_writer`, `ema_weights` and `eval_mode` are the pieces, for callbacks that need them on their own.
+A callback reads the conditioning kind and grid from the module's Denoiser (`pl_module.denoiser`), never from
+the shapes of a batch.
 """
 
 from __future__ import annotations
@@ -55,11 +56,6 @@ def eval_mode(module: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         module.train(was_training)
-
-
-def conditioning_kind(cond: torch.Tensor) -> str:
-    """`location` for a `[B, G, G]` grid, `color` for `[B, 8]` counts (the documented layouts)."""
-    return "location" if cond.ndim == 3 else "color"
 
 
 class EveryNSteps(L.Callback):

@@ -15,7 +15,7 @@ import torch
 
 from lcsbench.analysis.features import FEATURE_SITES, feature_cosines, mean_difference_vectors, paper_conditions
 from lcsbench.analysis.plots import cosine_matrices
-from lcsbench.callbacks.base import EveryNSteps, conditioning_kind
+from lcsbench.callbacks.base import EveryNSteps
 
 
 class FeatureCosine(EveryNSteps):
@@ -45,11 +45,11 @@ class FeatureCosine(EveryNSteps):
 
     def analyse(self, trainer, pl_module, batch: dict, writer) -> None:
         image, cond = batch["image"], batch["cond"]
-        grid = cond.shape[-1] if cond.ndim == 3 else 16
-        conditions, labels = paper_conditions(conditioning_kind(cond), grid)
+        denoiser = pl_module.denoiser  # states its conditioning kind and grid (not guessed from the batch's shapes)
+        conditions, labels = paper_conditions(denoiser.conditioning, denoiser.grid_size)
         images = image[:self.samples]
         with torch.no_grad():
-            vectors = mean_difference_vectors(pl_module.denoiser, images, self.sigmas,
+            vectors = mean_difference_vectors(denoiser, images, self.sigmas,
                                               conditions.to(device=cond.device, dtype=cond.dtype),
                                               layers=self.layers, site=self.site)
         cosines = feature_cosines(vectors, labels, self.average)

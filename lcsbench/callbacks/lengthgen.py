@@ -36,7 +36,7 @@ class LengthGenCurve(EveryNSteps):
         trained_counts: Sequence[int] | None = None,  # training object counts; default: the DataModule's
         label_mode: str | None = None,  # all | single | random | drop_one; default: the DataModule's
         tolerance_cells: float = 1.0,  # matching tolerance in grid cells
-        match: str = "cell",  # cell (the paper's: the requested grid cell) | point (analysis/lengthgen.py)
+        match: str = "cell",  # cell (the paper's: the requested grid cell) | point (analysis/lengthgen)
         seed: int = 0,  # noise seed (the same noise every evaluation, so curves compare over training)
     ) -> None:
         if every_n_steps < 1 or samples_per_k < 1 or num_steps < 2:
@@ -66,9 +66,11 @@ class LengthGenCurve(EveryNSteps):
         label_mode = self.label_mode or getattr(data, "label_mode", None)
         if counts is None or label_mode is None:
             raise ValueError("LengthGenCurve: pass trained_counts and label_mode (no CLEVRDataModule to read them from)")
-        self.rule = lg.SuccessRule(pl_module.conditioning, tuple(counts), label_mode)
-        self.ks = self.ks or list(range(1, 13 if pl_module.conditioning == "location" else 9))
-        self.requests = lg.protocol_requests(pl_module.conditioning, self.ks, self.samples_per_k, seed=self.seed)
+        self.rule = lg.SuccessRule(pl_module.denoiser.conditioning, tuple(counts), label_mode)  # the model's kind
+        self.protocol = lg.LengthGenProtocol(self.rule, self.ks, self.samples_per_k, match=self.match,
+                                             tolerance_cells=self.tolerance_cells, num_steps=self.num_steps,
+                                             seed=self.seed)
+        self.ks = list(self.protocol.ks)
 
     def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, writer) -> None:
         self.evaluate(trainer, pl_module, trainer.global_step)
@@ -77,15 +79,9 @@ class LengthGenCurve(EveryNSteps):
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> dict:
         """Sample, judge and log the protocol at `step` with the module's current weights (`analyse` calls it
         inside `ema_weights` and `eval_mode`); returns the report, also kept as `last_report`."""
-        device = pl_module.device
-        judge = self._judge.to(device)
-        denoiser = pl_module.denoiser
-        images = lg.sample_requests(denoiser, self.requests, pl_module.grid_size, denoiser.image_shape,
-                                    self.num_steps, seed=self.seed, device=device)
-        tally, _ = lg.judge_images(judge, images, self.requests, self.rule, pl_module.grid_size,
-                                   self.tolerance_cells, device=device, match=self.match)
-        report = lg.lengthgen_report({"kind": pl_module.conditioning, "ks": self.ks, "match": self.match,
-                                      "tolerance_cells": self.tolerance_cells}, {"model": tally})
+        result = lg.run(pl_module.denoiser, self._judge.to(pl_module.device), self.protocol,
+                        device=pl_module.device)  # grid size and kind: the denoiser's
+        report = result.report
         self.last_report = report
         writer = tensorboard_writer(trainer)
         if writer is not None:

@@ -11,9 +11,9 @@ from typing import Sequence
 
 import torch
 
-from lcsbench.analysis.locality import grid_cell_centre, locality_profile
+from lcsbench.analysis.locality import locality_profile, locality_targets
 from lcsbench.analysis.plots import locality_grid, radius_curves
-from lcsbench.callbacks.base import EveryNSteps, conditioning_kind
+from lcsbench.callbacks.base import EveryNSteps
 
 
 class LocalityHeatmaps(EveryNSteps):
@@ -39,17 +39,11 @@ class LocalityHeatmaps(EveryNSteps):
     @torch.enable_grad()  # Eq. 9 and 10 are Jacobians: backward passes through the denoiser
     def analyse(self, trainer, pl_module, batch: dict, writer) -> None:
         image, cond = batch["image"][:1], batch["cond"][:1]
-        res = image.shape[-1]
         images = image.repeat(self.samples, 1, 1, 1)
         conds = cond.repeat(self.samples, *([1] * (cond.ndim - 1)))
         active = bool((cond != 0).any())
-        if conditioning_kind(cond) == "location" and active:
-            grid = cond.shape[-1]
-            cells = cond[0].nonzero().tolist()[:self.max_targets]
-            targets = [grid_cell_centre(cell, grid, res) for cell in cells]
-            centres = lambda cell: grid_cell_centre(cell, grid, res)  # noqa: E731
-        else:
-            targets, centres = [(res // 2, res // 2)], None
+        # kind, grid and size as the denoiser states them (not guessed from the batch's shapes)
+        targets, centres = locality_targets(pl_module.denoiser, cond[0], self.max_targets)
         profile = locality_profile(pl_module.denoiser, images, conds, self.sigmas, targets,
                                    conditioner_centres=centres, fraction=self.fraction,
                                    memory_budget=self.memory_budget, conditional=active)

@@ -28,7 +28,8 @@ from lcsbench.commands._common import add_model_arguments, heartbeat, load_train
 DEFAULT_SIGMAS = "0.1,0.5,2,10"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[float]]:
+    """The arguments, checked, and the noise levels."""
     parser = argparse.ArgumentParser(prog="python -m lcsbench features", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser, out_help="output folder for features.json and feature_cosines.png")
@@ -48,16 +49,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list-layers", action="store_true", help="print the layer names and exit")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward")
     args = parser.parse_args(argv)
-
-    from lcsbench.analysis.features import (feature_cosines, feature_layers, mean_difference_vectors,
-                                            paper_conditions, reinitialised_copy, resolve_layers)
-    from lcsbench.analysis.plots import cosine_matrices, save_figure
-    from lcsbench.diffusion.sampler import edm_sampler
-
     if args.samples < 1 or args.sample_steps < 2:
         raise SystemExit(f"lcsbench features: need --samples >= 1 and --sample-steps >= 2; found {args.samples}, "
                          f"{args.sample_steps}")
     sigmas = parse_floats(args.sigmas, "sigmas")
+    return args, sigmas
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, sigmas = parse_args(argv)
+    from lcsbench.analysis.features import (chance_level, condition_samples, feature_cosines, feature_layers,
+                                            mean_difference_vectors, paper_conditions, resolve_layers)
+    from lcsbench.analysis.plots import cosine_matrices, save_figure
+
     denoiser = load_trained_denoiser(args.ckpt, ema=not args.no_ema, device=args.device)
     names = list(feature_layers(denoiser.network, args.site))
     if args.list_layers:
@@ -71,37 +75,28 @@ def main(argv: list[str] | None = None) -> int:
     conditions, labels = paper_conditions(denoiser.conditioning, denoiser.grid_size)
     conditions = conditions.to(args.device)
     started = time.perf_counter()
-    generator = torch.Generator().manual_seed(args.seed)
-    shape = (args.samples, *denoiser.image_shape)
     if args.images == "samples":
         print(f"sampling {args.samples} images, one per condition in turn ({args.sample_steps} steps)...",
               flush=True)
-        noise = torch.randn(shape, generator=generator).to(args.device)
-        which = torch.arange(args.samples) % len(labels)
-        with torch.no_grad(), heartbeat("features", f"sampling {args.samples} images"):
-            images = edm_sampler(denoiser, noise, conditions[which.to(args.device)],
-                                 num_steps=args.sample_steps).clamp(-1, 1)
+        with heartbeat("features", f"sampling {args.samples} images"):
+            images = condition_samples(denoiser, conditions, args.samples, args.sample_steps, args.seed)
     else:
-        images = (0.2 * torch.randn(shape, generator=generator)).to(args.device)
+        generator = torch.Generator().manual_seed(args.seed)
+        images = (0.2 * torch.randn((args.samples, *denoiser.image_shape), generator=generator)).to(args.device)
     print(f"{len(labels)} {denoiser.conditioning} conditions x {len(sigmas)} sigmas x {args.samples} images on "
           f"{len(layers)} layers ({args.site} site)...", flush=True)
 
-    def measure(network, what: str):
+    def measure(what: str):
         print(f"features: {what} ({time.perf_counter() - started:.0f} s so far)", flush=True)
         with heartbeat("features", what):
-            vectors = mean_difference_vectors(denoiser, images, sigmas, conditions, layers=layers, network=network,
-                                              seed=args.seed + 1, batch_size=args.batch_size, site=args.site)
+            vectors = mean_difference_vectors(denoiser, images, sigmas, conditions, layers=layers,
+                                              network=denoiser.network, seed=args.seed + 1,
+                                              batch_size=args.batch_size, site=args.site)
         return feature_cosines(vectors, labels, averaged)
 
-    cosines = measure(denoiser.network, "the trained network's feature differences")
-    baseline = None
-    if not args.no_baseline:  # the chance level: the same measurement through re-drawn weights
-        trained = {k: v.detach().clone() for k, v in denoiser.network.state_dict().items()}
-        denoiser.network.load_state_dict(reinitialised_copy(denoiser.network, seed=args.seed).state_dict())
-        try:
-            baseline = measure(denoiser.network, "the chance baseline: the same through re-drawn weights").summary()
-        finally:
-            denoiser.network.load_state_dict(trained)
+    cosines = measure("the trained network's feature differences")
+    baseline = None if args.no_baseline else chance_level(  # the same measurement through re-drawn weights
+        denoiser, lambda: measure("the chance baseline: the same through re-drawn weights"), seed=args.seed).summary()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"command": "features", "ckpt": str(args.ckpt), "ema": not args.no_ema,

@@ -10,7 +10,7 @@ For k = 1..12 paper locations (location models) or k = 1..8 paper colours (colou
 Blender as the oracle row, judges both with the trained judge and writes to OUT:
 
     lengthgen.json          per-k success rate, mean missing/extra, count histogram, k_max, k_max_strict for the
-                            rows "model" and "oracle" (layout: lcsbench/analysis/lengthgen.py docstring)
+                            rows "model" and "oracle" (layout: the lcsbench.analysis.lengthgen docstring)
     lengthgen.png           success vs k, model beside oracle
     samples_k{K}.png        model samples per k with requested centres (green +) and detections (yellow o
                             matched, red o extra); oracle_k{K}.png the same for the Blender renders
@@ -22,6 +22,9 @@ Blender as the oracle row, judges both with the trained judge and writes to OUT:
 
 The success rule follows the training data (E.2; analysis/lengthgen.SuccessRule): the trained object counts and
 label mode are read from the checkpoint's DataModule settings, or given with --trained-counts / --label-mode.
+
+The study itself is `lcsbench.analysis.lengthgen.run` (one call in a notebook); this command reads the flags,
+loads the model and the judge and writes what the study returns.
 """
 
 from __future__ import annotations
@@ -45,10 +48,11 @@ def parse_ks(text: str) -> list[int]:
 
 def training_setup(payload: dict, args) -> tuple[tuple[int, ...], str]:
     """Trained object counts and label mode: flags first, then the checkpoint's DataModule hyperparameters."""
+    from lcsbench.checkpoints import DATA_HPARAMS_KEY
     from lcsbench.data.conditioning import LABEL_MODES
     from lcsbench.data.scenes import parse_counts
 
-    data = payload.get("datamodule_hyper_parameters", {}) if isinstance(payload, dict) else {}
+    data = payload.get(DATA_HPARAMS_KEY, {}) if isinstance(payload, dict) else {}
     counts = args.trained_counts or data.get("counts")
     label_mode = args.label_mode or data.get("label_mode")
     if counts is None or label_mode is None:
@@ -58,7 +62,7 @@ def training_setup(payload: dict, args) -> tuple[tuple[int, ...], str]:
     return parse_counts(counts), label_mode
 
 
-def main(argv: list[str]) -> int:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     from lcsbench.data.conditioning import LABEL_MODES
 
     parser = argparse.ArgumentParser(prog="python -m lcsbench lengthgen", description=__doc__.split("\n\n")[0],
@@ -97,10 +101,15 @@ def main(argv: list[str]) -> int:
     if not (args.tolerance_cells > 0 and args.tolerance_cells < float("inf")):  # NaN fails this too
         raise SystemExit(f"lengthgen: --tolerance-cells is a positive number of grid cells (1 is the protocol's), "
                          f"got {args.tolerance_cells}")
+    return args
 
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
     from lcsbench.analysis import lengthgen as lg
     from lcsbench.checkpoints import read_checkpoint
-    from lcsbench.data.shards import file_sha256
+    from lcsbench.data.render import RenderError
+    from lcsbench.data.shards import ShardError, file_sha256
     from lcsbench.models.edm2 import load_denoiser
     from lcsbench.models.judge import load_judge
 
@@ -114,12 +123,11 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"lengthgen: {error}") from None
     print(f"lengthgen: judge {judge.source}" + (" (shipped with lcsbench)" if args.judge is None else ""),
           file=sys.stderr)
-    kind, grid_size = model.conditioning, model.grid_size
+    denoiser = model.denoiser
+    kind, resolution = denoiser.conditioning, denoiser.image_shape[-1]
     if args.conditioning is not None and args.conditioning != kind:
         raise SystemExit(f"lengthgen: the {args.conditioning} protocol was asked for but {args.ckpt} is a "
                          f"{kind}-conditioned model: drop --conditioning or pass --conditioning {kind}")
-    denoiser = model.denoiser
-    resolution = denoiser.image_shape[-1]
     if judge.resolution != resolution:
         raise SystemExit(f"lengthgen: the judge {judge.source} was trained on {judge.resolution}x{judge.resolution} "
                          f"images but the model draws {resolution}x{resolution}: train a judge at {resolution} "
@@ -127,73 +135,30 @@ def main(argv: list[str]) -> int:
     payload = read_checkpoint(args.ckpt, "pass the checkpoint written by `python -m lcsbench fit`")
     trained_counts, label_mode = training_setup(payload, args)
     del payload
-    ks = parse_ks(args.ks) if args.ks else list(range(1, 13 if kind == "location" else 9))
-    try:
-        rule = lg.SuccessRule(kind, trained_counts, label_mode)
-        requests = lg.protocol_requests(kind, ks, args.samples_per_k, args.order, args.seed)
+    try:  # the grid recorded is the model's own setting also for a colour model (lengthgen.json's grid_size)
+        protocol = lg.LengthGenProtocol(lg.SuccessRule(kind, trained_counts, label_mode),
+                                        parse_ks(args.ks) if args.ks else None, args.samples_per_k, args.order,
+                                        args.match, args.tolerance_cells, model.grid_size, args.steps, args.seed)
     except ValueError as error:
         raise SystemExit(f"lengthgen: {error}") from None
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    # --- the oracle row first (Blender renders of the requested layouts), so a mismatch loses no samples
-    oracle = {}
-    if not args.no_oracle:
-        from lcsbench.data.render import RenderError, render_layouts
-        from lcsbench.data.shards import ShardError, read_layout_images
-
-        import torch
-
-        placement = torch.Generator().manual_seed(args.seed)
-        scenes = [lg.oracle_scene(r, resolution, grid_size if args.match == "cell" else None, placement)
-                  for r in requests]
-        oracle_root = out / "oracle_render"
-        try:  # an --out rendered with other settings is refused here, before any sampling
-            render_layouts(oracle_root, scenes, resolution=resolution, samples=args.oracle_samples,
-                           seed=args.seed)
-        except RenderError as error:
-            raise SystemExit(f"lengthgen: the oracle row: {error}") from None
-        try:
-            oracle["oracle"] = read_layout_images(oracle_root, len(requests))
-        except ShardError as error:
-            raise SystemExit(f"lengthgen: {error}") from None
-
-    # --- the model row: sample every request with the paper's sampler on the EMA weights
-    sampling = {"ckpt_sha256": file_sha256(Path(args.ckpt)), "kind": kind, "ks": ks,
-                "samples_per_k": args.samples_per_k, "order": args.order, "seed": args.seed, "steps": args.steps}
-    samples = lg.load_samples(out / "samples.npz", sampling,
-                              shape=(len(requests), *denoiser.image_shape[1:], denoiser.image_shape[0]))
-    if samples is None:
-        meter = Progress("lengthgen sampling", len(requests))
-        samples = lg.sample_requests(
-            denoiser, requests, grid_size, denoiser.image_shape, args.steps, args.batch, args.seed, device,
-            progress=lambda done, total: meter.update(done))
-        lg.save_samples(out / "samples.npz", samples, sampling)
-    else:
-        print(f"lengthgen: judging the {len(samples)} samples saved in {out / 'samples.npz'} (same checkpoint and "
-              f"sampling settings) without sampling again", file=sys.stderr)
-    rows = {"model": samples, **oracle}
-    # --- judge both rows, tally, write
-    tallies, detections = {}, {}
-    for name, images in rows.items():
-        tallies[name], detections[name] = lg.judge_images(judge, images, requests, rule, grid_size,
-                                                          args.tolerance_cells, args.batch, device, args.match)
-    protocol = {"kind": kind, "ks": ks, "order": args.order, "match": args.match,
-                "tolerance_cells": args.tolerance_cells, "crowding": lg.crowding(requests, resolution),
-                "grid_size": grid_size, "resolution": resolution, "trained_counts": list(trained_counts),
-                "label_mode": label_mode, "samples_per_k": args.samples_per_k, "success_rule": rule.describe(),
-                "ckpt": str(args.ckpt), "judge": judge.source, "steps": args.steps, "seed": args.seed,
-                "oracle_samples": None if args.no_oracle else args.oracle_samples}
-    report = lg.lengthgen_report(protocol, tallies)
+    meter = Progress("lengthgen sampling", len(protocol.ks) * args.samples_per_k)
+    try:  # the oracle row first: an --out rendered with other settings is refused before any sampling
+        result = lg.run(denoiser, judge, protocol, oracle_root=None if args.no_oracle else out / "oracle_render",
+                        oracle_samples=args.oracle_samples, samples_file=out / "samples.npz",
+                        samples_key={"ckpt_sha256": file_sha256(Path(args.ckpt))},
+                        record={"ckpt": str(args.ckpt), "judge": judge.source, "steps": args.steps,
+                                "seed": args.seed, "oracle_samples": None if args.no_oracle else args.oracle_samples},
+                        batch=args.batch, device=device, progress=lambda done, total: meter.update(done),
+                        log=lambda line: print(f"lengthgen: {line}", file=sys.stderr))
+    except RenderError as error:
+        raise SystemExit(f"lengthgen: the oracle row: {error}") from None
+    except ShardError as error:
+        raise SystemExit(f"lengthgen: {error}") from None
+    report = result.report
     (out / "lengthgen.json").write_text(json.dumps(report, indent=2))
-    lg.plot_success_curves(report, out / "lengthgen.png", title=f"{kind} length generalization")
-    for name, images in rows.items():
-        prefix = "samples" if name == "model" else name
-        for k in ks:
-            index = [i for i, r in enumerate(requests) if r["k"] == k]
-            lg.detection_grid(images[index], [requests[i] for i in index], [detections[name][i] for i in index],
-                              grid_size, tolerance_cells=args.tolerance_cells, match=args.match
-                              ).save(out / f"{prefix}_k{k}.png")
+    lg.save_figures(result, out, title=f"{kind} length generalization")
     name = args.name or Path(args.ckpt).resolve().parent.parent.name
     (out / "table.md").write_text(f"{lg.TABLE_HEADER}\n{lg.table_row(name, report)}\n")
     for row_name, row in report["rows"].items():

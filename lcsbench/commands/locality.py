@@ -67,7 +67,8 @@ def build_conditioner(denoiser, locations: int, colors: int, scene: int = 0,
     return counts_from_colors(chosen), list(chosen)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[float]]:
+    """The arguments, checked, and the noise levels."""
     parser = argparse.ArgumentParser(prog="python -m lcsbench locality", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser, out_help="output folder for locality.json and the PNGs")
@@ -86,10 +87,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-size", type=int, default=None, help="cotangents per batched backward")
     parser.add_argument("--memory-budget-gib", type=float, default=2.0, help="memory per batched backward")
     args = parser.parse_args(argv)
-
-    from lcsbench.analysis.locality import check_pixels, grid_cell_centre, locality_profile
-    from lcsbench.analysis.plots import locality_grid, radius_curves, save_figure
-
     sigmas = parse_floats(args.sigmas, "sigmas")
     if args.samples < 1 or args.sample_steps < 2 or args.scenes < 1:
         raise SystemExit(f"lcsbench locality: need --samples >= 1, --scenes >= 1 and --sample-steps >= 2 (Heun); "
@@ -103,6 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     if not (math.isfinite(args.memory_budget_gib) and args.memory_budget_gib > 0):
         raise SystemExit(f"--memory-budget-gib is the memory one batched backward may use, a positive number of GiB "
                          f"(default 2); found {args.memory_budget_gib}")
+    return args, sigmas
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, sigmas = parse_args(argv)
+    from lcsbench.analysis.locality import check_pixels, locality_profile, locality_targets
+    from lcsbench.analysis.plots import locality_grid, radius_curves, save_figure
+
     fixed_targets = parse_pixels(args.targets) if args.targets else None
     out = check_output_dir(args.out)
     check_device(args.device)
@@ -114,19 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     from lcsbench.diffusion.sampler import edm_sampler
 
     started = time.perf_counter()
-    location = denoiser.conditioning == "location"
-    centres = (lambda cell: grid_cell_centre(cell, denoiser.grid_size, res)) if location else None
     profiles, scenes = [], []
     progress = Progress("locality", args.scenes, unit="scenes")
     for scene in range(args.scenes):
         cond_one, described = build_conditioner(denoiser, args.locations, args.colors, scene, args.seed)
         cond = cond_one[None].repeat(args.samples, *([1] * cond_one.ndim)).to(args.device)
-        targets = fixed_targets
-        if targets is None:
-            targets = [grid_cell_centre(cell, denoiser.grid_size, res) for cell in cond_one.nonzero().tolist()] \
-                if location else [(res // 2, res // 2)]
+        targets, centres = locality_targets(denoiser, cond_one)  # the conditioned cells' centres, or the middle
         try:
-            targets = check_pixels(targets, res, res)
+            targets = check_pixels(fixed_targets or targets, res, res)
         except ValueError as error:
             raise SystemExit(f"lcsbench locality: --targets: {error}")
         generator = torch.Generator().manual_seed(args.seed + 7919 * scene)
@@ -158,14 +158,9 @@ def main(argv: list[str] | None = None) -> int:
 
         summary["conditioner_names"] = [COLOR_NAMES[index[0]] for index in profile.conditioners]
     (out / "locality.json").write_text(json.dumps(summary, indent=2))
-    maps = {"sigmas": np.asarray(profile.sigmas), "sample": scenes[0]["sample"],
-            "pixels": np.asarray(profile.pixels), "heat": profile.heat.numpy(),
-            "heat_without_skip": profile.heat_without_skip.numpy()}
-    if profile.influence is not None:
-        maps |= {"conditioners": np.asarray(profile.conditioners), "influence": profile.influence.numpy()}
-        if profile.conditioner_centres is not None:
-            maps["conditioner_centres"] = np.asarray(profile.conditioner_centres)
-    np.savez_compressed(out / "locality_maps.npz", **maps)
+    maps = profile.maps()  # the first scene's maps, its sample second as before
+    np.savez_compressed(out / "locality_maps.npz",
+                        **{"sigmas": maps.pop("sigmas"), "sample": scenes[0]["sample"], **maps})
     name = Path(args.ckpt).parent.parent.name if Path(args.ckpt).name == "last.ckpt" else Path(args.ckpt).stem
     for t, pixel in enumerate(profile.pixels):
         title = f"{name}: {denoiser.conditioning} {described}, target pixel (row, col) {pixel}"

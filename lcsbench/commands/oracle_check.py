@@ -5,7 +5,8 @@ locations, 8 for colours).
     python -m lcsbench oracle-check --judge runs/judge/.../last.ckpt --out reports/oracle64 --samples-per-k 8
 
 Renders (or reuses) OUT/oracle_render, judges it and writes OUT/lengthgen.json (one row, "oracle"), the curve
-and detection grids per k. The rule is the strict one (exactly the requested objects at every k).
+and detection grids per k. The rule is the strict one (exactly the requested objects at every k). The study is
+`lcsbench.analysis.lengthgen.run` without a denoiser.
 """
 
 from __future__ import annotations
@@ -32,12 +33,10 @@ def main(argv: list[str] | None = None) -> int:
                          f"{args.oracle_samples}, {args.grid_size}")
     out = check_output_dir(args.out)
 
-    import torch
-
     from lcsbench.analysis import lengthgen as lg
     from lcsbench.data.conditioning import check_grid_size
-    from lcsbench.data.render import RenderError, render_layouts
-    from lcsbench.data.shards import ShardError, read_layout_images, write_json_atomic
+    from lcsbench.data.render import RenderError
+    from lcsbench.data.shards import ShardError, write_json_atomic
     from lcsbench.models.judge import load_judge
 
     try:
@@ -46,31 +45,19 @@ def main(argv: list[str] | None = None) -> int:
         check_grid_size(args.grid_size, resolution, resolution)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"oracle-check: {error}") from None
-    ks = list(range(1, 13 if args.kind == "location" else 9))
-    requests = lg.protocol_requests(args.kind, ks, args.samples_per_k, seed=args.seed)
-    placement = torch.Generator().manual_seed(args.seed)  # the cell rule: each object at a random point of its cell
-    scenes = [lg.oracle_scene(r, resolution, args.grid_size, placement) for r in requests]
-    try:
-        render_layouts(out / "oracle_render", scenes, resolution=resolution,
-                       samples=args.oracle_samples, seed=args.seed)
-        images = read_layout_images(out / "oracle_render", len(requests))
+    ks = tuple(range(1, 13 if args.kind == "location" else 9))
+    rule = lg.SuccessRule(args.kind, (max(ks),), "all")  # exactly the requested objects at every k
+    protocol = lg.LengthGenProtocol(rule, ks, args.samples_per_k, grid_size=args.grid_size, seed=args.seed)
+    try:  # the judge alone (no denoiser): the oracle row, each object at a random point of its cell (the cell rule)
+        result = lg.run(None, judge, protocol, oracle_root=out / "oracle_render", oracle_samples=args.oracle_samples,
+                        record={"judge": args.judge})
     except (RenderError, ShardError, ValueError, OSError) as error:
         raise SystemExit(f"oracle-check: the oracle render in {out / 'oracle_render'} failed: {error}") from None
-    rule = lg.SuccessRule(args.kind, (max(ks),), "all")  # exactly the requested objects at every k
-    tally, detections = lg.judge_images(judge, images, requests, rule, args.grid_size)
-    report = lg.lengthgen_report({"kind": args.kind, "ks": ks, "resolution": resolution, "judge": args.judge,
-                                  "samples_per_k": args.samples_per_k, "success_rule": rule.describe()},
-                                 {"oracle": tally})
-    write_json_atomic(out / "lengthgen.json", report)
-    lg.plot_success_curves(report, out / "lengthgen.png", title="oracle: judge on Blender renders")
-    for k in ks:
-        index = [i for i, r in enumerate(requests) if r["k"] == k]
-        lg.detection_grid(images[index], [requests[i] for i in index], [detections[i] for i in index],
-                          args.grid_size).save(out / f"oracle_k{k}.png")
-    row = report["rows"]["oracle"]
+    write_json_atomic(out / "lengthgen.json", result.report)
+    lg.save_figures(result, out, title="oracle: judge on Blender renders")
+    row = result.report["rows"]["oracle"]
     print("| k | success | mean missing | mean extra |\n|---|---|---|---|")
     for k, v in row["per_k"].items():
         print(f"| {k} | {v['success_rate']:.0%} | {v['mean_missing']:.2f} | {v['mean_extra']:.2f} |")
     print(f"oracle k_max {row['k_max']} (strict {row['k_max_strict']})")
     return 0
-
