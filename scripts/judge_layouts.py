@@ -1,6 +1,6 @@
 """Write the protocol's own layouts as a `render --layout` file, for the judge's training stream (issue 14).
 
-The length-generalization protocol (analysis/lengthgen.py) asks for k of the paper's 12 locations; its oracle
+The length-generalization protocol (analysis/lengthgen/protocol.py) asks for k of the paper's 12 locations; its oracle
 row renders exactly those layouts (small objects, other attributes random). A judge trained only on random
 CLEVR scenes sees the far-back paper locations rarely; mixing renders of random k-subsets of the paper's
 locations into its training stream (`CLEVRDataModule(extra_train=[...])`) closes that gap.

@@ -24,7 +24,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def lengthgen_document(label_mode: str, successes: dict[int, int], oracle: dict[int, int], samples: int = 10) -> dict:
-    """A lengthgen.json with the given successes per k (model and oracle rows), as analysis/lengthgen.py lays out."""
+    """A lengthgen.json with the given successes per k (model and oracle rows), as analysis/lengthgen/tally.py lays out."""
     def row(counts: dict[int, int]) -> dict:
         per_k = {str(k): {"samples": samples, "successes": s, "success_rate": s / samples, "mean_missing": 0.5,
                           "mean_extra": 0.25, "mean_detected": k, "count_histogram": {str(k): samples}}

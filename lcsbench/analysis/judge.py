@@ -2,7 +2,7 @@
 
 Pure functions on any judge with `detect(images) -> [{"centres", "colors", "count"}]` (models/judge.py's
 JudgeModule, or a test's stand-in) and CLEVRDataModule batches; the localization test is the protocol's
-Hungarian matching (analysis/lengthgen.py, `match_locations`). `python -m lcsbench eval-judge` prints the tally,
+Hungarian matching (analysis/lengthgen/matching.py, `match_locations`). `python -m lcsbench eval-judge` prints the tally,
 and the judge's validation scores every image with `score_detection`.
 """
 

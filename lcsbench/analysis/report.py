@@ -1,7 +1,7 @@
 """The reproduction report (issue 15): paper Table 1's contrast and Figure 2, from `lengthgen` and `locality` outputs.
 
 Pure functions, no Lightning and no file access: the `reproduce` command reads each experiment's
-`lengthgen.json` (analysis/lengthgen.py docstring), `locality.json`, `locality_maps.npz` (commands/locality.py
+`lengthgen.json` (analysis/lengthgen/tally.py, `lengthgen_report`), `locality.json`, `locality_maps.npz` (commands/locality.py
 docstring) and the sample grids, and hands them here as dicts and arrays, keyed by experiment ("exp1", ...):
 
 - `wilson_interval`: the 95% score interval of a success rate (Wilson 1927), the error bar of every rate;
