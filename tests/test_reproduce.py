@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -242,6 +243,21 @@ def test_swapped_weights_are_caught_by_their_recorded_sha256(tmp_path, capsys):
 
 
 # --- the stage logic on hand-made files ---------------------------------------------------------------------------
+
+
+def test_a_study_stopped_before_a_locality_run_still_reports_its_rows(tmp_path):
+    out = tmp_path / "out"
+    for seed, (exp, document, radius) in enumerate((("exp1", EXP1, 3.0), ("exp2", EXP2, 12.0),
+                                                    ("exp3", EXP3, 2.0))):
+        write_evaluation(out, exp, document, radius, seed)
+    shutil.rmtree(out / "exp3" / "locality")  # stopped before Exp 3's locality ran
+    assert cli_main(["reproduce", "--scale", "smoke", "--out", str(out), "--runs", str(tmp_path / "runs"), "--data",
+                     str(tmp_path / "data"), "--stage", "report", "--experiments", "exp1,exp2,exp3"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["experiments"]["exp3"]["k_max"] == 5 and "locality" not in report["experiments"]["exp3"]
+    assert "locality" in report["experiments"]["exp1"] and report["experiments"]["exp3"]["locality_json"] is None
+    assert {g["id"]: g["passed"] for g in report["goals"]}["figure2_conditional_locality"] is True  # exp1, exp2
+    assert (out / "locality_radius.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def fake_render(root: Path, scale: str = "smoke") -> None:

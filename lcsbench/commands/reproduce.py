@@ -811,8 +811,9 @@ def machine() -> dict:
             "lcsbench": lcsbench.__version__, "commit": commit}
 
 
-# the report is written without them (older studies; a closed form has no export, random order or steps check)
-OPTIONAL_INPUTS = ("export", "random", "steps32", "r2")
+# the report is written without them (older studies; a closed form has no export, random order or steps check;
+# a study stopped early may lack a locality run: its rows stand, Figure 2 shows what was measured)
+OPTIONAL_INPUTS = ("export", "random", "steps32", "r2", "locality", "maps")
 
 
 def report_inputs(study: Study) -> dict[str, dict[str, Path]]:
@@ -860,7 +861,8 @@ def write_report(study: Study, inputs: dict[str, dict[str, Path]]) -> None:
     from lcsbench.analysis.plots import save_figure
 
     lengthgens = {exp: read_json(files["lengthgen"]) for exp, files in inputs.items()}
-    localities = {exp: read_json(files["locality"]) for exp, files in inputs.items()}
+    localities = {exp: read_json(files["locality"]) for exp, files in inputs.items() if files["locality"].exists()}
+    localities = {exp: locality for exp, locality in localities.items() if locality is not None}
     trained = [exp for exp in inputs if exp in study.scale.configs]
     closed_names = [name for name in inputs if name in study.scale.closed_forms]
     randoms = {exp: read_json(inputs[exp]["random"]) for exp in trained if inputs[exp]["random"].exists()}
@@ -871,7 +873,7 @@ def write_report(study: Study, inputs: dict[str, dict[str, Path]]) -> None:
     timings = read_json(study.out / "timings.json") or {}
     experiments = {}
     for exp in trained:
-        summary = rp.experiment_summary(lengthgens[exp], localities[exp], randoms.get(exp))
+        summary = rp.experiment_summary(lengthgens[exp], localities.get(exp), randoms.get(exp))
         if exp in steps32:
             summary["steps_check"] = rp.steps_agreement(lengthgens[exp], steps32[exp])
         export = exports[exp] or {}
@@ -880,10 +882,10 @@ def write_report(study: Study, inputs: dict[str, dict[str, Path]]) -> None:
                     "max_steps": export.get("max_steps"), "wall_seconds": export.get("wall_seconds"),
                     "parameters": export.get("parameters"), "config_file": export.get("config_file"),
                     "config": export.get("config"), "lengthgen_protocol": lengthgens[exp]["protocol"],
-                    "lengthgen_rows": lengthgens[exp]["rows"], "locality_json": localities[exp]}  # every number
+                    "lengthgen_rows": lengthgens[exp]["rows"], "locality_json": localities.get(exp)}  # every number
         experiments[exp] = summary
     closed = rp.closed_form_summary(
-        {name: rp.experiment_summary(lengthgens[name], localities[name]) | {
+        {name: rp.experiment_summary(lengthgens[name], localities.get(name)) | {
             "spec": str(study.spec(name)), "lengthgen_protocol": lengthgens[name]["protocol"],
             "lengthgen_rows": lengthgens[name]["rows"]} for name in closed_names},
         {name: study.scale.closed_forms[name] for name in closed_names})
@@ -900,17 +902,21 @@ def write_report(study: Study, inputs: dict[str, dict[str, Path]]) -> None:
         if exp in trained:
             grids[exp] = {k: np.asarray(Image.open(p).convert("RGB")) for k, p in found.items()}
     figures = {}
+    measured = [e for e in trained if e in localities and inputs[e]["maps"].exists()]
     if trained:
-        figures |= {"success_vs_k": rp.success_figure({e: lengthgens[e] for e in trained}, randoms),
-                    "locality_radius": rp.locality_radius_figure({e: localities[e] for e in trained}),
+        figures["success_vs_k"] = rp.success_figure({e: lengthgens[e] for e in trained}, randoms)
+    if measured:
+        figures |= {"locality_radius": rp.locality_radius_figure({e: localities[e] for e in measured}),
                     "locality_maps": rp.locality_maps_figure(
-                        {e: dict(np.load(inputs[e]["maps"], allow_pickle=False)) for e in trained})}
+                        {e: dict(np.load(inputs[e]["maps"], allow_pickle=False)) for e in measured})}
     if any(grids.values()):
         figures["samples_by_k"] = rp.sample_grid_figure({exp: g for exp, g in grids.items() if g})
     if closed_names:
         figures |= {"closed_forms": rp.success_figure({n: lengthgens[n] for n in closed_names},
                                                       title="Closed forms: length generalization (issue 23)"),
-                    "closed_forms_locality_radius": rp.locality_radius_figure({n: localities[n] for n in closed_names})}
+                    **({"closed_forms_locality_radius": rp.locality_radius_figure(
+                        {n: localities[n] for n in closed_names if n in localities})}
+                       if any(n in localities for n in closed_names) else {})}
     if r2s:
         figures["r2"] = rp.r2_figure(r2s)
     for name, figure in figures.items():

@@ -70,3 +70,7 @@ taskset -c 1 env OMP_NUM_THREADS=1 python -m lcsbench locality --ckpt /work/main
 taskset -c 1 env OMP_NUM_THREADS=1 python -m lcsbench lengthgen --ckpt /work/main/reports/reproduction/cpu/weights/fig4_local.pt --out /work/main/reports/reproduction/cpu/fig4_local/lengthgen --name fig4_local --ks 1-10 --samples-per-k 16 --steps 16 --oracle-samples 16
 # 2026-12-03T12:26:57 locality fig4_local
 taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench locality --ckpt /work/main/reports/reproduction/cpu/weights/fig4_local.pt --out /work/main/reports/reproduction/cpu/fig4_local/locality --sigmas 0.05,0.2,0.5,1,2,5,10,40 --samples 4 --scenes 8 --sample-steps 32 --locations 3
+# 2026-12-03T12:35:18 lengthgen cf_local_single
+taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench lengthgen --ckpt /work/main/reports/reproduction/cpu/closed_forms/cf_local_single.pt --out /work/main/reports/reproduction/cpu/cf_local_single/lengthgen --name cf_local_single --ks 1-10 --samples-per-k 8 --steps 16 --oracle-samples 16
+# 2026-12-03T12:35:18 locality cf_local_single
+taskset -c 1 env OMP_NUM_THREADS=1 python -m lcsbench locality --ckpt /work/main/reports/reproduction/cpu/closed_forms/cf_local_single.pt --out /work/main/reports/reproduction/cpu/cf_local_single/locality --sigmas 0.05,0.2,0.5,1,2,5,10,40 --samples 2 --scenes 1 --sample-steps 16 --locations 3
