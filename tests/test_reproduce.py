@@ -433,9 +433,13 @@ def test_every_scale_names_its_configs_and_a_render_that_feeds_them():
     assert list(cpu.configs) == ["exp1", "exp2", "exp3", "fig4_global", "fig4_local"]
     assert cpu.lengthgen["ks"] == "1-10" and cpu.lengthgen["samples-per-k"] == 32
     # patch-local sampling is ~22x the global net's work: the patch models sample with 16 Heun steps, checked
-    # against the scale's 32 at k = 1..4, with the same 32 samples per k
-    for exp in ("exp3", "fig4_local"):
-        assert cpu.lengthgen_flags(exp) == {**cpu.lengthgen, "steps": 16}
+    # against the scale's 32 at k = 1..4; Exp 3 with the same 32 samples per k, Figure 4's local model with 16 and
+    # the closed forms with 8 (the 2-core study's budget)
+    assert cpu.lengthgen_flags("exp3") == {**cpu.lengthgen, "steps": 16}
+    assert cpu.lengthgen_flags("fig4_local") == {**cpu.lengthgen, "steps": 16, "samples-per-k": 16}
+    assert list(cpu.closed_forms) == ["cf_local_all", "cf_local_single", "cf_empirical_all", "cf_empirical_single"]
+    assert all(cpu.lengthgen_flags(name) == {**cpu.lengthgen, "steps": 16, "samples-per-k": 8}
+               for name in cpu.closed_forms)
     assert cpu.lengthgen_flags("exp1") == cpu.lengthgen_flags("exp2") == cpu.lengthgen
     study = reproduce.Study("cpu", cpu, Path("out"), Path("runs"), Path("data"), list(cpu.configs), None, True)
     assert list(reproduce.evaluations(study, "exp1")) == ["lengthgen", "lengthgen_random"]
