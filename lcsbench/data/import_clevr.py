@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from pathlib import Path
 
 from PIL import Image
@@ -136,7 +137,10 @@ def import_clevr(sources: list[tuple[Path, Path]], out: Path, resolution: int = 
             if not image_path.exists():
                 raise FileNotFoundError(f"image {image_path} named by {scenes_path} does not exist: "
                                         f"--images must be the folder holding the scenes' image_filename files")
-            with Image.open(image_path) as image:  # reads the header only: the size is checked before decoding
+            with warnings.catch_warnings():  # the size is checked below, against a smaller limit than PIL's
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(image_path)  # reads the header only: the size is checked before decoding
+            with image:
                 if max(image.size) > MAX_PNG_SIDE:
                     raise ValueError(f"scene {number} of {scenes_path}: image {image_path} declares "
                                      f"{image.size[0]}x{image.size[1]} pixels, beyond the {MAX_PNG_SIDE} px per side "

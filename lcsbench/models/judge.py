@@ -129,8 +129,10 @@ class JudgeModule(L.LightningModule):
             self.val_localized.update(float(score["localized"]))
             if score["matched"]:
                 self.val_color.update(score["right_colors"] / score["matched"], weight=score["matched"])
-        self.log_dict({"val/exact_count": self.val_exact, "val/localization": self.val_localized,
-                       "val/color": self.val_color}, batch_size=images.shape[0])
+        metrics = {"val/exact_count": self.val_exact, "val/localization": self.val_localized}
+        if self.val_color.update_called:  # colour accuracy exists once an object was matched this epoch
+            metrics["val/color"] = self.val_color
+        self.log_dict(metrics, batch_size=images.shape[0])
 
     def configure_optimizers(self) -> dict:
         optimizer = torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr)
