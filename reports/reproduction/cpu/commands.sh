@@ -74,3 +74,42 @@ taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench locality --ckpt /work/main
 taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench lengthgen --ckpt /work/main/reports/reproduction/cpu/closed_forms/cf_local_single.pt --out /work/main/reports/reproduction/cpu/cf_local_single/lengthgen --name cf_local_single --ks 1-10 --samples-per-k 8 --steps 16 --oracle-samples 16
 # 2026-12-03T12:35:18 locality cf_local_single
 taskset -c 1 env OMP_NUM_THREADS=1 python -m lcsbench locality --ckpt /work/main/reports/reproduction/cpu/closed_forms/cf_local_single.pt --out /work/main/reports/reproduction/cpu/cf_local_single/locality --sigmas 0.05,0.2,0.5,1,2,5,10,40 --samples 2 --scenes 1 --sample-steps 16 --locations 3
+# 2026-12-03T13:00:53 lengthgen cf_local_all
+taskset -c 1 env OMP_NUM_THREADS=1 python -m lcsbench lengthgen --ckpt /work/main/reports/reproduction/cpu/closed_forms/cf_local_all.pt --out /work/main/reports/reproduction/cpu/cf_local_all/lengthgen --name cf_local_all --ks 1-10 --samples-per-k 8 --steps 16 --oracle-samples 16
+# 2026-12-03T13:01:57 lengthgen cf_empirical_single
+python -m lcsbench lengthgen --ckpt /work/main/reports/reproduction/cpu/closed_forms/cf_empirical_single.pt --out /work/main/reports/reproduction/cpu/cf_empirical_single/lengthgen --name cf_empirical_single --ks 1-10 --samples-per-k 8 --steps 16 --oracle-samples 16
+# 2026-12-03T13:07:07 locality cf_empirical_single
+python -m lcsbench locality --ckpt /work/main/reports/reproduction/cpu/closed_forms/cf_empirical_single.pt --out /work/main/reports/reproduction/cpu/cf_empirical_single/locality --sigmas 0.05,0.2,0.5,1,2,5,10,40 --samples 2 --scenes 1 --sample-steps 16 --locations 3
+# 2026-12-03T13:07:37 lengthgen cf_empirical_single: the oracle renders of cf_local_single
+cp -r /work/main/reports/reproduction/cpu/cf_local_single/lengthgen/oracle_render /work/main/reports/reproduction/cpu/cf_empirical_single/lengthgen/oracle_render
+# 2026-12-03T13:07:37 lengthgen cf_empirical_single
+python -m lcsbench lengthgen --ckpt /work/main/reports/reproduction/cpu/closed_forms/cf_empirical_single.pt --out /work/main/reports/reproduction/cpu/cf_empirical_single/lengthgen --name cf_empirical_single --ks 1-10 --samples-per-k 8 --steps 16 --oracle-samples 16
+# 2026-12-03T13:11:30 locality cf_empirical_single
+python -m lcsbench locality --ckpt /work/main/reports/reproduction/cpu/closed_forms/cf_empirical_single.pt --out /work/main/reports/reproduction/cpu/cf_empirical_single/locality --sigmas 0.05,0.2,0.5,1,2,5,10,40 --samples 2 --scenes 1 --sample-steps 16 --locations 3
+# 2026-12-03T13:15:06 lengthgen cf_empirical_all: the oracle renders of cf_local_single
+cp -r /work/main/reports/reproduction/cpu/cf_local_single/lengthgen/oracle_render /work/main/reports/reproduction/cpu/cf_empirical_all/lengthgen/oracle_render
+# 2026-12-03T13:15:06 lengthgen cf_empirical_all
+python -m lcsbench lengthgen --ckpt /work/main/reports/reproduction/cpu/closed_forms/cf_empirical_all.pt --out /work/main/reports/reproduction/cpu/cf_empirical_all/lengthgen --name cf_empirical_all --ks 1-10 --samples-per-k 8 --steps 16 --oracle-samples 16
+# 2026-12-03T13:16:49 locality cf_empirical_all
+python -m lcsbench locality --ckpt /work/main/reports/reproduction/cpu/closed_forms/cf_empirical_all.pt --out /work/main/reports/reproduction/cpu/cf_empirical_all/locality --sigmas 0.05,0.2,0.5,1,2,5,10,40 --samples 2 --scenes 1 --sample-steps 16 --locations 3
+# --- notes added by hand (2026-12-03, issue 22/23 session) ---------------------------------------------------------
+# The evaluations above ran from /work/eval (5de95ba) and /work/eval2 (5de95ba + the cpu scale's sample counts of
+# 3592b47). To finish within the session some were stopped before they ended, and their outputs removed:
+#   locality exp3 (at scene 6 of 8), locality fig4_local, lengthgen cf_local_all, locality cf_local_all
+#   (the report is written without them; `reproduce --stage evaluate` runs them again). lengthgen exp3 and lengthgen
+#   fig4_local ran to their end after their reproduce parent was stopped (no evaluated.json stamp: they count as
+#   current). lengthgen cf_empirical_single ran twice: the first output was removed by mistake, then rerun.
+# The fits of this session (python -m lcsbench reproduce --scale cpu --out /work/study/fit-out --runs
+# /work/study/runs/reproduction/cpu --data data/reproduce32 --stage fit --experiments fig4_global,exp3,fig4_local
+# --parallel-fits 2, from /work/study at 0954b30 with fig4_*.yaml at max_steps 6000) started:
+taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench fit --config configs/reproduce/cpu/fig4_global.yaml --trainer.logger.init_args.save_dir /work/study/runs/reproduction/cpu/fig4_global --trainer.logger.init_args.version run
+taskset -c 1 env OMP_NUM_THREADS=1 python -m lcsbench fit --config configs/reproduce/cpu/exp3.yaml --trainer.logger.init_args.save_dir /work/study/runs/reproduction/cpu/exp3 --trainer.logger.init_args.version run --ckpt_path /work/study/runs/reproduction/cpu/exp3/lightning_logs/run/checkpoints/last.ckpt
+taskset -c 1 env OMP_NUM_THREADS=1 python -m lcsbench fit --config configs/reproduce/cpu/fig4_local.yaml --trainer.logger.init_args.save_dir /work/study/runs/reproduction/cpu/fig4_local --trainer.logger.init_args.version run
+# (fig4_global's process had read max_steps 10000 before the config said 6000: stopped at its step-6000 checkpoint)
+# The committed weights of Exp 1 and Exp 2 resampled with another seed (issue 22's check):
+taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench lengthgen --ckpt reports/reproduction/cpu/weights/exp1.pt --out reports/reproduction/cpu/exp1/lengthgen_seed2 --name exp1 --ks 1-10 --samples-per-k 32 --steps 32 --seed 2 --no-oracle
+taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench lengthgen --ckpt reports/reproduction/cpu/weights/exp2.pt --out reports/reproduction/cpu/exp2/lengthgen_seed2 --name exp2 --ks 1-10 --samples-per-k 32 --steps 32 --seed 2 --no-oracle
+# Exp 3's r2 (what `reproduce --stage evaluate` runs as `r2 exp3`), after its lengthgen:
+taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench closed-form r2 --ckpt reports/reproduction/cpu/weights/exp3.pt --spec reports/reproduction/cpu/closed_forms/cf_local_single.pt --spec reports/reproduction/cpu/closed_forms/cf_empirical_single.pt --out reports/reproduction/cpu/exp3/r2 --images 32
+# 2026-12-03T13:22:20 report: reports/reproduction/cpu/table.md, report.json and figures
+python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --data data/reproduce32 --stage report
