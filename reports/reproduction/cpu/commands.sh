@@ -113,3 +113,7 @@ taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench lengthgen --ckpt reports/r
 taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench closed-form r2 --ckpt reports/reproduction/cpu/weights/exp3.pt --spec reports/reproduction/cpu/closed_forms/cf_local_single.pt --spec reports/reproduction/cpu/closed_forms/cf_empirical_single.pt --out reports/reproduction/cpu/exp3/r2 --images 32
 # 2026-12-03T13:22:20 report: reports/reproduction/cpu/table.md, report.json and figures
 python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --data data/reproduce32 --stage report
+# 2026-12-03T13:28:39 lengthgen cf_local_all: the oracle renders of cf_local_single
+cp -r /work/main/reports/reproduction/cpu/cf_local_single/lengthgen/oracle_render /work/main/reports/reproduction/cpu/cf_local_all/lengthgen/oracle_render
+# 2026-12-03T13:28:39 lengthgen cf_local_all
+python -m lcsbench lengthgen --ckpt /work/main/reports/reproduction/cpu/closed_forms/cf_local_all.pt --out /work/main/reports/reproduction/cpu/cf_local_all/lengthgen --name cf_local_all --ks 1-10 --samples-per-k 8 --steps 16 --oracle-samples 16
