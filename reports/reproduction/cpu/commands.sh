@@ -117,3 +117,7 @@ python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /
 cp -r /work/main/reports/reproduction/cpu/cf_local_single/lengthgen/oracle_render /work/main/reports/reproduction/cpu/cf_local_all/lengthgen/oracle_render
 # 2026-12-03T13:28:39 lengthgen cf_local_all
 python -m lcsbench lengthgen --ckpt /work/main/reports/reproduction/cpu/closed_forms/cf_local_all.pt --out /work/main/reports/reproduction/cpu/cf_local_all/lengthgen --name cf_local_all --ks 1-10 --samples-per-k 8 --steps 16 --oracle-samples 16
+# 2026-12-03T13:39:26 locality cf_local_all
+python -m lcsbench locality --ckpt /work/main/reports/reproduction/cpu/closed_forms/cf_local_all.pt --out /work/main/reports/reproduction/cpu/cf_local_all/locality --sigmas 0.05,0.2,0.5,1,2,5,10,40 --samples 2 --scenes 1 --sample-steps 16 --locations 3
+# 2026-12-03T13:43:36 report: reports/reproduction/cpu/table.md, report.json and figures
+python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --data data/reproduce32 --stage report
