@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 
 import pytest
 
@@ -29,3 +31,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "clevr_shards" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.blender)
+
+
+def run_killing_on_timeout(command: list[str], env: dict, timeout: float, what: str) -> subprocess.CompletedProcess:
+    """Run `command` in its own process group, output and errors together; on timeout kill the whole group (child
+    processes such as DDP ranks included) and fail the test naming `what`."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"{what} did not finish: killed after {timeout} s. Output:\n{output[-4000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, output, None)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import run_killing_on_timeout
 
 HELPER = Path(__file__).with_name("ddp_datamodule_run.py")
 TIMEOUT_S = 240
@@ -23,19 +23,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_killing_on_timeout(command: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
-    """Run `command` in its own process group; on timeout kill the whole group (DDP child ranks included)."""
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"DDP run hung: killed after {timeout} s. Output:\n{output[-4000:]}")
-    return subprocess.CompletedProcess(command, process.returncode, output, None)
-
-
 @pytest.mark.slow  # DDP: two gloo ranks in subprocesses
 def test_ddp_two_ranks_more_workers_than_shards(clevr_shards, tmp_path):
     # 2 ranks x 2 workers = 4 readers per count, against 2 training shards per count in the fixture.
@@ -44,7 +31,8 @@ def test_ddp_two_ranks_more_workers_than_shards(clevr_shards, tmp_path):
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK"):
         env.pop(name, None)
-    result = run_killing_on_timeout([sys.executable, str(HELPER), str(clevr_shards), str(tmp_path)], env, TIMEOUT_S)
+    result = run_killing_on_timeout([sys.executable, str(HELPER), str(clevr_shards), str(tmp_path)], env, TIMEOUT_S,
+                                    "the DDP run")
     assert result.returncode == 0, result.stdout[-4000:]
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

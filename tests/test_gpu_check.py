@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import run_killing_on_timeout
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu_check.py"
@@ -20,15 +20,8 @@ MUST_REPORT = ("train", "fit", "ddp", "patch", "jacobian")
 def run_check(out: Path, *flags: str, timeout: float = 1500) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [sys.executable, str(SCRIPT), "--device", "cpu", "--quick", "--out", str(out), *flags]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"gpu_check did not finish in {timeout} s:\n{output[-3000:]}")
-    assert process.returncode == 0, output[-3000:]
+    result = run_killing_on_timeout(command, env, timeout, "gpu_check")
+    assert result.returncode == 0, result.stdout[-3000:]
     return json.loads((out / "gpu_check.json").read_text())
 
 
