@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from lcsbench.analysis.locality import _module_of
+from lcsbench.data.conditioning import DEFAULT_GRID_SIZE
 from lcsbench.diffusion.denoiser import Denoiser
 
 MODULATION_LAYER = "emb_linear"  # EDM2 Block's conditioning projection: c = 1 + emb_linear(emb, gain=emb_gain)
@@ -344,7 +345,7 @@ def feature_cosines(
                           per_resolution=per_resolution)
 
 
-def paper_conditions(kind: str, grid_size: int = 16) -> tuple[Tensor, list[str]]:
+def paper_conditions(kind: str, grid_size: int = DEFAULT_GRID_SIZE) -> tuple[Tensor, list[str]]:
     """The paper's single conditions to compare (Figure 5: the 8 colours; for location models the 12
     evaluation locations), as a stack of conditioners [K, ...] and their labels."""
     from lcsbench.data.conditioning import (PAPER_COLORS, PAPER_LOCATIONS, check_kind, counts_from_colors,

@@ -14,10 +14,11 @@ from collections import Counter
 import torch
 
 from lcsbench.analysis.lengthgen import match_locations
+from lcsbench.data.conditioning import DEFAULT_GRID_SIZE
 from lcsbench.data.scenes import COLOR_NAMES
 
 
-def judge_accuracy(judge, batches, grid_size: int = 16, tolerance_cells: float = 1.0,
+def judge_accuracy(judge, batches, grid_size: int = DEFAULT_GRID_SIZE, tolerance_cells: float = 1.0,
                    clear_pixels: int = 20) -> dict[int, dict]:
     """Per true object count: images, exact-count rate, localization rate (all matched, no extra), colour rate,
     and the rates of undercounting and overcounting (they say whether the errors are missed or invented objects).

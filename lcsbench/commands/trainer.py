@@ -37,6 +37,7 @@ the -1 placeholder Lightning would log under HPARAMS says nothing.
 from __future__ import annotations
 
 import atexit
+import inspect
 import json
 import re
 import shutil
@@ -50,6 +51,8 @@ from typing import Any, Optional
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from jsonargparse import Namespace
+from jsonargparse.typing import import_object
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
@@ -264,6 +267,66 @@ def set_aside_after(step: int, paths: list[Path]) -> None:
                        f"checkpoint resumed from, to {paths[0].parent / f'superseded-at-step-{step}'}")
 
 
+# --- the grid stated once (issue 26 item 3) -------------------------------------------------------------------------
+# The data module owns the conditioning kind and the grid G; LightningCLI links copy them into the model and compute
+# the net's label width from them, so a config states G once (under data). A link whose source is missing from the
+# chosen class is skipped by jsonargparse: `model.init_args.label_scale`, which only the label-conditioned diffusion
+# models have, keeps the conditioning links off the judge (which takes the grid only).
+DATA_GRID, DATA_CONDITIONING = "data.init_args.grid_size", "data.init_args.conditioning"
+LABELLED_MODEL = "model.init_args.label_scale"
+
+
+def refuse_contradiction(key: str, given: Any, linked: Any, default: Any, sources: str) -> None:
+    """A value the config gives for a linked key must be the linked one (or the class default, which the link
+    replaces): a contradiction is refused at parse time, never silently overwritten."""
+    if given is not None and given != linked and given != default:
+        raise ValueError(f"{key}: {given!r} contradicts {sources} ({linked!r}): the data states it once; remove "
+                         f"{key} from the config (the link sets it to {linked!r})")
+
+
+def parameter_default(class_path: str, name: str) -> Any:
+    parameter = inspect.signature(import_object(class_path)).parameters.get(name)
+    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+
+
+def linked_grid_size(grid_size: int, model_class: str, model: Namespace) -> int:
+    refuse_contradiction("model.init_args.grid_size", model.get("grid_size"), grid_size,
+                         parameter_default(model_class, "grid_size"), DATA_GRID)
+    return grid_size
+
+
+def linked_conditioning(conditioning: str, model_class: str, model: Namespace, _labelled: Any) -> str:
+    refuse_contradiction("model.init_args.conditioning", model.get("conditioning"), conditioning,
+                         parameter_default(model_class, "conditioning"), DATA_CONDITIONING)
+    return conditioning
+
+
+def linked_label_dim(conditioning: str, grid_size: int, model_class: str, model: Namespace, _labelled: Any) -> int:
+    """The net's label width from the data and the model class's rule (EDM2Diffusion.network_label_dim: G^2 or 8
+    colours; PatchLocalDiffusion: (2r+1)^2 + 2)."""
+    rule = getattr(import_object(model_class), "network_label_dim", None)
+    given = model.get("net.init_args.label_dim") if isinstance(model.get("net"), Namespace) else None
+    if rule is None:  # a user's model without the rule: its config states label_dim itself
+        if given is None:
+            raise ValueError(f"{model_class} has no network_label_dim(conditioning, grid_size, init_args) rule: "
+                             f"set model.init_args.net.init_args.label_dim in the config")
+        return given
+    expected = rule(conditioning, grid_size, model)
+    refuse_contradiction("model.init_args.net.init_args.label_dim", given, expected, None,
+                         f"{DATA_CONDITIONING} {conditioning!r} and {DATA_GRID} {grid_size} for "
+                         f"{model_class.rsplit('.', 1)[-1]}")
+    return expected
+
+
+def link_grid_and_conditioning(parser) -> None:
+    parser.link_arguments((DATA_GRID, "model.class_path", "model.init_args"), "model.init_args.grid_size",
+                          compute_fn=linked_grid_size, apply_on="parse")
+    parser.link_arguments((DATA_CONDITIONING, "model.class_path", "model.init_args", LABELLED_MODEL),
+                          "model.init_args.conditioning", compute_fn=linked_conditioning, apply_on="parse")
+    parser.link_arguments((DATA_CONDITIONING, DATA_GRID, "model.class_path", "model.init_args", LABELLED_MODEL),
+                          "model.init_args.net.init_args.label_dim", compute_fn=linked_label_dim, apply_on="parse")
+
+
 class LcsbenchCLI(LightningCLI):
     """LightningCLI whose `fit` keeps a run in one folder and reads checkpoints as data (module docstring)."""
 
@@ -277,6 +340,7 @@ class LcsbenchCLI(LightningCLI):
         parser.add_argument(THREADS_FLAG, type=Optional[int], default=None,
                             help="torch intra-op threads per process (default: OMP_NUM_THREADS if set, else the "
                                  "usable cores less those busy with other processes, split between DDP ranks)")
+        link_grid_and_conditioning(parser)
 
     def _parse_ckpt_path(self) -> None:
         """Replaces LightningCLI's, which loads URLs with pickle and lets the checkpoint's hyperparameters (and its

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lcsbench.data.conditioning import DEFAULT_GRID_SIZE
 from lcsbench.data.scenes import COLOR_NAMES, MATERIALS, SHAPES, SIZES, cell_centre
 
 POSITION_KEYS = ("pixel", "frac", "grid")
@@ -63,7 +64,7 @@ def object_to_pixel(spec: dict, resolution: int, grid_size: int, where: str) -> 
     return result
 
 
-def normalize_scenes(scenes: list, resolution: int, grid_size: int = 16) -> list[list[dict]]:
+def normalize_scenes(scenes: list, resolution: int, grid_size: int = DEFAULT_GRID_SIZE) -> list[list[dict]]:
     if not isinstance(scenes, list) or not scenes:
         raise LayoutError("a layout needs a non-empty list of scenes")
     result = []
@@ -82,7 +83,7 @@ def load_layout_file(path: str | Path, resolution: int) -> list[list[dict]]:
     except (OSError, json.JSONDecodeError) as error:
         raise LayoutError(f"cannot read layout file {path}: {error}") from error
     if isinstance(payload, dict):
-        grid_size = payload.get("grid_size", 16)
+        grid_size = payload.get("grid_size", DEFAULT_GRID_SIZE)
         if not isinstance(grid_size, int) or isinstance(grid_size, bool) or grid_size < 1:
             raise LayoutError(f"{path}: grid_size must be a whole number of cells per side >= 1 (e.g. 16); found "
                               f"{grid_size!r}")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from torchmetrics import Metric
 
 from lcsbench.checkpoints import (ARCH_KEY, DATA_HPARAMS_KEY, EMA_STATE_KEY, architecture_record, load_net_state,
                                   network_differences, read_checkpoint, read_record, rebuild, write_export)
-from lcsbench.data.conditioning import encode_label, label_dim
+from lcsbench.data.conditioning import DEFAULT_GRID_SIZE, encode_label, label_dim
 from lcsbench.diffusion.denoiser import BoundDenoiser
 from lcsbench.diffusion.loss import denoising_error, edm2_loss
 from lcsbench.diffusion.phema import ema_net_state, tracked_index
@@ -72,7 +72,7 @@ class EDM2Diffusion(L.LightningModule):
         self,
         net: torch.nn.Module,  # denoiser network: net(x, sigma, labels, return_logvar) (nn/edm2.py Precond)
         conditioning: str = "location",  # conditioner kind the labels encode: location | color
-        grid_size: int = 16,  # location grid G (label_dim = G*G); ignored for color
+        grid_size: int = DEFAULT_GRID_SIZE,  # location grid G (label_dim = G*G); ignored for color
         label_scale: str = "counts",  # counts as they are (the paper's integer array) | unit L2 norm (App. E.1)
         lr: float = 0.012,  # reference learning rate alpha_ref (img64-xs: 0.0120)
         lr_decay_steps: float = 35000,  # t_ref: optimizer steps before the 1/sqrt(t) decay (img64: 35000)
@@ -97,7 +97,8 @@ class EDM2Diffusion(L.LightningModule):
         if found != expected:
             raise ValueError(f"the network's label_dim is {found} but {conditioning!r} conditioning"
                              f"{f' on a {grid_size}x{grid_size} grid' if conditioning == 'location' else ''} gives "
-                             f"{expected}-dim labels: set model.init_args.net.init_args.label_dim: {expected}")
+                             f"{expected}-dim labels: build the net with label_dim={expected} (a config leaves label_dim out: "
+                             f"the data's conditioning and grid_size set it)")
         self.val_sigmas = [float(s) for s in val_sigmas]
         self.val_loss = NoiseLevelLoss(len(self.val_sigmas))
         self._global_batch_size: int | None = None
@@ -106,6 +107,12 @@ class EDM2Diffusion(L.LightningModule):
     def expected_label_dim(self) -> int:
         """Label width the network must take (subclasses with other labels, e.g. patch-local, override it)."""
         return label_dim(self.conditioning, self.grid_size)
+
+    @classmethod
+    def network_label_dim(cls, conditioning: str, grid_size: int, init_args: Mapping[str, Any]) -> int:
+        """The label width a model built with `init_args` on data of this conditioning and grid needs: what
+        LightningCLI's link writes into the net's label_dim (commands/trainer.py), so a config states G once."""
+        return label_dim(conditioning, grid_size)
 
     # -- the denoiser interface (DESIGN.md) --
 

@@ -25,6 +25,7 @@ from torchmetrics import MeanMetric
 from lcsbench.analysis.judge import score_detection
 from lcsbench.checkpoints import (JUDGE_ARCH_KEY, architecture_record, class_path, read_checkpoint, read_record, rebuild,
                                   write_shipped_judge)
+from lcsbench.data.conditioning import DEFAULT_GRID_SIZE
 from lcsbench.data.scenes import COLOR_NAMES
 from lcsbench.nn.judge import CentreHeatmapNet, centre_color_loss, centre_heatmap_loss, centre_targets, extract_peaks
 
@@ -35,7 +36,7 @@ class JudgeModule(L.LightningModule):
         self,
         net: CentreHeatmapNet,  # the heatmap U-Net (nn/judge.py)
         resolution: int | None = None,  # image size it judges; None: take the data's at fit time
-        grid_size: int = 16,  # conditioning grid G: the localization tolerance is counted in its cells
+        grid_size: int = DEFAULT_GRID_SIZE,  # conditioning grid G: the localization tolerance is counted in its cells
         tolerance_cells: float = 1.0,  # localization tolerance (the protocol's default)
         heatmap_sigma: float = 1.0,  # Gaussian radius of the target bumps in pixels
         color_weight: float = 0.5,  # weight of the colour cross-entropy

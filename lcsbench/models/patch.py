@@ -11,8 +11,12 @@ denoiser, so sampling, callbacks and analyses run on it unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
+from lcsbench.data.conditioning import DEFAULT_GRID_SIZE
 from lcsbench.diffusion.loss import edm2_loss
 from lcsbench.models.edm2 import EDM2Diffusion
 from lcsbench.nn.patch import PatchLocal, all_patches, gather_cells, patch_label_dim, sample_training_cells
@@ -24,7 +28,8 @@ class PatchLocalDiffusion(EDM2Diffusion):
     def __init__(
         self,
         net: torch.nn.Module,  # patch denoiser: Precond(img_resolution=(2r+1)m, label_dim=(2r+1)^2+2)
-        grid_size: int = 16,  # G: cells per side, the location-conditioning grid
+        conditioning: str = "location",  # the only kind: a patch sees its subgrid of location cells (App. E.3)
+        grid_size: int = DEFAULT_GRID_SIZE,  # G: cells per side, the location-conditioning grid
         radius: int = 2,  # r: a patch spans (2r+1) x (2r+1) cells
         max_patches: int = 4096,  # memory budget of full-image denoising: patches per network call
         label_scale: str = "counts",  # subgrid counts as they are | unit L2 norm (nn.edm2.scale_label, App. E.1)
@@ -39,8 +44,11 @@ class PatchLocalDiffusion(EDM2Diffusion):
         compile: bool = False,  # torch.compile the patch U-Net for training
         channels_last: bool = False,  # store the patch U-Net's conv weights channels-last (NHWC)
     ):
+        if conditioning != "location":
+            raise ValueError(f"the patch-local model conditions on location cells (App. E.3), not {conditioning!r}: "
+                             f"train it on data.init_args.conditioning: location, or use EDM2Diffusion")
         self._radius = radius  # read by expected_label_dim during EDM2Diffusion.__init__
-        super().__init__(net, conditioning="location", grid_size=grid_size, label_scale=label_scale, lr=lr,
+        super().__init__(net, conditioning=conditioning, grid_size=grid_size, label_scale=label_scale, lr=lr,
                          lr_decay_steps=lr_decay_steps, lr_rampup_images=lr_rampup_images, P_mean=P_mean,
                          P_std=P_std, val_sigmas=val_sigmas, val_seed=val_seed, noise_seed=noise_seed,
                          compile=compile, channels_last=channels_last)
@@ -49,6 +57,11 @@ class PatchLocalDiffusion(EDM2Diffusion):
 
     def expected_label_dim(self) -> int:
         return patch_label_dim(self._radius)
+
+    @classmethod
+    def network_label_dim(cls, conditioning: str, grid_size: int, init_args: Mapping[str, Any]) -> int:
+        """(2r+1)^2 subgrid cells + 2 patch-centre coordinates, whatever the grid (App. E.3)."""
+        return patch_label_dim(init_args["radius"])
 
     def setup(self, stage: str) -> None:
         super().setup(stage)

@@ -80,7 +80,7 @@ class PatchLocal(torch.nn.Module):
     def __init__(
         self,
         net: torch.nn.Module,  # patch denoiser: Precond(img_resolution=(2r+1)m, label_dim=(2r+1)^2+2)
-        grid_size: int = 16,  # G: cells per side, the location-conditioning grid
+        grid_size: int,  # G: cells per side, the location-conditioning grid
         radius: int = 1,  # r: a patch spans (2r+1) x (2r+1) cells
         max_patches: int = 4096,  # memory budget: patches per network call
         label_scale: str = "counts",  # subgrid counts as they are, or unit L2 norm (nn.edm2.scale_label)

@@ -11,6 +11,7 @@ import numpy as np
 from lcsbench.analysis.lengthgen.matching import judge_request
 from lcsbench.analysis.lengthgen.protocol import cell_centres_pixels
 from lcsbench.analysis.lengthgen.tally import K_MAX_STRICT_THRESHOLD, K_MAX_THRESHOLD
+from lcsbench.data.conditioning import DEFAULT_GRID_SIZE
 
 
 def plot_success_curves(report: Mapping, path=None, title: str = "length generalization"):
@@ -42,7 +43,7 @@ def detection_grid(
     images: np.ndarray,  # [N, H, W, 3] uint8
     requests: Sequence[Mapping],  # their protocol requests
     detections: Sequence[Mapping],  # their judge outputs
-    grid_size: int = 16,  # conditioning grid G (the matching tolerance is one of its cells)
+    grid_size: int = DEFAULT_GRID_SIZE,  # conditioning grid G (the matching tolerance is one of its cells)
     scale: int = 4,  # upscaling so the marks are visible
     columns: int | None = None,  # tiles per row; default: a square grid
     tolerance_cells: float = 1.0,  # the matching of the report the grid illustrates
