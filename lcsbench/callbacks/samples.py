@@ -35,11 +35,13 @@ class SampleGrid(EveryNSteps):
         super().__init__(every_n_steps)
         self.num_samples, self.num_steps, self.seed = num_samples, num_steps, seed
         self.cond: torch.Tensor | None = None
+        self.kind: str | None = None  # the denoiser's conditioning kind, read with the first batch
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch: dict,
                            batch_idx: int) -> None:
         if self.cond is None and trainer.is_global_zero:  # the fixed conditioners, from the first batch seen
             self.cond = batch["cond"][: self.num_samples].detach().cpu()
+            self.kind = pl_module.denoiser.conditioning  # the Denoiser says its kind (DESIGN.md)
             writer = tensorboard_writer(trainer)
             if writer is not None:
                 writer.add_image("samples/real", self.grid(batch["image"][: self.num_samples]),
@@ -57,6 +59,6 @@ class SampleGrid(EveryNSteps):
     def grid(self, images: torch.Tensor) -> torch.Tensor:
         """Tiles enlarged to >= 96 px (nearest neighbour), location cells outlined (analysis/plots.py)."""
         images = upscale(images.detach().float().cpu())
-        if self.cond.ndim == 3:  # a location grid; colour counts have no place to draw
+        if self.kind == "location":  # cells to outline; colour counts have no place to draw
             images = outline_cells(images, self.cond[: images.shape[0]])
         return image_grid(images)

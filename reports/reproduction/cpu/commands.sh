@@ -121,3 +121,13 @@ python -m lcsbench lengthgen --ckpt /work/main/reports/reproduction/cpu/closed_f
 python -m lcsbench locality --ckpt /work/main/reports/reproduction/cpu/closed_forms/cf_local_all.pt --out /work/main/reports/reproduction/cpu/cf_local_all/locality --sigmas 0.05,0.2,0.5,1,2,5,10,40 --samples 2 --scenes 1 --sample-steps 16 --locations 3
 # 2026-12-03T13:43:36 report: reports/reproduction/cpu/table.md, report.json and figures
 python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --data data/reproduce32 --stage report
+# 2026-12-03T14:01:55+00:00 lengthgen_random fig4_global (by hand from /work/eval3 at a0f4aa5, issue 22's beside checks)
+taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench lengthgen --ckpt /work/main/reports/reproduction/cpu/weights/fig4_global.pt --out /work/main/reports/reproduction/cpu/fig4_global/lengthgen_random --name fig4_global --ks 1-10 --samples-per-k 32 --steps 32 --oracle-samples 16 --order random
+# 2026-12-03T14:04:20+00:00 lengthgen_steps32 exp3 (by hand from /work/eval3 at a0f4aa5, issue 22's beside checks)
+taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench lengthgen --ckpt /work/main/reports/reproduction/cpu/weights/exp3.pt --out /work/main/reports/reproduction/cpu/exp3/lengthgen_steps32 --name exp3 --ks 1-4 --samples-per-k 32 --steps 32 --no-oracle
+# 2026-12-03T14:40:11+00:00 lengthgen_steps32 fig4_local (by hand from /work/eval3 at a0f4aa5, issue 22's beside checks)
+taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench lengthgen --ckpt /work/main/reports/reproduction/cpu/weights/fig4_local.pt --out /work/main/reports/reproduction/cpu/fig4_local/lengthgen_steps32 --name fig4_local --ks 1-4 --samples-per-k 16 --steps 32 --no-oracle
+# 2026-12-03T14:51:49+00:00 locality exp3 (by hand from /work/eval3 at a0f4aa5: reproduce's command, on core 1)
+taskset -c 1 env OMP_NUM_THREADS=1 python -m lcsbench locality --ckpt /work/main/reports/reproduction/cpu/weights/exp3.pt --out /work/main/reports/reproduction/cpu/exp3/locality --sigmas 0.05,0.2,0.5,1,2,5,10,40 --samples 4 --scenes 8 --sample-steps 32 --locations 3
+# 2026-12-03T14:59:10+00:00 lengthgen_random exp3 (by hand from /work/eval3 at a0f4aa5, issue 22's beside checks)
+taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench lengthgen --ckpt /work/main/reports/reproduction/cpu/weights/exp3.pt --out /work/main/reports/reproduction/cpu/exp3/lengthgen_random --name exp3 --ks 1-10 --samples-per-k 32 --steps 16 --oracle-samples 16 --order random
