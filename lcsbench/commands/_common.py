@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import math
 import os
 import sys
@@ -16,6 +15,8 @@ import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
+
+from lcsbench.timefmt import duration
 
 if TYPE_CHECKING:
     from lcsbench.diffusion.denoiser import Denoiser
@@ -124,11 +125,6 @@ def thread_count(processes: int = 1, requested: int | None = None) -> tuple[int,
     if processes > 1:
         why += f" for {processes} processes"
     return max(1, free // processes), why
-
-
-def duration(seconds: float) -> str:
-    """Seconds as h:mm:ss."""
-    return str(datetime.timedelta(seconds=max(0, round(seconds))))
 
 
 class Progress:
