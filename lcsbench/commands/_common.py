@@ -336,7 +336,8 @@ def load_trained_denoiser(ckpt: str, ema: bool, device: str) -> "Denoiser":
 
 def add_model_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
     """The checkpoint, output and weight options every analysis command shares."""
-    parser.add_argument("--ckpt", required=True, help="trained checkpoint (.ckpt), or an EMA file or closed-form spec")
+    parser.add_argument("--ckpt", required=True,
+                        help="trained checkpoint (.ckpt), or an EMA file or a closed-form spec")
     parser.add_argument("--out", required=True, metavar="DIR", help=out_help)
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
     parser.add_argument("--no-ema", action="store_true", help="use the raw training weights, not the EMA")

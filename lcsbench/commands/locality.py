@@ -100,8 +100,9 @@ def conditioned_objects(denoiser, args: argparse.Namespace) -> int:
     """k of --locations (a location model) or --colors (a colour model), checked against the paper's lists."""
     from lcsbench.data.conditioning import PAPER_COLORS, PAPER_LOCATIONS
 
-    flag, objects, available = (("--locations", args.locations, len(PAPER_LOCATIONS))
-                                if denoiser.conditioning == "location" else ("--colors", args.colors, len(PAPER_COLORS)))
+    flag, objects, available = ("--locations", args.locations, len(PAPER_LOCATIONS))
+    if denoiser.conditioning != "location":
+        flag, objects, available = "--colors", args.colors, len(PAPER_COLORS)
     if not 1 <= objects <= available:
         raise SystemExit(f"{flag} must lie in 1..{available} (the paper's list); found {objects}")
     return objects
