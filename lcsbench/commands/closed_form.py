@@ -39,9 +39,9 @@ from lcsbench.commands._common import (DEFAULT_SIGMAS, CommandParser, add_model_
 GIB = 2**30
 
 
-def action_parser(sub, action: str, help: str, example: str) -> CommandParser:
-    """The parser of one action: its help line, and an example in its epilog."""
-    return sub.add_parser(action, help=help, description=f"{help}.", epilog=f"Example:\n\n    {example}")
+def action_parser(sub, action: str, summary: str, example: str) -> CommandParser:
+    """The parser of one action: its one-line summary, and an example in its epilog."""
+    return sub.add_parser(action, help=summary, description=f"{summary}.", epilog=f"Example:\n\n    {example}")
 
 
 def spec_parser(sub) -> CommandParser:
@@ -49,7 +49,8 @@ def spec_parser(sub) -> CommandParser:
                            "python -m lcsbench closed-form spec --render data/reproduce32 --kind empirical "
                            "--label-mode all --out closed_forms/empirical-all.pt")
     parser.add_argument("--render", required=True, help="the render whose train split is the training set")
-    parser.add_argument("--kind", choices=("local", "empirical"), required=True)
+    parser.add_argument("--kind", choices=("local", "empirical"), required=True,
+                        help="which closed form: the local score machine or the empirical optimal denoiser")
     parser.add_argument("--label-mode", required=True, help="how the labels were drawn: all (Exp. 1) | single "
                                                             "(Exp. 2/3) | random | drop_one")
     parser.add_argument("--counts", default="1-3", help="object counts of the training data")
