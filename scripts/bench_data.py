@@ -12,7 +12,7 @@ and prints them side by side: the loader keeps up when its images/s exceed the m
     python scripts/bench_data.py --root 64=data/clevr64 --models tiny img64-xs --device cuda --json out.json
 
 Render small datasets to bench with, e.g.
-    python -m lcsbench render --out data/bench64 --per-count 48 --shard-size 24 --resolution 64 --samples 16
+    python -m lcsbench render --out data/bench64 --per-count 48 --shard-size 24 --resolution 64 --samples-per-pixel 16
 """
 
 from __future__ import annotations

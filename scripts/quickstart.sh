@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 PY=.venv/bin/python
 $PY -m lcsbench render --out data/quickstart --counts 1-3 --per-count 400 --val-per-count 32 \
-    --resolution 32 --samples 16 --shard-size 100
+    --resolution 32 --samples-per-pixel 16 --shard-size 100
 $PY -m lcsbench fit --config configs/quickstart.yaml "$@"
 LOGDIR=runs/quickstart
 VERSION=$(ls -d "$LOGDIR"/lightning_logs/version_* | sort -V | tail -n 1)

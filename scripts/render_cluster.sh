@@ -16,5 +16,5 @@ OUT=${1:?output directory}; COUNTS=${2:-1-3}; PER_COUNT=${3:-500000}; RESOLUTION
 shift $(( $# < 4 ? $# : 4 ))
 # SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT become --node-rank / --num-nodes by default.
 exec python -m lcsbench render --out "$OUT" --counts "$COUNTS" --per-count "$PER_COUNT" \
-    --resolution "$RESOLUTION" --samples 64 --shard-size 1000 \
+    --resolution "$RESOLUTION" --samples-per-pixel 64 --shard-size 1000 \
     --workers "${SLURM_CPUS_PER_TASK:-$(nproc)}" --no-progress "$@"

@@ -27,6 +27,10 @@ LAYER_RULES: dict[str, dict] = {
         "allowed": ("torch", "numpy", "lcsbench.nn", "lcsbench.diffusion"),
         "why": "diffusion/ may import only torch, numpy, lcsbench.nn and the standard library",
     },
+    "timefmt.py": {
+        "allowed": (),
+        "why": "timefmt.py may import only the standard library (callbacks/ and commands/ both format times with it)",
+    },
     "checkpoints.py": {
         "allowed": ("torch", "lcsbench.nn", "lcsbench.diffusion"),
         "why": "checkpoints.py may import only torch, lcsbench.nn, lcsbench.diffusion and the standard library",

@@ -268,7 +268,7 @@ def fake_render(root: Path, scale: str = "smoke") -> None:
     shards = [f"n{c}/{split}-000000.tar" for c in parse_counts(render["counts"]) for split in ("train", "val")]
     settings = {"counts": list(parse_counts(render["counts"])), "per_count": render["per-count"],
                 "val_per_count": render["val-per-count"], "resolution": render["resolution"],
-                "samples": render["samples"], "seed": render["seed"], "shard_size": 1000}
+                "samples": render["samples-per-pixel"], "seed": render["seed"], "shard_size": 1000}
     for shard in shards:
         (root / shard).parent.mkdir(parents=True, exist_ok=True)
         (root / shard).touch()

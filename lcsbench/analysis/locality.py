@@ -15,13 +15,16 @@ colour counts `[B, 8]`, or any `[B, ...]` tensor of counts). No Lightning, no mo
   the Eq. 9 map of `D - c_skip x` (`without_skip`): the skip term c_skip x of EDM's preconditioning puts a spike
   at the target pixel at low noise that says nothing about what the network learned;
 - `locality_targets`: the target pixels of one conditioner (its cells' centres, or the image centre);
-- `scenes_summary`: radii over several scenes, their mean and spread across scenes (Figure 2's evidence).
+- `scenes_summary`: radii over several scenes, their mean and spread across scenes (Figure 2's evidence);
+- `run`: the whole study of `python -m lcsbench locality` in one call: per scene a conditioner
+  (`scene_conditioner`), the model's own sample for it, and its `locality_profile` (a `LocalityStudy`).
 
 The denoiser must be in eval mode (the caller's job): the analyses never change module state.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -556,3 +559,104 @@ def scenes_summary(profiles: Sequence[LocalityProfile]) -> dict:
         out[f"{name}_scene_std"] = _nan_to_none(std.tolist())
         out[f"{name}_per_scene"] = _nan_to_none(per_scene.tolist())
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One study over scenes (Figure 2 with its spread): `python -m lcsbench locality`, or a notebook, in one call.
+
+
+def scene_conditioner(
+    denoiser: Denoiser,  # states its conditioning kind and grid size
+    objects: int,  # conditioned objects k
+    scene: int = 0,  # which scene of the study
+    seed: int = 0,  # the study's seed (random subsets)
+) -> tuple[Tensor, list[str]]:
+    """The conditioner of one scene and what it names: for a location model the paper's first k locations (scene
+    0) or a random k-subset of them (other scenes, seeded by seed and scene), as "x,y"; for a colour model the
+    paper's first k colours. A ValueError for a k outside the paper's list."""
+    from lcsbench.analysis.lengthgen import requested_locations
+    from lcsbench.data.conditioning import PAPER_COLORS, PAPER_LOCATIONS, counts_from_colors, grid_from_locations
+
+    if denoiser.conditioning == "location":
+        if not 1 <= objects <= len(PAPER_LOCATIONS):
+            raise ValueError(f"a location model is conditioned on 1..{len(PAPER_LOCATIONS)} of the paper's "
+                             f"locations; found {objects}")
+        chosen = PAPER_LOCATIONS[:objects] if scene == 0 else requested_locations(
+            objects, "random", torch.Generator().manual_seed(seed * 1000 + scene))
+        return grid_from_locations(chosen, denoiser.grid_size), [f"{x:.2f},{y:.2f}" for x, y in chosen]
+    if not 1 <= objects <= len(PAPER_COLORS):
+        raise ValueError(f"a colour model is conditioned on 1..{len(PAPER_COLORS)} colours; found {objects}")
+    chosen = PAPER_COLORS[:objects]
+    return counts_from_colors(chosen), list(chosen)
+
+
+@dataclass
+class LocalityStudy:
+    """What `run` measured: one LocalityProfile per scene, what each scene was conditioned on and its sample."""
+
+    kind: str  # the denoiser's conditioning: location | color
+    resolution: int  # image size in pixels
+    noise_draws: int  # noise draws averaged in Eq. 9 and 10
+    seed: int
+    profiles: list[LocalityProfile]  # per scene
+    conditioned: list[list[str]]  # per scene: its locations "x,y" or colours
+    samples: list[Tensor]  # per scene: the model's own sample [C, H, W], in [-1, 1]
+
+    def summary(self) -> dict:
+        """The numbers of locality.json: settings, the first scene's radii and influences, radii per scene with
+        their mean and spread (`scenes_summary`), and for a colour model the names of the ablated colours."""
+        summary = {"kind": self.kind, "conditioned": self.conditioned[0], "resolution": self.resolution,
+                   "samples": self.noise_draws, "noise_draws": self.noise_draws, "seed": self.seed,
+                   **self.profiles[0].summary(), **scenes_summary(self.profiles),
+                   "scene_conditioned": self.conditioned, "pixel_convention": "(row, col) from the top-left corner"}
+        if self.kind == "color":  # the ablated colour slots (conditioning.py's COLOR_NAMES order)
+            from lcsbench.data.scenes import COLOR_NAMES
+
+            summary["conditioner_names"] = [COLOR_NAMES[index[0]] for index in self.profiles[0].conditioners]
+        return summary
+
+
+def run(
+    denoiser: Denoiser,  # in eval mode, on `device`
+    sigmas: Sequence[float],  # noise levels
+    objects: int = 3,  # conditioned objects per scene (scene_conditioner)
+    scenes: int = 1,  # scenes measured: the first the paper's first k, the others random k-subsets
+    noise_draws: int = 2,  # noise draws averaged in Eq. 9 and 10
+    steps: int = 32,  # Heun steps of each scene's own sample
+    targets: Sequence[Sequence[int]] | None = None,  # target pixels (row, col); None: each scene's conditioned cells
+    fraction: float = 0.9,  # energy share of the locality radius
+    seed: int = 0,  # sample, subset and noise seed
+    chunk_size: int | None = None,  # cotangents per batched backward (pixel_jacobian)
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,  # bytes per batched backward when chunk_size is None
+    device: torch.device | str = "cpu",
+    progress: Callable[[int, int], None] | None = None,  # called with (scenes done, scenes) after each scene
+    log: Callable[[str], None] | None = None,  # told in one line what each scene measures, before it starts
+) -> LocalityStudy:
+    """Pixel and conditional locality of `denoiser` on its own samples (paper Figure 2, Figure 10, Appendix F):
+    per scene, one sample for the scene's conditioner (EDM Heun sampler), re-noised at each sigma with
+    `noise_draws` draws, and its Eq. 9 maps (also of D - c_skip x) and Eq. 10 maps at the target pixels."""
+    from lcsbench.diffusion.sampler import edm_sampler
+
+    started, resolution = time.perf_counter(), denoiser.image_shape[-1]
+    profiles, conditioned, samples = [], [], []
+    for scene in range(scenes):
+        cond_one, described = scene_conditioner(denoiser, objects, scene, seed)
+        cond = cond_one[None].repeat(noise_draws, *([1] * cond_one.ndim)).to(device)
+        pixels, centres = locality_targets(denoiser, cond_one)  # the conditioned cells' centres, or the middle
+        pixels = check_pixels(targets or pixels, resolution, resolution)
+        generator = torch.Generator().manual_seed(seed + 7919 * scene)
+        noise = torch.randn(1, *denoiser.image_shape, generator=generator).to(device)
+        if log is not None:
+            log(f"scene {scene + 1}/{scenes}: sampling one {resolution}x{resolution} image for {denoiser.conditioning} "
+                f"{described} ({steps} steps), then {len(pixels)} target pixels x {len(sigmas)} noise levels x "
+                f"{noise_draws} noise draws ({time.perf_counter() - started:.0f} s so far)")
+        with torch.no_grad():
+            sample = edm_sampler(denoiser, noise, cond[:1], num_steps=steps).clamp(-1, 1)
+        profiles.append(locality_profile(denoiser, sample.repeat(noise_draws, 1, 1, 1), cond, sigmas, pixels,
+                                         conditioner_centres=centres, fraction=fraction, seed=seed + 1 + scene,
+                                         chunk_size=chunk_size, memory_budget=memory_budget, skip_removed=True))
+        conditioned.append(described)
+        samples.append(sample[0].float().cpu())
+        if progress is not None:
+            progress(scene + 1, scenes)
+    return LocalityStudy(denoiser.conditioning, resolution, noise_draws, seed, profiles, conditioned, samples)

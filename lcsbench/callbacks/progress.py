@@ -13,7 +13,6 @@ names the steps it covers out of the fit's total, where the stock bar shows "Epo
 
 from __future__ import annotations
 
-import datetime
 import math
 import sys
 import time
@@ -21,6 +20,8 @@ import time
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.utilities import rank_zero_only
+
+from lcsbench.timefmt import duration
 
 
 def total_steps(trainer: L.Trainer) -> int | None:
@@ -32,10 +33,6 @@ def total_steps(trainer: L.Trainer) -> int | None:
     except Exception:  # noqa: BLE001 - an unsized loader: no total to show
         return None
     return int(total) if math.isfinite(total) else None
-
-
-def duration(seconds: float) -> str:
-    return str(datetime.timedelta(seconds=max(0, round(seconds))))
 
 
 def progress_line(step: int, total: int | None, rate: float | None, elapsed: float, metrics: dict) -> str:

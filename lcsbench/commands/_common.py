@@ -1,13 +1,13 @@
-"""Helpers shared by the commands: the checkpoint options of the analysis commands, the device default and its
-check, the checks of output paths (before any work), comma-separated number lists and the names of EMA snapshot
-files, the cores a process may use (its threads) and progress lines for long work. Nothing here computes; the
-commands call the layers below for that."""
+"""Helpers shared by the commands: the argparse parser every command builds (usage, defaults, examples, deprecated
+aliases of old flag names), the checkpoint options of the analysis commands, the device default and its check, the
+checks of output paths (before any work), comma-separated number lists and the names of EMA snapshot files, the
+cores a process may use (its threads) and progress lines for long work. Nothing here computes; the commands call
+the layers below for that."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import math
 import os
 import sys
@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
+
+from lcsbench.timefmt import duration
 
 if TYPE_CHECKING:
     from lcsbench.diffusion.denoiser import Denoiser
@@ -29,6 +31,89 @@ def snapshot_step(path: Path) -> int | None:
     from lcsbench.checkpoints import snapshot_step as step_in_name
 
     return step_in_name(path)
+
+
+# --- the parser of every command (CONTRIBUTING.md, "Flags: one name per idea") ------------------------------------
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every command's --help: the description and the epilog (its examples) as written, and each option's default
+    once: " (default: X)" is appended unless the help already says its default in words, or there is no default to
+    show (a required option, a switch, a default of None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.required or not action.option_strings or action.nargs == 0 or isinstance(action.default, bool)
+                or action.default is None or action.default == argparse.SUPPRESS or "default" in text.lower()):
+            return text
+        return f"{text} (default: %(default)s)"
+
+    def add_usage(self, usage, actions, groups, prefix=None) -> None:
+        """The usage line without the deprecated aliases (--help lists them in a group of their own)."""
+        super().add_usage(usage, [a for a in actions if not isinstance(a, DeprecatedAlias)], groups, prefix)
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old name of an option: it parses into the new option's dest exactly as the new name does (same type,
+    choices, number of values), --help lists it as "deprecated alias of NEW", and each use prints one line on
+    stderr: "lcsbench <command>: OLD is deprecated, use NEW". (argparse's own `deprecated=` is Python 3.13+.)"""
+
+    def __init__(self, option_strings: list[str], dest: str, target: argparse.Action, new: str, **kwargs):
+        super().__init__(option_strings, target.dest, nargs=target.nargs, const=target.const,
+                         default=argparse.SUPPRESS, type=target.type, choices=target.choices,
+                         metavar=target.metavar, help=f"deprecated alias of {new}")
+        self.target, self.new = target, new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        command = parser.prog.removeprefix("python -m ")
+        print(f"{command}: {option_string} is deprecated, use {self.new}", file=sys.stderr, flush=True)
+        if isinstance(parser, CommandParser):
+            parser.typed[self.new] = option_string
+        self.target(parser, namespace, values, self.new)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse for one command (`command_parser`; closed-form's actions are CommandParsers too): HelpFormatter,
+    and old flag names kept as deprecated aliases (`deprecated_aliases`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.aliases: list[DeprecatedAlias] = []
+        self.typed: dict[str, str] = {}  # new flag -> the deprecated alias the last parse was given it by
+
+    def deprecated_aliases(self, renamed: dict[str, str]) -> None:
+        """Keep each old flag name of `renamed` (old -> new, the new one already added) as a DeprecatedAlias, listed
+        by --help under "deprecated aliases"."""
+        group = self.add_argument_group("deprecated aliases (still accepted; each use says so on stderr)")
+        for old, new in renamed.items():
+            self.aliases.append(group.add_argument(old, action=DeprecatedAlias, new=new,
+                                                   target=self._option_string_actions[new]))
+
+    def flag(self, new: str) -> str:
+        """The flag as the user typed it in the last parse: its deprecated alias when given by that, else `new`
+        (an error message names the flag the user wrote)."""
+        return self.typed.get(new, new)
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        self.typed = {}
+        given = [alias.target for alias in self.aliases if alias.target.required and any(
+            arg == old or arg.startswith(old + "=") for arg in args for old in alias.option_strings)]
+        for target in given:  # a required option given by its old name is given
+            target.required = False
+        try:
+            return super().parse_known_args(args, namespace)
+        finally:
+            for target in given:
+                target.required = True
+
+
+def command_parser(command: str, doc: str) -> CommandParser:
+    """The parser of `python -m lcsbench <command>`: its usage names the command so; the first paragraph of `doc`
+    (the command module's docstring) is the description, the rest, which opens with "Examples:", the epilog."""
+    description, _, rest = doc.strip().partition("\n\n")
+    return CommandParser(prog=f"python -m lcsbench {command}", description=description, epilog=rest or None)
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")  # v2: cpu.max "<quota us> <period us>" | "max <period>"; v1: cpu/cpu.cfs_*
@@ -124,11 +209,6 @@ def thread_count(processes: int = 1, requested: int | None = None) -> tuple[int,
     if processes > 1:
         why += f" for {processes} processes"
     return max(1, free // processes), why
-
-
-def duration(seconds: float) -> str:
-    """Seconds as h:mm:ss."""
-    return str(datetime.timedelta(seconds=max(0, round(seconds))))
 
 
 class Progress:
@@ -256,11 +336,13 @@ def load_trained_denoiser(ckpt: str, ema: bool, device: str) -> "Denoiser":
 
 def add_model_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
     """The checkpoint, output and weight options every analysis command shares."""
-    parser.add_argument("--ckpt", required=True, help="trained checkpoint (.ckpt)")
-    parser.add_argument("--out", required=True, help=out_help)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ckpt", required=True,
+                        help="trained checkpoint (.ckpt), or an EMA file or a closed-form spec")
+    parser.add_argument("--out", required=True, metavar="DIR", help=out_help)
+    parser.add_argument("--seed", type=int, default=0, help="noise seed")
     parser.add_argument("--no-ema", action="store_true", help="use the raw training weights, not the EMA")
-    parser.add_argument("--device", default=default_device())
+    parser.add_argument("--device", default=default_device(),
+                        help="torch device: cpu, cuda, cuda:N (default: cuda if a GPU is visible, else cpu)")
 
 
 def parse_floats(text: str, what: str) -> list[float]:

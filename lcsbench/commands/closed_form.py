@@ -1,10 +1,16 @@
 """`python -m lcsbench closed-form <action>`: training-free closed-form denoisers of a render (issue 23).
 
-    closed-form spec --render data/reproduce32 --kind local --label-mode single --out closed_forms/local-single.pt
-    closed-form r2 --ckpt runs/exp2/.../last.ckpt --spec closed_forms/local-single.pt \\
-                   --spec closed_forms/empirical-single.pt --out reports/exp2/r2
-    closed-form coverage --spec closed_forms/local-single.pt
-    closed-form memorisation --spec closed_forms/empirical-all.pt --samples reports/cf/samples.npz --out DIR
+Examples:
+
+    python -m lcsbench closed-form spec --render data/reproduce32 --kind local --label-mode single \\
+        --out closed_forms/local-single.pt
+    python -m lcsbench closed-form r2 --ckpt runs/exp2/.../last.ckpt --spec closed_forms/local-single.pt \\
+        --spec closed_forms/empirical-single.pt --out reports/exp2/r2
+    python -m lcsbench closed-form coverage --spec closed_forms/local-single.pt
+    python -m lcsbench closed-form memorisation --spec closed_forms/empirical-all.pt \\
+        --samples-file reports/cf/lengthgen/samples.npz --out DIR
+
+`python -m lcsbench closed-form <action> --help` lists the action's options with their defaults and an example.
 
 spec          writes a closed-form spec: a small file that every command takes as --ckpt, like a checkpoint
               (models/closed_form.py). kind `local`: the local conditional score machine (the posterior mean of
@@ -22,35 +28,44 @@ memorisation  the distance of each sample in a lengthgen samples.npz to its near
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-from lcsbench.commands._common import DEFAULT_SIGMAS, add_model_arguments, default_device, parse_floats
+from lcsbench.commands._common import (DEFAULT_SIGMAS, CommandParser, add_model_arguments, command_parser,
+                                      default_device, parse_floats)
 
 GIB = 2**30
 
 
-def spec_parser(sub) -> None:
-    parser = sub.add_parser("spec", help="write a closed-form spec that commands take as --ckpt")
+def action_parser(sub, action: str, summary: str, example: str) -> CommandParser:
+    """The parser of one action: its one-line summary, and an example in its epilog."""
+    return sub.add_parser(action, help=summary, description=f"{summary}.", epilog=f"Example:\n\n    {example}")
+
+
+def spec_parser(sub) -> CommandParser:
+    parser = action_parser(sub, "spec", "write a closed-form spec that commands take as --ckpt",
+                           "python -m lcsbench closed-form spec --render data/reproduce32 --kind empirical "
+                           "--label-mode all --out closed_forms/empirical-all.pt")
     parser.add_argument("--render", required=True, help="the render whose train split is the training set")
-    parser.add_argument("--kind", choices=("local", "empirical"), required=True)
+    parser.add_argument("--kind", choices=("local", "empirical"), required=True,
+                        help="which closed form: the local score machine or the empirical optimal denoiser")
     parser.add_argument("--label-mode", required=True, help="how the labels were drawn: all (Exp. 1) | single "
                                                             "(Exp. 2/3) | random | drop_one")
-    parser.add_argument("--counts", default="1-3", help="object counts of the training data (default 1-3)")
-    parser.add_argument("--grid-size", type=int, default=16, help="location grid G (default 16)")
-    parser.add_argument("--radius", type=int, default=2, help="local: patches of (2r+1)^2 cells (default 2, "
+    parser.add_argument("--counts", default="1-3", help="object counts of the training data")
+    parser.add_argument("--grid-size", type=int, default=16, help="location grid G")
+    parser.add_argument("--radius", type=int, default=2, help="local: patches of (2r+1)^2 cells (2: "
                                                                "configs/exp3.yaml)")
     parser.add_argument("--equivariant", action="store_true", help="local: training patches at any cell")
     parser.add_argument("--images-per-count", type=int, default=None,
                         help="use the first N training images of each count (default: all)")
-    parser.add_argument("--memory-budget-gib", type=float, default=0.5, help="memory of one chunk (default 0.5)")
-    parser.add_argument("--out", required=True, help="the spec file to write (.pt)")
+    parser.add_argument("--memory-budget-gib", type=float, default=0.5, help="memory of one chunk")
+    parser.add_argument("--out", required=True, metavar="FILE", help="the spec file to write (.pt)")
+    return parser
 
 
-def write_spec(args) -> int:
+def write_spec(args, parser: CommandParser) -> int:
     from lcsbench.models.closed_form import write_spec as write
 
     try:
@@ -86,16 +101,20 @@ def read_specs(paths: list[str]) -> list[dict]:
     return entries
 
 
-def r2_parser(sub) -> None:
-    parser = sub.add_parser("r2", help="r2 of a trained model's D against closed forms, per noise level")
+def r2_parser(sub) -> CommandParser:
+    parser = action_parser(sub, "r2", "r2 of a trained model's D against closed forms, per noise level",
+                           "python -m lcsbench closed-form r2 --ckpt runs/exp1/.../last.ckpt --spec "
+                           "closed_forms/empirical-all.pt --out reports/exp1/r2 --heldout 64")
     add_model_arguments(parser, out_help="output folder for r2.json and r2.png")
     parser.add_argument("--spec", action="append", required=True, help="a closed-form spec (repeat for several)")
-    parser.add_argument("--sigmas", default=DEFAULT_SIGMAS, help=f"noise levels (default {DEFAULT_SIGMAS})")
-    parser.add_argument("--images", type=int, default=32, help="held-out renders (default 32)")
-    parser.add_argument("--batch", type=int, default=16, help="images per denoiser call")
+    parser.add_argument("--sigmas", default=DEFAULT_SIGMAS, help="noise levels (comma list)")
+    parser.add_argument("--heldout", type=int, default=32, help="held-out renders compared")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per denoiser call")
+    parser.deprecated_aliases({"--images": "--heldout", "--batch": "--batch-size"})
+    return parser
 
 
-def r2(args) -> int:
+def r2(args, parser: CommandParser) -> int:
     import torch
 
     from lcsbench.analysis.closed_form.yardstick import denoised_over_sigmas, plot_r2, r2_report
@@ -105,9 +124,9 @@ def r2(args) -> int:
     from lcsbench.models.closed_form import heldout_batch, load_closed_form
 
     sigmas = parse_floats(args.sigmas, "sigmas")
-    if args.images < 2 or args.batch < 1:
-        raise SystemExit(f"closed-form r2: need --images >= 2 (r2 compares images) and --batch >= 1; found "
-                         f"{args.images}, {args.batch}")
+    if args.heldout < 2 or args.batch_size < 1:
+        raise SystemExit(f"closed-form r2: need {parser.flag('--heldout')} >= 2 (r2 compares images) and "
+                         f"{parser.flag('--batch-size')} >= 1; found {args.heldout}, {args.batch_size}")
     entries = read_specs(args.spec)
     render, label_mode, counts, grid = (entries[0][k] for k in ("render", "label_mode", "counts", "grid_size"))
     try:
@@ -122,17 +141,18 @@ def r2(args) -> int:
     if model.conditioning != "location" or model.grid_size != grid:
         raise SystemExit(f"closed-form r2: the closed forms are location models on a {grid}x{grid} grid; "
                          f"{args.ckpt} is a {model.conditioning} model (grid {model.grid_size})")
-    images, cond = heldout_batch(render, counts, label_mode, grid, args.images, int(data.get("seed", 0)))
+    images, cond = heldout_batch(render, counts, label_mode, grid, args.heldout, int(data.get("seed", 0)))
     images, cond = images.to(args.device), cond.to(args.device)
     print(f"closed-form r2: {len(images)} held-out renders x {len(sigmas)} noise levels", file=sys.stderr)
-    outputs = denoised_over_sigmas(model, images, cond, sigmas, args.seed, args.batch)
+    outputs = denoised_over_sigmas(model, images, cond, sigmas, args.seed, args.batch_size)
     references, fallbacks = {}, {}
     for path, entry in zip(args.spec, entries):
         name = Path(path).stem
         print(f"closed-form r2: building {name} ({entry['kind']}) from {render}", file=sys.stderr)
         with torch.no_grad():
             closed_form = load_closed_form(path, map_location=args.device)
-            references[name] = denoised_over_sigmas(closed_form.denoiser, images, cond, sigmas, args.seed, args.batch)
+            references[name] = denoised_over_sigmas(closed_form.denoiser, images, cond, sigmas, args.seed,
+                                                      args.batch_size)
         fallbacks[name] = closed_form.denoiser.fallbacks
         del closed_form
     report = {"command": "closed-form r2", "ckpt": str(args.ckpt), "ema": not args.no_ema, "specs": args.spec,
@@ -149,18 +169,23 @@ def r2(args) -> int:
     return 0
 
 
-def coverage_parser(sub) -> None:
-    parser = sub.add_parser("coverage", help="cells (local) or requests (empirical) without training labels, per k")
+def coverage_parser(sub) -> CommandParser:
+    parser = action_parser(sub, "coverage", "cells (local) or requests (empirical) without training labels, per k",
+                           "python -m lcsbench closed-form coverage --spec closed_forms/local-single.pt --ks 1-12 "
+                           "--json reports/coverage.json")
     parser.add_argument("--spec", required=True, help="a closed-form spec")
-    parser.add_argument("--ks", default="1-12", help="numbers of requested objects (default 1-12)")
+    parser.add_argument("--ks", default="1-12", help="numbers of requested objects")
     parser.add_argument("--order", choices=("paper", "random"), default="paper", help="as lengthgen's --order")
     parser.add_argument("--samples-per-k", type=int, default=1,
-                        help="requests per k (default 1: in the paper's order all requests of a k are one grid)")
+                        help="requests per k (1: in the paper's order all requests of a k are one grid)")
     parser.add_argument("--seed", type=int, default=0, help="as lengthgen's --seed")
-    parser.add_argument("--out", default=None, help="a JSON file to write (default: print only)")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the printed table to this JSON "
+                                                                      "file (default: print only)")
+    parser.deprecated_aliases({"--out": "--json"})
+    return parser
 
 
-def coverage(args) -> int:
+def coverage(args, parser: CommandParser) -> int:
     import torch
 
     from lcsbench.analysis import lengthgen as lg
@@ -186,22 +211,26 @@ def coverage(args) -> int:
         else:
             per_k[k] = {"requests_fell_back": float(machine.last_fell_back.float().mean())}
         print(f"closed-form coverage: k={k:2d}  " + "  ".join(f"{n} {v:g}" for n, v in per_k[k].items()))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"command": "closed-form coverage", "spec": args.spec, **entry,
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"command": "closed-form coverage", "spec": args.spec, **entry,
                                               "order": args.order, "per_k": per_k}, indent=2))
     return 0
 
 
-def memorisation_parser(sub) -> None:
-    parser = sub.add_parser("memorisation", help="nearest-training-image distances of samples and held-out renders")
+def memorisation_parser(sub) -> CommandParser:
+    parser = action_parser(sub, "memorisation", "nearest-training-image distances of samples and held-out renders",
+                           "python -m lcsbench closed-form memorisation --spec closed_forms/empirical-all.pt "
+                           "--samples-file reports/exp1/lengthgen/samples.npz --out reports/exp1/memorisation")
     parser.add_argument("--spec", required=True, help="a closed-form spec (its render's train split is compared)")
-    parser.add_argument("--samples", required=True, help="a lengthgen samples.npz")
-    parser.add_argument("--heldout", type=int, default=300, help="held-out renders to compare (default 300)")
-    parser.add_argument("--out", required=True, help="output folder for memorisation.json")
+    parser.add_argument("--samples-file", required=True, metavar="FILE", help="a lengthgen samples.npz")
+    parser.add_argument("--heldout", type=int, default=300, help="held-out renders compared")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder for memorisation.json")
+    parser.deprecated_aliases({"--samples": "--samples-file"})
+    return parser
 
 
-def memorisation(args) -> int:
+def memorisation(args, parser: CommandParser) -> int:
     import numpy as np
     import torch
 
@@ -210,10 +239,11 @@ def memorisation(args) -> int:
 
     entry = read_specs([args.spec])[0]
     try:
-        with np.load(args.samples) as saved:
+        with np.load(args.samples_file) as saved:
             samples, settings = saved["images"], json.loads(str(saved["settings"]))
     except (OSError, KeyError, ValueError) as error:
-        raise SystemExit(f"closed-form memorisation: {args.samples} is not a lengthgen samples.npz ({error}): pass "
+        raise SystemExit(f"closed-form memorisation: {args.samples_file} is not a lengthgen samples.npz ({error}): "
+                         f"pass "
                          f"the samples.npz that `python -m lcsbench lengthgen` writes in its --out") from None
     train, _ = render_images(entry["render"], entry["counts"], "train", entry["images_per_count"])
     pixels = torch.from_numpy(np.ascontiguousarray(samples)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -225,7 +255,7 @@ def memorisation(args) -> int:
     for k in sorted(set(ks)) if len(ks) == len(samples) else []:
         chosen = sample_distance[torch.tensor([x == k for x in ks])]
         per_k[k] = {"mean": float(chosen.mean()), "median": float(chosen.median())}
-    report = {"command": "closed-form memorisation", "spec": args.spec, "samples": args.samples,
+    report = {"command": "closed-form memorisation", "spec": args.spec, "samples": args.samples_file,
               "distance": "L2 in [-1, 1] pixel units over the whole image", "training_images": len(train),
               "samples_mean": float(sample_distance.mean()), "samples_median": float(sample_distance.median()),
               "heldout_mean": float(heldout_distance.mean()), "heldout_median": float(heldout_distance.median()),
@@ -242,14 +272,16 @@ ACTIONS = {"spec": (spec_parser, write_spec), "r2": (r2_parser, r2), "coverage":
            "memorisation": (memorisation_parser, memorisation)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lcsbench closed-form", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+def build_parser() -> CommandParser:
+    parser = command_parser("closed-form", __doc__)
     sub = parser.add_subparsers(dest="action", required=True, metavar="{" + ",".join(ACTIONS) + "}")
-    for make_parser, _ in ACTIONS.values():
-        make_parser(sub)
+    parser.action_parsers = {action: make_parser(sub) for action, (make_parser, _) in ACTIONS.items()}
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "device", None) is None and args.action == "r2":
         args.device = default_device()
-    return ACTIONS[args.action][1](args)
+    return ACTIONS[args.action][1](args, parser.action_parsers[args.action])

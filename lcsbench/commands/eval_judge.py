@@ -1,7 +1,11 @@
 """`python -m lcsbench eval-judge`: judge accuracy per object count on held-out renders (exact-count,
 localization and colour rates).
 
-    python -m lcsbench eval-judge --judge runs/judge/lightning_logs/version_0/checkpoints/last.ckpt --data data/judge64
+Examples:
+
+    python -m lcsbench eval-judge --data data/judge64_holdout
+    python -m lcsbench eval-judge --judge runs/judge/lightning_logs/version_0/checkpoints/last.ckpt \\
+        --data data/judge64 --degrade 1.0,0.05,0.03 --json reports/judge64_degraded.json
 
 Without --judge, the judge shipped with lcsbench for the data's resolution is measured (lcsbench/weights/).
 Reads the `val` shards of every object count in DATA's manifest (images the judge never trained on, when it was
@@ -14,12 +18,11 @@ import argparse
 import math
 from pathlib import Path
 
-from lcsbench.commands._common import check_output_file
+from lcsbench.commands._common import CommandParser, check_output_file, command_parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lcsbench eval-judge", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> CommandParser:
+    parser = command_parser("eval-judge", __doc__)
     parser.add_argument("--judge", default=None, help="judge checkpoint (fit --config configs/judge.yaml); default: "
                                                       "the judge shipped for the data's resolution")
     parser.add_argument("--data", required=True, help="rendered dataset root with val shards")
@@ -31,8 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--degrade", default=None, metavar="BLUR,NOISE,COLOR",
                         help="judge degraded renders: Gaussian blur sigma (px), noise std and colour shift applied "
                              "to every image, e.g. 1.0,0.05,0.03 (what a diffusion sample looks like)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--json", default=None, help="also write the table to this JSON file")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per judge batch")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the printed table to this JSON file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     levels = parse_degradation(parser, args.degrade) if args.degrade else None
     check_options(args)

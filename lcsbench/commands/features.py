@@ -1,13 +1,19 @@
 """`python -m lcsbench features --ckpt C --out DIR`: feature-space cosine matrices of a trained EDM2 model (paper
 Eq. 3, Appendix E.4, Figures 5 and 11).
 
+Examples:
+
+    python -m lcsbench features --ckpt runs/exp1/.../last.ckpt --out reports/exp1/features
+    python -m lcsbench features --ckpt runs/color/.../last.ckpt --out DIR --site scale --images-per-sigma 16
+    python -m lcsbench features --ckpt runs/exp1/.../last.ckpt --out DIR --list-layers
+
 For each of the paper's single conditions (8 colours, or the 12 evaluation locations), the features of every
 EDM2 block are captured on noisy images at several noise levels; their mean minus the unconditional mean gives
 one difference vector per condition and layer, and their cosine similarities one matrix per layer, one per
 resolution and their average over the paper's "feature-space" layers (the first two encoder resolutions, or
---average). The site (--site, analysis/features.py): `modulated` (default), the block's features after the
+--feature-layers). The site (--site, analysis/features.py): `modulated` (default), the block's features after the
 conditional scale, or `scale`, the scale alone. The images are the model's own samples (one per condition,
-cycling), re-noised at each sigma (--images noise: small random images instead).
+cycling), re-noised at each sigma (--image-source noise: small random images instead).
 
 Beside the model, the same measurement on a re-initialised copy (weights re-drawn, gains kept) gives the
 chance level: a random network also maps one-hot conditions to near-orthogonal directions, so only a model
@@ -23,35 +29,45 @@ from pathlib import Path
 
 import torch
 
-from lcsbench.commands._common import add_model_arguments, heartbeat, load_trained_denoiser, parse_floats
+from lcsbench.commands._common import (CommandParser, add_model_arguments, command_parser, heartbeat,
+                                      load_trained_denoiser, parse_floats)
 
 DEFAULT_SIGMAS = "0.1,0.5,2,10"
 
 
-def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[float]]:
-    """The arguments, checked, and the noise levels."""
-    parser = argparse.ArgumentParser(prog="python -m lcsbench features", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+RENAMED = {"--samples": "--images-per-sigma", "--images": "--image-source", "--sample-steps": "--steps",
+           "--average": "--feature-layers"}  # old flag -> new (deprecated aliases)
+
+
+def build_parser() -> CommandParser:
+    parser = command_parser("features", __doc__)
     add_model_arguments(parser, out_help="output folder for features.json and feature_cosines.png")
     parser.add_argument("--sigmas", default=DEFAULT_SIGMAS, help="noise levels averaged over (comma list)")
-    parser.add_argument("--samples", type=int, default=8, help="images averaged over per noise level")
+    parser.add_argument("--images-per-sigma", type=int, default=8, help="images averaged over per noise level")
     parser.add_argument("--site", choices=("modulated", "scale"), default="modulated",
                         help="feature site: the block's features after the conditional scale, or the scale alone")
-    parser.add_argument("--images", choices=("samples", "noise"), default="samples",
+    parser.add_argument("--image-source", choices=("samples", "noise"), default="samples",
                         help="the model's own samples (one per condition, cycling) or small random images")
-    parser.add_argument("--sample-steps", type=int, default=32, help="sampler steps for --images samples")
+    parser.add_argument("--steps", type=int, default=32, help="Heun steps of the model's own samples")
     parser.add_argument("--layers", nargs="*", default=None, metavar="NAME", help="layers to measure (names or "
-                        "glob patterns, e.g. 'unet.enc.*'); default: all")
-    parser.add_argument("--average", nargs="*", default=None, metavar="NAME",
+                        "glob patterns, e.g. 'unet.enc.*'; default: all)")
+    parser.add_argument("--feature-layers", nargs="*", default=None, metavar="NAME",
                         help="layers averaged into the 'feature-space' matrix (default: the first two encoder "
                              "resolutions, as the paper labels it)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the chance level (re-initialised copy)")
     parser.add_argument("--list-layers", action="store_true", help="print the layer names and exit")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward")
+    parser.deprecated_aliases(RENAMED)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[float]]:
+    """The arguments, checked, and the noise levels."""
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.samples < 1 or args.sample_steps < 2:
-        raise SystemExit(f"lcsbench features: need --samples >= 1 and --sample-steps >= 2; found {args.samples}, "
-                         f"{args.sample_steps}")
+    if args.images_per_sigma < 1 or args.steps < 2:
+        raise SystemExit(f"lcsbench features: need {parser.flag('--images-per-sigma')} >= 1 and "
+                         f"{parser.flag('--steps')} >= 2; found {args.images_per_sigma}, {args.steps}")
     sigmas = parse_floats(args.sigmas, "sigmas")
     return args, sigmas
 
@@ -69,22 +85,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         layers = resolve_layers(names, args.layers)
-        averaged = None if args.average is None else resolve_layers(layers, args.average)
+        averaged = None if args.feature_layers is None else resolve_layers(layers, args.feature_layers)
     except ValueError as error:
         raise SystemExit(f"lcsbench features: {error}")
     conditions, labels = paper_conditions(denoiser.conditioning, denoiser.grid_size)
     conditions = conditions.to(args.device)
     started = time.perf_counter()
-    if args.images == "samples":
-        print(f"sampling {args.samples} images, one per condition in turn ({args.sample_steps} steps)...",
+    if args.image_source == "samples":
+        print(f"sampling {args.images_per_sigma} images, one per condition in turn ({args.steps} steps)...",
               flush=True)
-        with heartbeat("features", f"sampling {args.samples} images"):
-            images = condition_samples(denoiser, conditions, args.samples, args.sample_steps, args.seed)
+        with heartbeat("features", f"sampling {args.images_per_sigma} images"):
+            images = condition_samples(denoiser, conditions, args.images_per_sigma, args.steps, args.seed)
     else:
         generator = torch.Generator().manual_seed(args.seed)
-        images = (0.2 * torch.randn((args.samples, *denoiser.image_shape), generator=generator)).to(args.device)
-    print(f"{len(labels)} {denoiser.conditioning} conditions x {len(sigmas)} sigmas x {args.samples} images on "
-          f"{len(layers)} layers ({args.site} site)...", flush=True)
+        images = 0.2 * torch.randn((args.images_per_sigma, *denoiser.image_shape), generator=generator)
+        images = images.to(args.device)
+    print(f"{len(labels)} {denoiser.conditioning} conditions x {len(sigmas)} sigmas x {args.images_per_sigma} images "
+          f"on {len(layers)} layers ({args.site} site)...", flush=True)
 
     def measure(what: str):
         print(f"features: {what} ({time.perf_counter() - started:.0f} s so far)", flush=True)
@@ -100,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"command": "features", "ckpt": str(args.ckpt), "ema": not args.no_ema,
-               "kind": denoiser.conditioning, "site": args.site, "images": args.images, "sigmas": sigmas,
-               "samples": args.samples, "seed": args.seed, "seconds": round(time.perf_counter() - started, 2),
+               "kind": denoiser.conditioning, "site": args.site, "images": args.image_source, "sigmas": sigmas,
+               "samples": args.images_per_sigma, "seed": args.seed, "seconds": round(time.perf_counter() - started, 2),
                **cosines.summary(),
                "baseline": None if baseline is None else {
                    key: baseline[key] for key in ("average_mean_abs_off_diagonal",

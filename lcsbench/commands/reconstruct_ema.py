@@ -1,5 +1,7 @@
 """`python -m lcsbench reconstruct-ema`: the power-function EMA for any sigma_rel after training (EDM2 Alg. 3).
 
+Examples:
+
     python -m lcsbench reconstruct-ema --snapshots runs/exp1/lightning_logs/version_0/phema --sigma-rel 0.075 \\
         --out runs/exp1/ema-0.075.pt
     python -m lcsbench sample --ckpt runs/exp1/ema-0.075.pt --locations paper:4 --out four.png
@@ -11,22 +13,23 @@ least-squares combination of their averaging profiles that best matches the targ
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from lcsbench.commands._common import check_output_file
+from lcsbench.commands._common import CommandParser, check_output_file, command_parser
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lcsbench reconstruct-ema", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+def build_parser() -> CommandParser:
+    parser = command_parser("reconstruct-ema", __doc__)
     parser.add_argument("--snapshots", required=True, help="folder of phema-*.pt snapshots (<log_dir>/phema)")
     parser.add_argument("--sigma-rel", type=float, required=True, help="target relative EMA width, in (0, 0.289)")
     parser.add_argument("--step", type=int, default=None, help="target step (default: the last snapshot's)")
-    parser.add_argument("--out", required=True, help="output .pt file")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", required=True, metavar="FILE", help="the .pt file to write (every command takes it as --ckpt)")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
 
     from lcsbench.checkpoints import read_checkpoint, snapshot_step, write_reconstruction
     from lcsbench.diffusion.phema import sigma_rel_to_gamma, solve_posthoc_coefficients, weighted_state_sum

@@ -1,13 +1,22 @@
-"""`python -m lcsbench render`: CLEVR scenes rendered by Blender into WebDataset shards."""
+"""`python -m lcsbench render`: render CLEVR scenes with Blender (Cycles) into WebDataset shards:
+OUT/n<k>/{train,val}-NNNNNN.tar per object count k, plus OUT/manifest.json. Resumable: rerun the same command after
+a crash or a stop (SIGTERM, Ctrl-C); finished shards are skipped.
+
+Examples:
+
+    python -m lcsbench render --out data/clevr64 --counts 1-3 --per-count 500000 --resolution 64 \\
+        --samples-per-pixel 64 --seed 0
+    python -m lcsbench render --out data/judge64_layouts --layout data/judge_layouts.json --resolution 64
+    python -m lcsbench render --out data/clevr64 --verify
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
-from lcsbench.commands._common import check_output_dir
+from lcsbench.commands._common import CommandParser, check_output_dir, command_parser
 from lcsbench.data.layouts import LayoutError, load_layout_file
 from lcsbench.data.render import render_dataset, render_layouts
 from lcsbench.data.render_errors import RenderError, RenderInterrupted
@@ -16,26 +25,21 @@ from lcsbench.data.scenes import parse_counts
 from lcsbench.data.shards import ShardError, verify_dataset
 
 DEFAULTS = RenderSettings()
+RENAMED = {"--samples": "--samples-per-pixel"}  # old flag -> new (deprecated alias)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m lcsbench render",
-        description="Render CLEVR scenes with Blender (Cycles) into WebDataset shards: "
-                    "OUT/n<k>/{train,val}-NNNNNN.tar per object count k, plus OUT/manifest.json. "
-                    "Resumable: rerun the same command after a crash or a stop (SIGTERM, Ctrl-C); finished "
-                    "shards are skipped.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out", required=True, help="output directory")
+def build_parser() -> CommandParser:
+    parser = command_parser("render", __doc__)
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder: the dataset root")
     parser.add_argument("--counts", default="1-3",
                         help=f"object counts: a range '1-3' or a list '1,2,5', each in 1..{MAX_OBJECTS} (CLEVR's "
                              f"placement rules fit {MAX_OBJECTS} objects in about 1 of 2,000 layouts, "
                              f"{MAX_OBJECTS + 1} in fewer than 1 of 100,000)")
     parser.add_argument("--per-count", type=int, default=1000, help="training images per object count")
     parser.add_argument("--val-per-count", type=int, default=None,
-                        help="held-out images per object count (default: per-count / 50, rounded up)")
+                        help="held-out images per object count (default: --per-count / 50, rounded up)")
     parser.add_argument("--resolution", type=int, default=DEFAULTS.resolution, help="square image size in pixels")
-    parser.add_argument("--samples", type=int, default=DEFAULTS.samples, help="Cycles samples per pixel")
+    parser.add_argument("--samples-per-pixel", type=int, default=DEFAULTS.samples, help="Cycles samples per pixel")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="dataset seed")
     parser.add_argument("--shard-size", type=int, default=DEFAULTS.shard_size, help="images per shard")
     parser.add_argument("--workers", type=int, default=None,
@@ -63,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-dist", type=float, default=DEFAULTS.min_dist, help="CLEVR's min_dist")
     parser.add_argument("--margin", type=float, default=DEFAULTS.margin, help="CLEVR's margin")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.deprecated_aliases(RENAMED)
     return parser
 
 
@@ -89,12 +94,12 @@ def main(argv: list[str]) -> int:
                "blender": args.blender, "progress": not args.no_progress}
         if args.layout:
             scenes = load_layout_file(args.layout, args.resolution)
-            summary = render_layouts(args.out, scenes, resolution=args.resolution, samples=args.samples,
+            summary = render_layouts(args.out, scenes, resolution=args.resolution, samples=args.samples_per_pixel,
                                      seed=args.seed, shard_size=args.shard_size, **placement, **run)
         else:
             summary = render_dataset(args.out, counts=parse_counts(args.counts), per_count=args.per_count,
                                      val_per_count=args.val_per_count, resolution=args.resolution,
-                                     samples=args.samples, seed=args.seed, shard_size=args.shard_size,
+                                     samples=args.samples_per_pixel, seed=args.seed, shard_size=args.shard_size,
                                      **placement, **run)
     except RenderInterrupted as error:
         print(f"lcsbench render: {error}", file=sys.stderr)

@@ -1,5 +1,7 @@
 """`python -m lcsbench reproduce`: the paper's Table 1 contrast and Figure 2 measured end to end (issue 15).
 
+Examples:
+
     python -m lcsbench reproduce --scale smoke --out reports/reproduction/smoke          # minutes, CPU
     python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --stage evaluate
     python -m lcsbench reproduce --scale paper --out reports/reproduction/paper --dry-run
@@ -29,7 +31,6 @@ pipeline only, tested in CI), `cpu` (32 px, G = 16, what 2 CPU cores train in ho
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
 import json
@@ -45,7 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lcsbench
-from lcsbench.commands._common import DEFAULT_SIGMAS, usable_core_ids, usable_cores
+from lcsbench.commands._common import (DEFAULT_SIGMAS, CommandParser, command_parser, usable_core_ids,
+                                      usable_cores)
 
 # --- scales: what each one renders, trains and evaluates --------------------------------------------------------
 
@@ -91,22 +93,23 @@ CLOSED_FORMS = {f"cf_{kind}_{mode}": {"kind": kind, "label-mode": mode}
 SCALES: dict[str, Scale] = {
     "smoke": Scale(
         data="data/reproduce-smoke",
-        render={"counts": "1-3", "per-count": 8, "val-per-count": 4, "resolution": 32, "samples": 4, "seed": 0},
+        render={"counts": "1-3", "per-count": 8, "val-per-count": 4, "resolution": 32, "samples-per-pixel": 4,
+                "seed": 0},
         configs=scale_configs("configs/reproduce/smoke"),  # micro U-Nets, G = 8, 20 steps each
-        lengthgen={"ks": "1-3", "samples-per-k": 2, "steps": 4, "oracle-samples": 4},
-        locality={"sigmas": "0.5,40", "samples": 1, "sample-steps": 4, "locations": 3},
+        lengthgen={"ks": "1-3", "samples-per-k": 2, "steps": 4, "samples-per-pixel": 4},
+        locality={"sigmas": "0.5,40", "noise-draws": 1, "steps": 4, "locations": 3},
         note="tiny everything: the pipeline in minutes, no claim about results",
         closed_forms={name: {**CLOSED_FORMS[name], "grid-size": 8} for name in ("cf_local_single", "cf_empirical_all")},
-        r2={"sigmas": "0.5,40", "images": 4}),
+        r2={"sigmas": "0.5,40", "heldout": 4}),
     "cpu": Scale(
         data="data/reproduce32",  # 10,000 images per count: minutes of Blender, and the judge ships (judge-32.pt)
-        render={"counts": "1-3", "per-count": 10000, "val-per-count": 100, "resolution": 32, "samples": 16,
+        render={"counts": "1-3", "per-count": 10000, "val-per-count": 100, "resolution": 32, "samples-per-pixel": 16,
                 "seed": 3},
         # tiny U-Nets at 32 px, G = 16 (2 px cells), bf16-mixed, 15000 steps; Figure 4's pair on n1 only
         configs=scale_configs("configs/reproduce/cpu", EXPERIMENTS + FIGURE4),
-        lengthgen={"ks": "1-10", "samples-per-k": 32, "steps": 32, "oracle-samples": 16},
+        lengthgen={"ks": "1-10", "samples-per-k": 32, "steps": 32, "samples-per-pixel": 16},
         # Figure 2 with its spread (issue 22): 8 scenes x 4 noise draws x every conditioner of each scene
-        locality={"sigmas": DEFAULT_SIGMAS, "samples": 4, "scenes": 8, "sample-steps": 32, "locations": 3},
+        locality={"sigmas": DEFAULT_SIGMAS, "noise-draws": 4, "scenes": 8, "steps": 32, "locations": 3},
         note="32 px, G = 16, 1-3 objects: hours on 2 CPU cores",
         # full-image patch-local sampling runs the patch U-Net on all 256 patches per step (about 22x the global
         # net's work): 16 Heun steps, checked against 32 at k = 1..4 (STEPS_CHECK)
@@ -116,19 +119,19 @@ SCALES: dict[str, Scale] = {
         lengthgen_by_experiment={"exp3": {"steps": 16}, "fig4_local": {"steps": 16, "samples-per-k": 16},
                                  **{name: {"steps": 16, "samples-per-k": 8} for name in CLOSED_FORMS}},
         closed_forms=CLOSED_FORMS,
-        closed_form_locality={"scenes": 1, "samples": 2, "sample-steps": 16},
-        r2={"images": 32}),
+        closed_form_locality={"scenes": 1, "noise-draws": 2, "steps": 16},
+        r2={"heldout": 32}),
     "paper": Scale(
         data="data/clevr64",
-        render={"counts": "1-3", "per-count": 500000, "val-per-count": 1000, "resolution": 64, "samples": 64,
+        render={"counts": "1-3", "per-count": 500000, "val-per-count": 1000, "resolution": 64, "samples-per-pixel": 64,
                 "seed": 0},
         configs={exp: f"configs/{exp}.yaml" for exp in ("exp1", "exp2", "exp3")},  # edm2-img64-xs, G = 16
-        lengthgen={"ks": "1-12", "samples-per-k": 32, "steps": 32, "oracle-samples": 64},
-        locality={"sigmas": DEFAULT_SIGMAS, "samples": 2, "sample-steps": 32, "locations": 3},
+        lengthgen={"ks": "1-12", "samples-per-k": 32, "steps": 32, "samples-per-pixel": 64},
+        locality={"sigmas": DEFAULT_SIGMAS, "noise-draws": 2, "steps": 32, "locations": 3},
         note="the paper's scale: 64 px, edm2-img64-xs, G = 16, for a GPU cluster",
         # the closed forms' cost grows with the training set: the first 30,000 renders of each count
         closed_forms={name: {**flags, "images-per-count": 30000} for name, flags in CLOSED_FORMS.items()},
-        r2={"images": 64}),
+        r2={"heldout": 64}),
 }
 STAGES = ("render", "fit", "export", "evaluate", "report")
 RUN_VERSION = "run"  # the TensorBoardLogger version folder: a resumed fit writes into the same folder
@@ -336,7 +339,7 @@ def render_is_complete(root: Path, render: dict) -> bool:
     settings = manifest.get("settings", {})
     wanted = {"counts": list(parse_counts(str(render["counts"]))), "per_count": render["per-count"],
               "val_per_count": render["val-per-count"], "resolution": render["resolution"],
-              "samples": render["samples"], "seed": render["seed"]}
+              "samples": render["samples-per-pixel"], "seed": render["seed"]}
     if any(settings.get(key) != value for key, value in wanted.items()):
         return False
     return all((root / shard).exists() for shard in manifest.get("shard_samples", {}))
@@ -681,7 +684,7 @@ def evaluations(study: Study, exp: str) -> dict[str, dict]:
     if int(base.get("steps", scale_steps)) < scale_steps:  # this experiment samples with fewer steps
         folder, extra = STEPS_CHECK
         runs[folder] = {key: value for key, value in {**base, **extra, "steps": scale_steps}.items()
-                        if key != "oracle-samples"}
+                        if key != "samples-per-pixel"}
     return runs
 
 
@@ -959,26 +962,26 @@ STAGE_FUNCTIONS = {"render": stage_render, "fit": stage_fit, "export": stage_exp
                    "report": stage_report}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> CommandParser:
     scales = "; ".join(f"{name}: {scale.note}" for name, scale in SCALES.items())
-    parser = argparse.ArgumentParser(prog="python -m lcsbench reproduce", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser = command_parser("reproduce", __doc__)
     parser.add_argument("--scale", required=True, choices=list(SCALES), help=scales)
-    parser.add_argument("--out", required=True, help="report folder, e.g. reports/reproduction/<scale>")
+    parser.add_argument("--out", required=True, metavar="DIR", help="report folder, e.g. reports/reproduction/<scale>")
     parser.add_argument("--runs", default=None, help="training runs (default: runs/reproduction/<scale>)")
     parser.add_argument("--data", default=None, help="the rendered dataset (default: the scale's, e.g. "
                                                      "data/reproduce32 for cpu)")
-    parser.add_argument("--stage", choices=(*STAGES, "all"), default="all", help="run one stage (default: all)")
-    parser.add_argument("--experiments", default=None, help="comma list of the scale's experiments, e.g. exp1,exp2 (default: all)")
+    parser.add_argument("--stage", choices=(*STAGES, "all"), default="all", help="run one stage, or all")
+    parser.add_argument("--experiments", default=None, help="comma list of the scale's experiments, e.g. exp1,exp2 "
+                                                            "(default: all)")
     parser.add_argument("--judge", default=None, help="judge checkpoint for lengthgen (default: the judge shipped "
                                                       "for the scale's resolution)")
-    parser.add_argument("--parallel", "--parallel-fits", dest="parallel", type=int, default=1,
+    parser.add_argument("--parallel", type=int, default=1,
                         help="commands at once (fits, evaluations), each pinned to its own share of the cores with "
                              "as many threads (default 1: one after another on every core). Small models gain: two "
                              "tiny 32 px fits on one core each made 1.36x the steps of one fit on both cores "
-                             "(issue 22). --parallel-fits is its older name")
+                             "(issue 22)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.deprecated_aliases({"--parallel-fits": "--parallel"})
     return parser
 
 

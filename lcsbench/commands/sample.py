@@ -1,5 +1,7 @@
 """`python -m lcsbench sample`: draw images from a trained model for one conditioner and save a PNG grid.
 
+Examples:
+
     python -m lcsbench sample --ckpt runs/exp1/.../last.ckpt --locations 0.25,0.65 0.65,0.25 --n 16 --out grid.png
     python -m lcsbench sample --ckpt runs/exp1/.../last.ckpt --locations paper:6 --out six.png
     python -m lcsbench sample --ckpt runs/color/.../last.ckpt --colors red red blue --out rrb.png
@@ -13,12 +15,14 @@ outlined in lime; the settings file says so.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
 
-from lcsbench.commands._common import Progress, check_device, check_output_file, default_device
+from lcsbench.commands._common import (CommandParser, Progress, check_device, check_output_file, command_parser,
+                                      default_device)
+
+RENAMED = {"--batch": "--batch-size"}  # old flag -> new (deprecated alias)
 
 
 def paper_count(item: str, option: str, available: int) -> int:
@@ -62,29 +66,42 @@ def parse_colors(items: list[str]) -> list[str]:
     return names
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lcsbench sample", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+def build_parser() -> CommandParser:
+    parser = command_parser("sample", __doc__)
     parser.add_argument("--ckpt", required=True, help="checkpoint from `fit`, or an EMA file from `reconstruct-ema`")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--locations", nargs="+", metavar="X,Y", help="object locations (location models)")
     which.add_argument("--colors", nargs="+", metavar="COLOR", help="object colours (colour models)")
-    parser.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
-    parser.add_argument("--out", required=True, help="output PNG (a JSON with the settings is written beside it)")
-    parser.add_argument("--steps", type=int, default=32, help="Heun steps (default 32 = 63 evaluations)")
+    parser.add_argument("--n", type=int, default=16, help="number of samples")
+    parser.add_argument("--out", required=True, metavar="FILE",
+                        help="the PNG grid to write (its settings go beside it, FILE with .json)")
+    parser.add_argument("--steps", type=int, default=32, help="Heun steps (32 = 63 evaluations)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
     parser.add_argument("--sigma-rel", type=float, default=None, help="tracked EMA to use (default: the first)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw training weights")
-    parser.add_argument("--batch", type=int, default=64, help="images per denoiser batch")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per denoiser batch")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    parser.deprecated_aliases(RENAMED)
+    return parser
+
+
+def parse_args(argv: list[str]):
+    """The arguments, checked before any work: the PNG to write, its settings file, the counts."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if Path(args.out).suffix.lower() != ".png":
         raise SystemExit(f"--out is the PNG grid to write (e.g. grid.png); found {args.out!r}")
-    if args.n < 1 or args.steps < 2 or args.batch < 1:
-        raise SystemExit(f"need --n >= 1, --steps >= 2, --batch >= 1; found {args.n}, {args.steps}, {args.batch}")
-    out = check_output_file(args.out)  # before sampling: an unwritable --out must not cost the samples
-    check_output_file(out.with_suffix(".json"), "--out (its settings file)")
+    if args.n < 1 or args.steps < 2 or args.batch_size < 1:
+        raise SystemExit(f"need --n >= 1, --steps >= 2, {parser.flag('--batch-size')} >= 1; found {args.n}, "
+                         f"{args.steps}, {args.batch_size}")
+    check_output_file(args.out)  # before sampling: an unwritable --out must not cost the samples
+    check_output_file(Path(args.out).with_suffix(".json"), "--out (its settings file)")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
 
     import torch
     from PIL import Image
@@ -113,11 +130,11 @@ def main(argv: list[str]) -> int:
     noise = torch.randn((args.n, *denoiser.image_shape), generator=generator)
     samples = []
     progress = Progress("sample", args.n)
-    for start in range(0, args.n, args.batch):
-        chunk = noise[start:start + args.batch].to(device)
+    for start in range(0, args.n, args.batch_size):
+        chunk = noise[start:start + args.batch_size].to(device)
         conds = cond.unsqueeze(0).expand(chunk.shape[0], *cond.shape).to(device)
         samples.append(edm_sampler(denoiser, chunk, conds, num_steps=args.steps).cpu())
-        progress.update(min(start + args.batch, args.n))
+        progress.update(min(start + args.batch_size, args.n))
     samples = upscale(torch.cat(samples))
     grid = image_grid(outline_cells(samples, cond[None]) if kind == "location" else samples)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,13 @@
-"""`python -m lcsbench sdxl`: the paper's SDXL studies (Appendix G) on a local SDXL pipeline folder.
+"""`python -m lcsbench sdxl`: the paper's SDXL analyses (Section 4, Appendix G) on a local SDXL pipeline folder:
+'locality' = pixel Jacobian and word ablation in the VAE latent along a 50-step Euler run (Figure 6); 'attention' =
+cross-attention maps at concept tokens, Eq. 3 cosine matrices across prompts and the compositional analysis
+(Figures 7, 13). The model is a local diffusers folder: no downloads.
+
+Examples:
 
     python -m lcsbench sdxl --model sdxl-base --analysis locality --out reports/sdxl   # Figure 6
     python -m lcsbench sdxl --model sdxl-base --analysis attention --out reports/sdxl  # Figures 7, 13
+    python -m lcsbench sdxl --model sdxl-base --analysis attention --out DIR --samples-per-prompt 4 --steps 15
 
 Writes OUT/<analysis>.json (numbers), OUT/<analysis>_config.json (the arguments), PNG figures, and for the
 attention study OUT/attention_maps.pt (the captured mean maps, for further analysis).
@@ -15,7 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from lcsbench.commands._common import default_device
+from lcsbench.commands._common import CommandParser, command_parser, default_device
+
+RENAMED = {"--num-steps": "--steps", "--samples": "--samples-per-prompt"}  # old flag -> new (deprecated)
 
 
 def _int_list(text: str) -> list[int]:
@@ -35,22 +43,16 @@ def _pixels(text: str) -> list[tuple[int, int]]:
     return pairs
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> CommandParser:
     from lcsbench.analysis.sdxl.prompts import LOCALITY_PROMPT
     from lcsbench.analysis.sdxl.studies import ATTENTION_STEPS, LOCALITY_STEPS
 
-    parser = argparse.ArgumentParser(
-        prog="python -m lcsbench sdxl",
-        description="SDXL analyses of the paper (Section 4, Appendix G): 'locality' = pixel Jacobian and word "
-                    "ablation in the VAE latent along a 50-step Euler run (Figure 6); 'attention' = cross-attention "
-                    "maps at concept tokens, Eq. 3 cosine matrices across prompts and the compositional "
-                    "analysis (Figures 7, 13). The model is a local diffusers folder: no downloads.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = command_parser("sdxl", __doc__)
     parser.add_argument("--model", required=True,
                         help="local SDXL pipeline folder (e.g. stabilityai/stable-diffusion-xl-base-1.0 downloaded "
                              "elsewhere with `hf download ... --local-dir DIR`)")
     parser.add_argument("--analysis", required=True, choices=("locality", "attention"), help="which study")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
                         help="weights dtype (default: float16 on cuda, float32 on cpu)")
@@ -58,10 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--height", type=int, default=None, help="image height in pixels (default: native)")
     parser.add_argument("--width", type=int, default=None, help="image width in pixels (default: native)")
     parser.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance weight")
+    parser.add_argument("--steps", dest="num_steps", metavar="STEPS", type=int, default=None,  # dest: the config key
+                        help="Euler steps of the run (default: 50 for locality, 15 for attention)")
     loc = parser.add_argument_group("locality (Figure 6)")
     loc.add_argument("--prompt", default=LOCALITY_PROMPT, help="prompt with implicit locations")
-    loc.add_argument("--num-steps", type=int, default=None,
-                     help="Euler steps of the run (default: 50 for locality, 15 for attention)")
     loc.add_argument("--stop-steps", type=_int_list, default=list(LOCALITY_STEPS),
                      help="1-based steps at which the state is analysed")
     loc.add_argument("--pixels", type=_pixels, default=None,
@@ -78,10 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="cross-attention layers: groups down/mid/up/all or exact layer names")
     att.add_argument("--feature-layers", nargs="+", default=None,
                      help="layers averaged into the 'feature_space' panel (default: the first 5 mid-block layers)")
-    att.add_argument("--samples", type=int, default=10, help="samples per prompt")
+    att.add_argument("--samples-per-prompt", dest="samples", metavar="N", type=int, default=10,  # dest: config key
+                     help="samples per prompt")
     att.add_argument("--batch-size", type=int, default=5, help="samples per pipeline call")
     att.add_argument("--device-budget-mb", type=float, default=512,
                      help="MiB of captured maps kept on the accelerator; beyond it maps are accumulated on CPU")
+    parser.deprecated_aliases(RENAMED)
     return parser
 
 
