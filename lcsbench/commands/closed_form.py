@@ -35,6 +35,7 @@ from pathlib import Path
 
 from lcsbench.commands._common import (DEFAULT_SIGMAS, CommandParser, add_model_arguments, command_parser,
                                       default_device, parse_floats)
+from lcsbench.data.scenes import DEFAULT_GRID_SIZE
 
 GIB = 2**30
 
@@ -54,7 +55,7 @@ def spec_parser(sub) -> CommandParser:
     parser.add_argument("--label-mode", required=True, help="how the labels were drawn: all (Exp. 1) | single "
                                                             "(Exp. 2/3) | random | drop_one")
     parser.add_argument("--counts", default="1-3", help="object counts of the training data")
-    parser.add_argument("--grid-size", type=int, default=16, help="location grid G")
+    parser.add_argument("--grid-size", type=int, default=DEFAULT_GRID_SIZE, help="location grid G")
     parser.add_argument("--radius", type=int, default=2, help="local: patches of (2r+1)^2 cells (2: "
                                                                "configs/exp3.yaml)")
     parser.add_argument("--equivariant", action="store_true", help="local: training patches at any cell")

@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 
 from lcsbench.commands._common import CommandParser, check_output_file, command_parser
+from lcsbench.data.scenes import DEFAULT_GRID_SIZE
 
 
 def build_parser() -> CommandParser:
@@ -28,7 +29,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("--data", required=True, help="rendered dataset root with val shards")
     parser.add_argument("--counts", default=None, help="object counts to evaluate, e.g. 1-12 (default: all)")
     parser.add_argument("--tolerance-cells", type=float, default=1.0, help="localization tolerance in grid cells")
-    parser.add_argument("--grid-size", type=int, default=16, help="conditioning grid G")
+    parser.add_argument("--grid-size", type=int, default=DEFAULT_GRID_SIZE, help="conditioning grid G")
     parser.add_argument("--clear-pixels", type=int, default=20,
                         help="also report exact count on images whose every object shows at least this many pixels")
     parser.add_argument("--degrade", default=None, metavar="BLUR,NOISE,COLOR",

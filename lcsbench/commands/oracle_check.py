@@ -16,6 +16,7 @@ k). The study is `lcsbench.analysis.lengthgen.run` without a denoiser.
 from __future__ import annotations
 
 from lcsbench.commands._common import CommandParser, check_output_dir, command_parser
+from lcsbench.data.scenes import DEFAULT_GRID_SIZE
 
 RENAMED = {"--kind": "--conditioning", "--oracle-samples": "--samples-per-pixel"}  # old flag -> new (deprecated)
 SHIPPED_RESOLUTION = 64  # the shipped judge used when neither --judge nor --resolution is given (load_judge's)
@@ -33,7 +34,7 @@ def build_parser() -> CommandParser:
                         help="the protocol's requests: locations (k = 1..12) or colours (k = 1..8)")
     parser.add_argument("--samples-per-k", type=int, default=8, help="renders per k")
     parser.add_argument("--samples-per-pixel", type=int, default=16, help="Cycles samples per pixel")
-    parser.add_argument("--grid-size", type=int, default=16, help="conditioning grid G (cells per side)")
+    parser.add_argument("--grid-size", type=int, default=DEFAULT_GRID_SIZE, help="conditioning grid G (cells per side)")
     parser.add_argument("--seed", type=int, default=0, help="object placement and render seed")
     parser.deprecated_aliases(RENAMED)
     return parser

@@ -27,12 +27,11 @@ from typing import Any
 
 import torch
 
-from lcsbench.data.scenes import COLOR_NAMES
+from lcsbench.data.scenes import COLOR_NAMES, DEFAULT_GRID_SIZE  # noqa: F401 (re-exported: the grid G of E.1)
 from lcsbench.nn.edm2 import scale_label
 
 KINDS: tuple[str, ...] = ("location", "color")
 LABEL_MODES: tuple[str, ...] = ("all", "single", "random", "drop_one")
-DEFAULT_GRID_SIZE = 16  # E.1: "We take grid_size=16 in all experiments"
 
 # The 12 evaluation locations of Appendix E.1, in the paper's order, as (x, y) fractions of the image:
 # x = column (left -> right), y = row (top -> bottom), the order of the scene JSON's pixel_coords

@@ -34,6 +34,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "yellow": (255, 238, 51),
 }
 COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
+DEFAULT_GRID_SIZE = 16  # the location grid G (E.1: "We take grid_size=16 in all experiments")
 SHAPES: tuple[str, ...] = ("cube", "sphere", "cylinder")
 MATERIALS: tuple[str, ...] = ("rubber", "metal")
 SIZES: dict[str, float] = {"large": 0.7, "small": 0.35}  # half-extent in scene units

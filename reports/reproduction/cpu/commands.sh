@@ -131,3 +131,9 @@ taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench lengthgen --ckpt /work/mai
 taskset -c 1 env OMP_NUM_THREADS=1 python -m lcsbench locality --ckpt /work/main/reports/reproduction/cpu/weights/exp3.pt --out /work/main/reports/reproduction/cpu/exp3/locality --sigmas 0.05,0.2,0.5,1,2,5,10,40 --samples 4 --scenes 8 --sample-steps 32 --locations 3
 # 2026-12-03T14:59:10+00:00 lengthgen_random exp3 (by hand from /work/eval3 at a0f4aa5, issue 22's beside checks)
 taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench lengthgen --ckpt /work/main/reports/reproduction/cpu/weights/exp3.pt --out /work/main/reports/reproduction/cpu/exp3/lengthgen_random --name exp3 --ks 1-10 --samples-per-k 32 --steps 16 --oracle-samples 16 --order random
+# 2026-12-03T15:32:07+00:00 locality fig4_local (by hand from /work/eval3 at a0f4aa5: reproduce's command, on core 1)
+taskset -c 1 env OMP_NUM_THREADS=1 python -m lcsbench locality --ckpt /work/main/reports/reproduction/cpu/weights/fig4_local.pt --out /work/main/reports/reproduction/cpu/fig4_local/locality --sigmas 0.05,0.2,0.5,1,2,5,10,40 --samples 4 --scenes 8 --sample-steps 32 --locations 3
+# 2026-12-03T15:46:04+00:00 lengthgen_random fig4_local (by hand from /work/eval3 at a0f4aa5, issue 22's beside checks)
+taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench lengthgen --ckpt /work/main/reports/reproduction/cpu/weights/fig4_local.pt --out /work/main/reports/reproduction/cpu/fig4_local/lengthgen_random --name fig4_local --ks 1-10 --samples-per-k 16 --steps 16 --oracle-samples 16 --order random
+# 2026-12-03T15:46:57+00:00 lengthgen_random fig4_local (by hand from /work/eval3 at a0f4aa5, issue 22's beside checks)
+taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench lengthgen --ckpt /work/main/reports/reproduction/cpu/weights/fig4_local.pt --out /work/main/reports/reproduction/cpu/fig4_local/lengthgen_random --name fig4_local --ks 1-10 --samples-per-k 16 --steps 16 --oracle-samples 16 --order random
