@@ -137,3 +137,7 @@ taskset -c 1 env OMP_NUM_THREADS=1 python -m lcsbench locality --ckpt /work/main
 taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench lengthgen --ckpt /work/main/reports/reproduction/cpu/weights/fig4_local.pt --out /work/main/reports/reproduction/cpu/fig4_local/lengthgen_random --name fig4_local --ks 1-10 --samples-per-k 16 --steps 16 --oracle-samples 16 --order random
 # 2026-12-03T15:46:57+00:00 lengthgen_random fig4_local (by hand from /work/eval3 at a0f4aa5, issue 22's beside checks)
 taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench lengthgen --ckpt /work/main/reports/reproduction/cpu/weights/fig4_local.pt --out /work/main/reports/reproduction/cpu/fig4_local/lengthgen_random --name fig4_local --ks 1-10 --samples-per-k 16 --steps 16 --oracle-samples 16 --order random
+# 2026-12-03T16:16:15 report: reports/reproduction/cpu/table.md, report.json and figures
+python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --data data/reproduce32 --stage report
+# 2026-12-03T16:16:50 report: reports/reproduction/cpu/table.md, report.json and figures
+python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --data data/reproduce32 --stage report
