@@ -144,7 +144,7 @@ def build_closed_form(
     render: str | Path,                      # the render whose train split it integrates over
     counts: Sequence[int],                   # object counts of the training data
     label_mode: str,                         # all | single | random | drop_one: how the labels were drawn
-    grid_size: int = DEFAULT_GRID_SIZE,                     # G
+    grid_size: int = DEFAULT_GRID_SIZE,      # G
     radius: int = 2,                         # local: patches of (2r+1) x (2r+1) cells
     equivariant: bool = False,               # local: training patches at any cell
     images_per_count: int | None = None,     # the first N training images of each count (None: all)
@@ -182,7 +182,7 @@ def write_spec(
     render: str | Path,                      # the render (its train split is the training set)
     counts: str | Sequence[int],             # object counts, e.g. "1-3"
     label_mode: str,                         # all (Exp. 1) | single (Exp. 2/3) | random | drop_one
-    grid_size: int = DEFAULT_GRID_SIZE,                     # G
+    grid_size: int = DEFAULT_GRID_SIZE,      # G
     radius: int = 2,                         # local: patches of (2r+1) x (2r+1) cells (configs/exp3.yaml: 2)
     equivariant: bool = False,               # local: training patches at any cell
     images_per_count: int | None = None,     # the first N training images of each count (None: all)

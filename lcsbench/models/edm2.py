@@ -97,8 +97,8 @@ class EDM2Diffusion(L.LightningModule):
         if found != expected:
             raise ValueError(f"the network's label_dim is {found} but {conditioning!r} conditioning"
                              f"{f' on a {grid_size}x{grid_size} grid' if conditioning == 'location' else ''} gives "
-                             f"{expected}-dim labels: build the net with label_dim={expected} (a config leaves label_dim out: "
-                             f"the data's conditioning and grid_size set it)")
+                             f"{expected}-dim labels: build the net with label_dim={expected} (a config leaves "
+                             f"label_dim out: the data's conditioning and grid_size set it)")
         self.val_sigmas = [float(s) for s in val_sigmas]
         self.val_loss = NoiseLevelLoss(len(self.val_sigmas))
         self._global_batch_size: int | None = None

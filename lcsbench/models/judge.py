@@ -206,8 +206,8 @@ def fixed_degradation(n: int, blur: float, noise: float, color_shift: float) -> 
 SHIPPED_JUDGE = "judge-{resolution}.pt"  # package data in lcsbench/weights/
 JUDGE_RECIPE = ("render the judge's data at that resolution and fit configs/judge.yaml on it (its header gives the "
                 "commands, e.g. `python -m lcsbench render --out data/judge{r} --counts 1-12 --per-count 3000 "
-                "--val-per-count 50 --resolution {r} --samples 16 --seed 3` then `python -m lcsbench fit --config "
-                "configs/judge.yaml --data.init_args.root data/judge{r} --data.init_args.resolution {r} "
+                "--val-per-count 50 --resolution {r} --samples-per-pixel 16 --seed 3` then `python -m lcsbench fit "
+                "--config configs/judge.yaml --data.init_args.root data/judge{r} --data.init_args.resolution {r} "
                 "--model.init_args.resolution {r}`), and pass --judge runs/judge/.../last.ckpt")
 
 
