@@ -105,13 +105,14 @@ class EDM2Diffusion(L.LightningModule):
         self._unchecked_losses: list[tuple[int, int, list, torch.Tensor]] = []  # (step, batch, keys, loss) on device
 
     def expected_label_dim(self) -> int:
-        """Label width the network must take (subclasses with other labels, e.g. patch-local, override it)."""
-        return label_dim(self.conditioning, self.grid_size)
+        """Label width the network must take: the class's `network_label_dim` rule on this module's settings."""
+        return self.network_label_dim(self.conditioning, self.grid_size, self.hparams)
 
     @classmethod
     def network_label_dim(cls, conditioning: str, grid_size: int, init_args: Mapping[str, Any]) -> int:
-        """The label width a model built with `init_args` on data of this conditioning and grid needs: what
-        LightningCLI's link writes into the net's label_dim (commands/trainer.py), so a config states G once."""
+        """The label width a model built with `init_args` on data of this conditioning and grid needs (subclasses
+        with other labels, e.g. patch-local, override it): what LightningCLI's link writes into the net's label_dim
+        (commands/trainer.py), so a config states G once, and what the constructor checks the net against."""
         return label_dim(conditioning, grid_size)
 
     # -- the denoiser interface (DESIGN.md) --

@@ -47,16 +47,12 @@ class PatchLocalDiffusion(EDM2Diffusion):
         if conditioning != "location":
             raise ValueError(f"the patch-local model conditions on location cells (App. E.3), not {conditioning!r}: "
                              f"train it on data.init_args.conditioning: location, or use EDM2Diffusion")
-        self._radius = radius  # read by expected_label_dim during EDM2Diffusion.__init__
         super().__init__(net, conditioning=conditioning, grid_size=grid_size, label_scale=label_scale, lr=lr,
                          lr_decay_steps=lr_decay_steps, lr_rampup_images=lr_rampup_images, P_mean=P_mean,
                          P_std=P_std, val_sigmas=val_sigmas, val_seed=val_seed, noise_seed=noise_seed,
                          compile=compile, channels_last=channels_last)
         self.local = PatchLocal(net, grid_size=grid_size, radius=radius, max_patches=max_patches,
                                 label_scale=label_scale)
-
-    def expected_label_dim(self) -> int:
-        return patch_label_dim(self._radius)
 
     @classmethod
     def network_label_dim(cls, conditioning: str, grid_size: int, init_args: Mapping[str, Any]) -> int:
