@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from lcsbench.analysis.locality import _module_of
-from lcsbench.data.conditioning import DEFAULT_GRID_SIZE
+from lcsbench.data.scenes import DEFAULT_GRID_SIZE
 from lcsbench.diffusion.denoiser import Denoiser
 
 MODULATION_LAYER = "emb_linear"  # EDM2 Block's conditioning projection: c = 1 + emb_linear(emb, gain=emb_gain)

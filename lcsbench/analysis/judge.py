@@ -14,8 +14,7 @@ from collections import Counter
 import torch
 
 from lcsbench.analysis.lengthgen import match_locations
-from lcsbench.data.conditioning import DEFAULT_GRID_SIZE
-from lcsbench.data.scenes import COLOR_NAMES
+from lcsbench.data.scenes import COLOR_NAMES, DEFAULT_GRID_SIZE
 
 
 def judge_accuracy(judge, batches, grid_size: int = DEFAULT_GRID_SIZE, tolerance_cells: float = 1.0,

@@ -15,8 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lcsbench.data.conditioning import DEFAULT_GRID_SIZE
-from lcsbench.data.scenes import COLOR_NAMES, MATERIALS, SHAPES, SIZES, cell_centre
+from lcsbench.data.scenes import COLOR_NAMES, DEFAULT_GRID_SIZE, MATERIALS, SHAPES, SIZES, cell_centre
 
 POSITION_KEYS = ("pixel", "frac", "grid")
 ATTRIBUTES = {"color": COLOR_NAMES, "shape": SHAPES, "size": tuple(SIZES), "material": MATERIALS}

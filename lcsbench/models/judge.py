@@ -25,8 +25,7 @@ from torchmetrics import MeanMetric
 from lcsbench.analysis.judge import score_detection
 from lcsbench.checkpoints import (JUDGE_ARCH_KEY, architecture_record, class_path, read_checkpoint, read_record, rebuild,
                                   write_shipped_judge)
-from lcsbench.data.conditioning import DEFAULT_GRID_SIZE
-from lcsbench.data.scenes import COLOR_NAMES
+from lcsbench.data.scenes import COLOR_NAMES, DEFAULT_GRID_SIZE
 from lcsbench.nn.judge import CentreHeatmapNet, centre_color_loss, centre_heatmap_loss, centre_targets, extract_peaks
 
 class JudgeModule(L.LightningModule):

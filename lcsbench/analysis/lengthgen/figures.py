@@ -11,7 +11,7 @@ import numpy as np
 from lcsbench.analysis.lengthgen.matching import judge_request
 from lcsbench.analysis.lengthgen.protocol import cell_centres_pixels
 from lcsbench.analysis.lengthgen.tally import K_MAX_STRICT_THRESHOLD, K_MAX_THRESHOLD
-from lcsbench.data.conditioning import DEFAULT_GRID_SIZE
+from lcsbench.data.scenes import DEFAULT_GRID_SIZE
 
 
 def plot_success_curves(report: Mapping, path=None, title: str = "length generalization"):
