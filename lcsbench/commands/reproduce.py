@@ -864,8 +864,8 @@ def write_report(study: Study, inputs: dict[str, dict[str, Path]]) -> None:
     from lcsbench.analysis.plots import save_figure
 
     lengthgens = {exp: read_json(files["lengthgen"]) for exp, files in inputs.items()}
-    localities = {exp: read_json(files["locality"]) for exp, files in inputs.items() if files["locality"].exists()}
-    localities = {exp: locality for exp, locality in localities.items() if locality is not None}
+    localities = {exp: locality for exp, files in inputs.items()  # read_json: None when missing or unreadable
+                  if (locality := read_json(files["locality"])) is not None}
     trained = [exp for exp in inputs if exp in study.scale.configs]
     closed_names = [name for name in inputs if name in study.scale.closed_forms]
     randoms = {exp: read_json(inputs[exp]["random"]) for exp in trained if inputs[exp]["random"].exists()}
@@ -915,11 +915,11 @@ def write_report(study: Study, inputs: dict[str, dict[str, Path]]) -> None:
     if any(grids.values()):
         figures["samples_by_k"] = rp.sample_grid_figure({exp: g for exp, g in grids.items() if g})
     if closed_names:
-        figures |= {"closed_forms": rp.success_figure({n: lengthgens[n] for n in closed_names},
-                                                      title="Closed forms: length generalization (issue 23)"),
-                    **({"closed_forms_locality_radius": rp.locality_radius_figure(
-                        {n: localities[n] for n in closed_names if n in localities})}
-                       if any(n in localities for n in closed_names) else {})}
+        figures["closed_forms"] = rp.success_figure({n: lengthgens[n] for n in closed_names},
+                                                    title="Closed forms: length generalization (issue 23)")
+    closed_localities = {n: localities[n] for n in closed_names if n in localities}
+    if closed_localities:
+        figures["closed_forms_locality_radius"] = rp.locality_radius_figure(closed_localities)
     if r2s:
         figures["r2"] = rp.r2_figure(r2s)
     for name, figure in figures.items():
