@@ -455,7 +455,6 @@ class LocalityProfile:
         out["pixel_radius_mean"] = _nan_to_none(out["pixel_radius_mean"])
         return out
 
-
     def maps(self) -> dict:
         """The maps as numpy arrays (the layout of `python -m lcsbench locality`'s locality_maps.npz, less the
         sample): `sigmas [S]`, `pixels [P, 2]`, `heat [S, P, H, W]`, where measured `heat_without_skip
@@ -470,6 +469,7 @@ class LocalityProfile:
             if self.conditioner_centres is not None:
                 maps["conditioner_centres"] = np.asarray(self.conditioner_centres)
         return maps
+
 
 def _nanmean(values: Tensor, dim: int) -> Tensor:
     return values.nanmean(dim=dim)

@@ -80,7 +80,7 @@ class CLEVRDataModule(L.LightningDataModule):
         counts: str | int | list[int] = "1-3",  # object counts to mix equally: "1-3", "1,2,5", 4, [1, 3]
         conditioning: str = "location",  # location | color (E.1: one attribute at a time)
         label_mode: str = "all",  # all (Exp. 1) | single (Exp. 2/3) | random | drop_one (Table 2)
-        grid_size: int = conditioners.DEFAULT_GRID_SIZE,  # location grid cells per side; must divide the resolution (E.1)
+        grid_size: int = conditioners.DEFAULT_GRID_SIZE,  # location cells per side; divides the resolution (E.1)
         batch_size: int = 64,  # samples per batch on each rank; with global_batch_size: the most per device
         global_batch_size: int | None = None,  # images per optimizer step on all ranks (EDM2: 2048); None: no fixed
         #   global batch (every rank takes batch_size, the global batch grows with the ranks)
