@@ -18,9 +18,11 @@ import torch
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]  # (x, sigma, cond) -> D(x)
 
+PAPER_HEUN_STEPS = 32  # the paper's sampler: 32 Heun steps, no guidance (App. E.1)
+
 
 def noise_levels(
-    num_steps: int = 32,  # N
+    num_steps: int = PAPER_HEUN_STEPS,  # N
     sigma_min: float = 0.002,
     sigma_max: float = 80.0,
     rho: float = 7.0,
@@ -40,7 +42,7 @@ def edm_sampler(
     denoiser: Denoiser,  # denoiser(x, sigma, cond) -> D(x); sigma is passed as a 0-d tensor
     noise: torch.Tensor,  # [N, C, H, W] standard normal
     cond: Any,  # conditioner handed unchanged to the denoiser
-    num_steps: int = 32,  # noise levels before the final sigma = 0
+    num_steps: int = PAPER_HEUN_STEPS,  # noise levels before the final sigma = 0
     sigma_min: float = 0.002,
     sigma_max: float = 80.0,
     rho: float = 7.0,
