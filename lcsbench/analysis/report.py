@@ -400,32 +400,37 @@ def table_markdown(
         lines.append(f"| {goal['goal']} | {measured} | {verdict(goal['passed'])} |")
     lines += ["", "## Per k (95% Wilson interval, successes/samples)"]
     for exp, report in lengthgens.items():
-        protocol = report["protocol"]
-        model = row_rates(report["rows"]["model"])
-        counted = count_rates(report["rows"]["model"], protocol)
-        oracle = row_rates(report["rows"]["oracle"]) if "oracle" in report["rows"] else None
-        random_rates = row_rates(randoms[exp]["rows"]["model"]) if exp in randoms else None
-        gaps = (protocol.get("crowding") or {}, (randoms[exp]["protocol"].get("crowding") or {}) if exp in randoms
-                else {})
-        lines += ["", f"### {_title(rows, exp)}", "",
-                  f"Success rule: {protocol.get('success_rule', '-')}.", "",
-                  "| k | success (paper order) | count rate | success (random k-subsets) | oracle | mean missing | "
-                  "mean extra | smallest gap, px (paper / random) |", "|---|---|---|---|---|---|---|---|"]
-        for k in model["success"]:
-            gap = " / ".join(f"{g[k]:.1f}" if k in g else "-" for g in gaps)
-            lines.append(f"| {k} | {_rate_cell(model, k)} | {counted[k]:.2f} | "
-                         f"{_rate_cell(random_rates, k) if random_rates else '-'} | "
-                         f"{_rate_cell(oracle, k) if oracle else '-'} | {model['mean_missing'][k]:.2f} | "
-                         f"{model['mean_extra'][k]:.2f} | {gap} |")
-        links = (sample_links or {}).get(exp)
-        if links:
-            lines += ["", "Samples with detections (green squares: requested cells, green +: requested points, "
-                      "yellow o: matched, red o: extra): "
-                      + " ".join(f"[k={k}]({path})" for k, path in sorted(links.items()))]
+        lines += _per_k_lines(_title(rows, exp), report, randoms.get(exp), (sample_links or {}).get(exp))
     lines += ["", "## Figures", "", "![success vs k](success_vs_k.png)", "",
               "![locality radii](locality_radius.png)", "", "![Eq. 10 maps](locality_maps.png)", "",
               "![samples](samples_by_k.png)", ""]
     return "\n".join(lines)
+
+
+def _per_k_lines(title: str, report: Mapping, random_order: Mapping | None, links: Mapping[int, str] | None
+                 ) -> list[str]:
+    """table.md's per-k section of one experiment: success with its interval, count rate, random-subset and oracle
+    rates, misses and extras, the smallest gap between requests, the links to its sample grids."""
+    protocol = report["protocol"]
+    model = row_rates(report["rows"]["model"])
+    counted = count_rates(report["rows"]["model"], protocol)
+    oracle = row_rates(report["rows"]["oracle"]) if "oracle" in report["rows"] else None
+    random_rates = row_rates(random_order["rows"]["model"]) if random_order else None
+    gaps = (protocol.get("crowding") or {}, (random_order["protocol"].get("crowding") or {}) if random_order else {})
+    lines = ["", f"### {title}", "", f"Success rule: {protocol.get('success_rule', '-')}.", "",
+             "| k | success (paper order) | count rate | success (random k-subsets) | oracle | mean missing | "
+             "mean extra | smallest gap, px (paper / random) |", "|---|---|---|---|---|---|---|---|"]
+    for k in model["success"]:
+        gap = " / ".join(f"{g[k]:.1f}" if k in g else "-" for g in gaps)
+        lines.append(f"| {k} | {_rate_cell(model, k)} | {counted[k]:.2f} | "
+                     f"{_rate_cell(random_rates, k) if random_rates else '-'} | "
+                     f"{_rate_cell(oracle, k) if oracle else '-'} | {model['mean_missing'][k]:.2f} | "
+                     f"{model['mean_extra'][k]:.2f} | {gap} |")
+    if links:
+        lines += ["", "Samples with detections (green squares: requested cells, green +: requested points, "
+                  "yellow o: matched, red o: extra): "
+                  + " ".join(f"[k={k}]({path})" for k, path in sorted(links.items()))]
+    return lines
 
 
 def _counts(counts: Sequence[int] | None) -> str:
