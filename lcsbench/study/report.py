@@ -45,12 +45,10 @@ def judge_name(path: str | None) -> dict:
 
     file = Path(path)
     package = Path(lcsbench.__file__).resolve().parent
-    shipped = package / "weights" / file.name
-    if not file.exists() and file.parent.name == "weights" and shipped.exists():
-        file = shipped  # a shipped judge named by another machine's path: the same file of this package
-    try:
-        shown = file.resolve().relative_to(package.parent).as_posix()
-    except ValueError:
+    if file.parts[-3:-1] == ("lcsbench", "weights"):  # a shipped judge, wherever the report was made
+        shown = f"lcsbench/weights/{file.name}"
+        file = file if file.is_file() else package / "weights" / file.name
+    else:
         shown = file.as_posix() if not file.is_absolute() else file.name
     return {"path": shown, "sha256": file_sha256(file) if file.is_file() else None}
 
