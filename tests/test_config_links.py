@@ -30,7 +30,10 @@ def parse(tmp_path, monkeypatch, root, *args: str):
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(REPO / "configs")) for c in CONFIGS])
 def test_no_shipped_config_states_the_grid_twice(config):
-    model = yaml.safe_load(config.read_text()).get("model") or {}
+    document = yaml.safe_load(config.read_text())
+    model = document if config.parent.name == "models" else document.get("model") or {}  # a shared model section
+    if isinstance(model, str):  # `model: models/<name>.yaml`: the section is read from that file
+        model = yaml.safe_load((config.parent / model).read_text())
     init_args = model.get("init_args") or {}
     net_args = (init_args.get("net") or {}).get("init_args") or {}
     assert not {"grid_size", "conditioning"} & set(init_args), f"{config}: the model's grid/conditioning come from data"

@@ -103,7 +103,11 @@ def read_config(paths: list[Path]) -> dict:
         if not path.is_file():
             raise SystemExit(f"reproduce: the fit config {path} does not exist: the scale's configs live in "
                              f"{path.parent}/; write it, or choose another --scale")
-        config = merged(config, yaml.safe_load(path.read_text()) or {})
+        layer = yaml.safe_load(path.read_text()) or {}
+        for section, value in layer.items():  # `model: models/x.yaml`: a section read from a file beside the config
+            if section in ("trainer", "model", "data") and isinstance(value, str):
+                layer[section] = yaml.safe_load((path.parent / value).read_text()) or {}
+        config = merged(config, layer)
     try:
         max_steps = int(config["trainer"]["max_steps"])
         data = dict(config["data"]["init_args"])
