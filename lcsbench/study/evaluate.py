@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from lcsbench.diffusion.sampler import PAPER_HEUN_STEPS
-from lcsbench.study.export import spec_sha256, weights_match_record
+from lcsbench.study.export import sidecar_mismatch, spec_sha256, weights_match_record
 from lcsbench.study.runner import Job, Study, flags, read_json, run_jobs, write_atomic
 
 # The length-generalization evaluations of each experiment: folder -> lengthgen flags beside the scale's. Random
@@ -158,6 +158,8 @@ def trained_jobs(study: Study, exp: str) -> list[Job]:
         study.refuse(f"evaluate {exp}: no weights at {weights}: run `--stage fit` and `--stage export` first "
                      f"(export writes OUT/weights/<exp>.pt from the fit stage's run)")
     export = read_json(weights.with_suffix(".json"))
+    if (mismatch := sidecar_mismatch(study, exp, export)) is not None:
+        raise SystemExit(f"reproduce: evaluate {exp}: {mismatch}")
     if not study.dry_run and weights_match_record(weights, export) is False:
         raise SystemExit(f"reproduce: evaluate {exp}: {weights} does not match the sha256 its export recorded in "
                          f"{weights.with_suffix('.json')}: the file was replaced or damaged. Rerun `--stage "

@@ -66,9 +66,29 @@ def weights_match_record(weights: Path, sidecar: dict | None) -> bool | None:
     return weights.exists() and file_sha256(weights) == sidecar["sha256"]
 
 
+def named_experiment(exp: str, sidecar: dict | None) -> str | None:
+    """The other experiment a weights file's sidecar names (copied over this one's), or None when it names `exp`
+    (or no experiment: an export older than the field)."""
+    named = (sidecar or {}).get("experiment")
+    return named if named not in (None, exp) else None
+
+
+def sidecar_mismatch(study: Study, exp: str, sidecar: dict | None) -> str | None:
+    """The one line that refuses another experiment's weights read under this experiment's name, or None."""
+    other = named_experiment(exp, sidecar)
+    if other is None:
+        return None
+    return (f"{study.weights(exp).with_suffix('.json')} names experiment {other}, not {exp}: these are another "
+            f"experiment's weights under {exp}'s name. Restore {exp}'s exported files, or rerun `--stage export` "
+            f"from its run")
+
+
 def export_is_current(study: Study, exp: str) -> bool:
     last, weights = study.last_ckpt(exp), study.weights(exp)
     sidecar = read_json(weights.with_suffix(".json"))
+    if named_experiment(exp, sidecar) is not None:
+        study.say(f"export {exp}: its sidecar names experiment {named_experiment(exp, sidecar)}: exporting again")
+        return False
     intact = weights_match_record(weights, sidecar) is not False
     if weights.exists() and not intact:
         study.say(f"export {exp}: {weights} does not match the sha256 its export recorded: exporting again")

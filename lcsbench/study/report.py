@@ -13,8 +13,9 @@ from pathlib import Path
 
 import lcsbench
 from lcsbench.study.evaluate import STEPS_CHECK, evaluations
+from lcsbench.study.export import sidecar_mismatch
 from lcsbench.study.goals import closed_form_predictions, goal_checks
-from lcsbench.study.runner import Study, read_json, write_atomic
+from lcsbench.study.runner import Study, read_json, read_timings, write_atomic
 
 # the report is written without them (older studies; a closed form has no export, random order or steps check;
 # a study stopped early may lack a locality run: its rows stand, Figure 2 shows what was measured)
@@ -135,7 +136,10 @@ def collect(study: Study, inputs: dict[str, dict[str, Path]]) -> Collected:
         localities=present("locality"), randoms=present("random"), steps_checks=present("steps_check"),
         exports=present("export"), r2s=present("r2"),
         maps={name: files["maps"] for name, files in inputs.items() if files["maps"].exists()},
-        timings=read_json(study.out / "timings.json") or {})
+        timings=read_timings(study.out / "timings.json"))
+    for name, sidecar in collected.exports.items():
+        if (mismatch := sidecar_mismatch(study, name, sidecar)) is not None:
+            raise SystemExit(f"reproduce: report: {mismatch}")
     judges = {}
     for document in (*collected.lengthgens.values(), *collected.randoms.values(), *collected.steps_checks.values()):
         protocol = document.get("protocol", {})

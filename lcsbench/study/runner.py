@@ -7,9 +7,9 @@ import contextlib
 import datetime
 import json
 import os
+import re
 import shlex
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import lcsbench
 from lcsbench.commands._common import usable_core_ids, usable_cores
+from lcsbench.study import processes
 from lcsbench.study.records import Experiment, experiment
 from lcsbench.study.scales import Scale, config_paths, read_config
 
@@ -35,6 +36,35 @@ def read_json(path: Path) -> dict | None:
         print(f"reproduce: {path} is unreadable ({error}): treated as missing, its stage rebuilds it", flush=True)
         return None
     return document if isinstance(document, dict) else None
+
+
+TIMING_ENTRY = re.compile(r'"((?:[^"\\]|\\.)+)":\s*\{\s*"seconds":\s*([0-9.eE+-]+),\s*"finished":\s*"([^"]+)"\s*\}')
+
+
+def read_timings(path: Path, aside: bool = False) -> dict:
+    """OUT/timings.json's entries. A damaged file (cut short, overwritten) is not taken as empty: its whole entries
+    are recovered and the loss is said; with `aside` (before a write) the damaged file is kept beside it."""
+    if not path.exists():
+        return {}
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    with contextlib.suppress(json.JSONDecodeError):
+        document = json.loads(text)
+        if isinstance(document, dict):
+            return document
+    recovered = {name: {"seconds": float(seconds), "finished": finished}
+                 for name, seconds, finished in TIMING_ENTRY.findall(text)}
+    kept = ""
+    if aside:
+        damaged = path.with_name(f"{path.name}.damaged-{datetime.datetime.now():%Y%m%dT%H%M%S}")
+        path.replace(damaged)
+        kept = f"; the damaged file is kept as {damaged}"
+    print(f"reproduce: {path} is unreadable: {len(recovered)} whole timing entr{'y' if len(recovered) == 1 else 'ies'} "
+          f"recovered from it, any other entry is lost (the study's busy time counts only what is recorded){kept}",
+          flush=True)
+    return recovered
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -64,6 +94,7 @@ class Study:
     argv_base: list[str] = field(default_factory=list)  # the reproduce flags that name this study (for the log)
     parallel: int = 1  # commands at once (fits, evaluations), each pinned to its own cores (run_jobs)
     chosen: bool = False  # --experiments named them (the report then refuses missing outputs of any)
+    running: list = field(default_factory=list)  # the commands started and not finished (ended with the study)
 
     @property
     def scale_name(self) -> str:
@@ -142,9 +173,9 @@ class Study:
             env.setdefault("OMP_NUM_THREADS", str(threads))
         package_root = str(Path(lcsbench.__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        pin_to = (lambda: os.sched_setaffinity(0, cores)) if cores else None
-        process = subprocess.Popen([sys.executable, "-m", "lcsbench", *argv], env=env, preexec_fn=pin_to)
+        process = subprocess.Popen([*processes.LCSBENCH, *argv], env=env, preexec_fn=processes.child_setup(cores))
         process.started, process.what, process.line = time.perf_counter(), what, line
+        self.running.append(process)
         return process
 
     def finish(self, process: subprocess.Popen | None) -> float:
@@ -153,6 +184,8 @@ class Study:
             return 0.0
         code = process.wait()
         seconds = time.perf_counter() - process.started
+        if process in self.running:
+            self.running.remove(process)
         if code != 0:
             raise SystemExit(f"reproduce: {process.what} failed (exit code {code}) after {seconds:.0f} s: "
                              f"`{shlex.join(process.line)}`. Fix what it reported and rerun the same reproduce "
@@ -176,9 +209,10 @@ class Study:
         self.record(line, what)
 
     def timing(self, what: str, seconds: float) -> None:
-        """Keep the seconds of each step in OUT/timings.json (the report reads them)."""
+        """Add the seconds of a step to OUT/timings.json (the report reads them): the file is appended to, never
+        rebuilt from one entry; an unreadable one is renamed aside first, its recoverable entries kept."""
         path = self.out / "timings.json"
-        timings = read_json(path) or {}
+        timings = read_timings(path, aside=True)
         timings[what] = {"seconds": round(seconds, 1),
                          "finished": datetime.datetime.now().isoformat(timespec="seconds")}
         write_atomic(path, json.dumps(timings, indent=2))

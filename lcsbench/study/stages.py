@@ -102,12 +102,14 @@ def run_study(study: Study, stages: tuple[str, ...]) -> None:
 
     from lcsbench.study.evaluate import stage_evaluate
     from lcsbench.study.export import stage_export
+    from lcsbench.study.processes import commands_end_with_the_study
     from lcsbench.study.report import stage_report
     from lcsbench.study.runner import study_lock
 
     functions = {"render": stage_render, "fit": stage_fit, "export": stage_export, "evaluate": stage_evaluate,
                  "report": stage_report}
-    with contextlib.nullcontext() if study.dry_run else study_lock(study.out, study.runs):
+    with contextlib.nullcontext() if study.dry_run else study_lock(study.out, study.runs), \
+            commands_end_with_the_study(study.running):
         for stage in stages:
             study.say(f"stage {stage}" + (" (dry run: commands only)" if study.dry_run else ""))
             functions[stage](study)
