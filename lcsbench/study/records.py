@@ -34,8 +34,8 @@ class Experiment:
     closed_form: str | None = None  # local | empirical: the closed form's kind (model "closed_form")
     geometry_from: str | None = None  # closed forms: the experiment whose config gives the grid and patch radius
     colour: str | None = None  # its line colour in the figures
-    cell: tuple[str, str, str] | None = None  # (table, row, column) of the paper's Tables 1 and 2, e.g.
-    #                                            ("table1", "1-3", "exp1")
+    # (its cell of the paper's Tables 1 and 2 follows from model, conditioning, label_mode and counts:
+    # analysis/paper_tables.py derives it, so a record does not restate it)
 
     def __post_init__(self):
         if self.model not in MODEL_KINDS:

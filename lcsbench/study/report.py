@@ -170,7 +170,7 @@ def trained_summary(study: Study, c: Collected, exp: str) -> dict:
     return summary | {
         "weights": str(study.weights(exp)), "paper": record.paper, "paper_rule": record.paper_rule,
         "source": record.source, "prediction": record.prediction, "name": record.title,
-        "conditioning": record.conditioning, "model": record.model, "cell": record.cell,
+        "conditioning": record.conditioning, "model": record.model,
         "steps": export.get("step"), "max_steps": export.get("max_steps"),
         "wall_seconds": export.get("wall_seconds"), "parameters": export.get("parameters"),
         "config_file": export.get("config_file"), "config": export.get("config"),
