@@ -16,7 +16,9 @@ from lcsbench.models.patch import PatchLocalDiffusion
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
-SMOKE_EXP3 = REPO / "configs" / "reproduce" / "smoke" / "exp3.yaml"
+SMOKE = REPO / "configs" / "reproduce" / "smoke"
+SMOKE_EXP3 = ("--config", str(SMOKE / "base.yaml"), "--config", str(SMOKE / "patch.yaml"), "--config",
+              str(SMOKE / "exp3.yaml"))  # the smoke scale's Exp 3: its base, the patch layer, its delta
 
 
 def parse(tmp_path, monkeypatch, root, *args: str):
@@ -28,7 +30,10 @@ def parse(tmp_path, monkeypatch, root, *args: str):
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(REPO / "configs")) for c in CONFIGS])
 def test_no_shipped_config_states_the_grid_twice(config):
-    model = yaml.safe_load(config.read_text()).get("model") or {}
+    document = yaml.safe_load(config.read_text())
+    model = document if config.parent.name == "models" else document.get("model") or {}  # a shared model section
+    if isinstance(model, str):  # `model: models/<name>.yaml`: the section is read from that file
+        model = yaml.safe_load((config.parent / model).read_text())
     init_args = model.get("init_args") or {}
     net_args = (init_args.get("net") or {}).get("init_args") or {}
     assert not {"grid_size", "conditioning"} & set(init_args), f"{config}: the model's grid/conditioning come from data"
@@ -52,7 +57,7 @@ def test_the_data_sets_the_models_grid_conditioning_and_label_width(extra, kind,
 @pytest.mark.parametrize(("radius", "label_dim"), [(1, 11), (2, 27)])
 def test_the_patch_models_label_width_follows_its_radius(radius, label_dim, clevr_shards, tmp_path, monkeypatch):
     window = 2 * radius + 1  # the smoke config's 4 px cells: a patch of (2r+1) cells is 4 (2r+1) px
-    cli = parse(tmp_path, monkeypatch, clevr_shards, "--config", str(SMOKE_EXP3),
+    cli = parse(tmp_path, monkeypatch, clevr_shards, *SMOKE_EXP3,
                 "--model.init_args.radius", str(radius), "--model.init_args.net.init_args.img_resolution",
                 str(4 * window))
     assert isinstance(cli.model, PatchLocalDiffusion)
@@ -88,5 +93,5 @@ def test_a_config_stating_the_linked_values_consistently_still_parses(clevr_shar
 
 def test_the_patch_model_refuses_colour_data(clevr_shards, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="conditions on location cells"):  # when the model is built
-        parse(tmp_path, monkeypatch, clevr_shards, "--config", str(SMOKE_EXP3), "--data.init_args.conditioning",
+        parse(tmp_path, monkeypatch, clevr_shards, *SMOKE_EXP3, "--data.init_args.conditioning",
               "color")

@@ -37,28 +37,34 @@ LAYER_RULES: dict[str, dict] = {
     },
     "analysis/": {
         "forbidden": ("lightning", "pytorch_lightning", "diffusers", "lcsbench.models", "lcsbench.callbacks",
-                      "lcsbench.commands", "lcsbench.cli", "lcsbench.data.datamodule"),
+                      "lcsbench.study", "lcsbench.commands", "lcsbench.cli", "lcsbench.data.datamodule"),
         "why": "analysis/ imports no Lightning, no diffusers (SDXL is loaded in models/sdxl.py) and nothing above "
                "it (models, callbacks, commands, cli, data.datamodule)",
     },
     "data/": {
-        "forbidden": ("lightning", "pytorch_lightning", "lcsbench.models", "lcsbench.callbacks",
+        "forbidden": ("lightning", "pytorch_lightning", "lcsbench.models", "lcsbench.callbacks", "lcsbench.study",
                       "lcsbench.commands", "lcsbench.analysis", "lcsbench.cli"),
         "why": "data/ (all but datamodule.py) imports no Lightning and nothing above it (analysis, models, "
                "callbacks, commands, cli)",
     },
     "data/datamodule.py": {
-        "forbidden": ("lcsbench.models", "lcsbench.callbacks", "lcsbench.commands", "lcsbench.cli"),
+        "forbidden": ("lcsbench.models", "lcsbench.callbacks", "lcsbench.study", "lcsbench.commands", "lcsbench.cli"),
         "why": "data/datamodule.py may import Lightning, but nothing above analysis/ "
-               "(models, callbacks, commands, cli)",
+               "(models, callbacks, study, commands, cli)",
     },
     "models/": {
-        "forbidden": ("lcsbench.callbacks", "lcsbench.commands", "lcsbench.cli"),
-        "why": "models/ imports nothing above it (callbacks, commands, cli)",
+        "forbidden": ("lcsbench.callbacks", "lcsbench.study", "lcsbench.commands", "lcsbench.cli"),
+        "why": "models/ imports nothing above it (callbacks, study, commands, cli)",
     },
     "callbacks/": {
+        "forbidden": ("lcsbench.study", "lcsbench.commands", "lcsbench.cli"),
+        "why": "callbacks/ imports nothing above it (study, commands, cli)",
+    },
+    "study/": {
         "forbidden": ("lcsbench.commands", "lcsbench.cli"),
-        "why": "callbacks/ imports nothing above it (commands, cli)",
+        "except": ("lcsbench.commands._common",),
+        "why": "study/ (the experiments, scales and stages `reproduce` runs) imports no command and not the cli: "
+               "commands/ call it; the shared helpers of commands/_common.py only",
     },
     "commands/": {
         "forbidden": ("lcsbench.commands", "lcsbench.cli"),
@@ -162,6 +168,11 @@ SCRATCH = {
                               "from lcsbench.commands.b import x\n\n\ndef main(argv):\n    from . import b\n",
     "lcsbench/commands/b.py": "x = 1\n",
     "lcsbench/checkpoints.py": "import json\nimport torch\nimport numpy\n",
+    "lcsbench/study/__init__.py": "",
+    "lcsbench/study/stages.py": "from lcsbench.commands._common import usable_cores\n"
+                                "from lcsbench.analysis import report\n\n\ndef f():\n"
+                                "    from lcsbench.commands import render\n",
+    "lcsbench/callbacks/study_user.py": "from lcsbench.study import records\n",
 }
 
 
@@ -184,6 +195,8 @@ def test_forbidden_imports_are_reported_and_allowed_ones_are_not(tmp_path):
         "lcsbench/commands/a.py:3 imports lcsbench.commands.b",
         "lcsbench/commands/a.py:7 imports lcsbench.commands.b",        # relative sibling
         "lcsbench/checkpoints.py:3 imports numpy",
+        "lcsbench/study/stages.py:6 imports lcsbench.commands.render",  # study/ sits below commands/
+        "lcsbench/callbacks/study_user.py:1 imports lcsbench.study.records",  # and above callbacks/
     }
     assert found == expected
     message = next(v for v in layer_violations(tmp_path) if v.startswith("lcsbench/nn/bad.py:2"))
@@ -196,4 +209,5 @@ def test_layer_of_picks_the_most_specific_rule():
     assert layer_of("data/blender/clevr_scene.py") == "data/"
     assert layer_of("data/datamodule.py") == "data/datamodule.py"
     assert layer_of("checkpoints.py") == "checkpoints.py"
+    assert layer_of("study/stages.py") == "study/"
     assert layer_of("cli.py") is None

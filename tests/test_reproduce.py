@@ -1,4 +1,4 @@
-"""`python -m lcsbench reproduce` (issue 15): the report functions on hand-made outputs, the stage logic (skip,
+"""`python -m lcsbench reproduce`: the report functions on hand-made outputs, the stage logic (skip,
 resume, dry run, refusals) on hand-made files, the EMA export, and the smoke scale end to end (slow: Blender,
 three fits, lengthgen with its oracle row and locality, as subprocesses)."""
 
@@ -16,7 +16,10 @@ import torch
 
 from lcsbench.analysis import report as rp
 from lcsbench.cli import main as cli_main
-from lcsbench.commands import reproduce
+from lcsbench.commands import reproduce  # noqa: F401 - registers the study's experiments
+from lcsbench.study import evaluate, goals, runner
+from lcsbench.study.records import REGISTRY
+from lcsbench.study.scales import SCALES, config_paths, read_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -79,6 +82,15 @@ def write_evaluation(out: Path, exp: str, lengthgen: dict, conditional_at_high: 
     np.savez_compressed(locality / "locality_maps.npz", **locality_maps(seed))
 
 
+ROWS = {name: rp.Row(r.title, r.paper, r.colour, r.prediction) for name, r in REGISTRY.items()}
+
+
+def goal_checks(experiments: dict, localities: dict | None = None, timings: dict | None = None) -> list[dict]:
+    """The cpu scale's pre-registered goals (its trained experiments' records, Figure 2's pair, the time budget)."""
+    records = [REGISTRY[name] for name in SCALES["cpu"].experiments if REGISTRY[name].trained]
+    return goals.goal_checks(records, experiments, localities, timings)
+
+
 # --- the report functions -----------------------------------------------------------------------------------------
 
 
@@ -103,7 +115,7 @@ def test_summaries_and_goals_from_hand_made_rows():
     assert experiments["exp1"]["success_interval"]["3"] == pytest.approx([0.4902, 0.9433], abs=1e-4)
     oracle = rp.oracle_summary(EXP3)
     assert oracle["passes_90_up_to_k"] == 4 and oracle["k_max"] == 5
-    goals = {g["id"]: g for g in rp.goal_checks(experiments, {"exp1": locality_document(3.0),
+    goals = {g["id"]: g for g in goal_checks(experiments, {"exp1": locality_document(3.0),
                                                               "exp2": locality_document(12.0)})}
     assert goals["exp1_length_generalizes"]["passed"] is True
     assert goals["exp2_learned_its_conditioner"]["passed"] is True  # k = 1: 7/10 >= 50%
@@ -114,18 +126,18 @@ def test_summaries_and_goals_from_hand_made_rows():
         "40": {"exp1": 3.0, "exp2": 12.0, "spread": 1.0}}
     assert goals["fig4_local_length_generalizes"]["passed"] is None and "study_time" not in goals  # not run
     # the gap must exceed the spread across scenes: 9 px apart with scenes spread 10 px is no evidence
-    spread = rp.goal_checks(experiments, {"exp1": locality_document(3.0, 10.0), "exp2": locality_document(12.0)})
+    spread = goal_checks(experiments, {"exp1": locality_document(3.0, 10.0), "exp2": locality_document(12.0)})
     assert {g["id"]: g for g in spread}["figure2_conditional_locality"]["passed"] is False
     # the study's busy time: overlapping commands (two fits side by side) count once
     timings = {"fit exp1": {"seconds": 3600, "finished": "2026-01-01T02:00:00"},
                "fit exp2": {"seconds": 1800, "finished": "2026-01-01T01:45:00"},
                "lengthgen exp1": {"seconds": 900, "finished": "2026-01-01T05:15:00"}}
     assert rp.busy_hours(timings) == 1.25
-    timed = {g["id"]: g for g in rp.goal_checks(experiments, timings=timings)}["study_time"]
+    timed = {g["id"]: g for g in goal_checks(experiments, timings=timings)}["study_time"]
     assert timed["passed"] is True and timed["measured"] == {"busy_hours": 1.25}
     # an Exp 2 that never learned its conditioner (k = 1 below 50%) is no evidence of the failure
     weak = rp.experiment_summary(lengthgen_document("single", {1: 4, 2: 0}, {1: 10, 2: 10}))
-    goals = {g["id"]: g for g in rp.goal_checks({"exp2": weak})}
+    goals = {g["id"]: g for g in goal_checks({"exp2": weak})}
     assert goals["exp2_learned_its_conditioner"]["passed"] is False and goals["exp2_fails"]["passed"] is False
 
 
@@ -133,7 +145,8 @@ def test_table_and_figures_from_hand_made_outputs():
     lengthgens = {"exp1": EXP1, "exp2": EXP2, "exp3": EXP3}
     experiments = {e: rp.experiment_summary(d) for e, d in lengthgens.items()}
     randoms = {"exp1": lengthgen_document("all", {1: 10, 2: 5, 3: 2, 4: 0, 5: 0}, {k: 10 for k in range(1, 6)})}
-    table = rp.table_markdown("cpu", lengthgens, rp.goal_checks(experiments), {"exp1": {1: "exp1/x.png"}}, randoms)
+    table = rp.table_markdown("cpu", lengthgens, goal_checks(experiments), {"exp1": {1: "exp1/x.png"}}, randoms,
+                              rows=ROWS)
     rows = {line.split(" | ")[0]: line for line in table.splitlines() if line.startswith("| Exp ")}
     assert rows["| Exp 1: global EDM2, all objects labelled"].split(" | ")[1:6] == [
         "1-3 objects, all labels", "9", "4", "3", "2"]  # ..., random k-subsets k_max
@@ -182,8 +195,8 @@ def test_report_stage_writes_table_json_and_figures(tmp_path, capsys):
     assert report["oracle"]["success"]["3"] == 1.0 and report["oracle"]["passes_90_up_to_k"] == 5
     assert {g["id"]: g["passed"] for g in report["goals"]} == {
         "exp1_length_generalizes": True, "exp2_learned_its_conditioner": True, "exp2_fails": True,
-        "exp3_length_generalizes": True, "figure2_conditional_locality": True, "fig4_local_length_generalizes": None,
-        "fig4_global_fails": None, "study_time": None}  # no Figure 4 pair and no timings in this study
+        "exp3_length_generalizes": True, "figure2_conditional_locality": True,
+        "study_time": None}  # the smoke scale has no Figure 4 pair, and no timings in this study
     assert report["machine"]["cpus"] >= 1 and report["paper_table1"]["exp3"] == "9+(0-2)"
     for name in ("success_vs_k", "locality_radius", "locality_maps", "samples_by_k"):
         assert (out / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
@@ -227,8 +240,8 @@ def test_swapped_weights_are_caught_by_their_recorded_sha256(tmp_path, capsys):
     folder = out / "exp1" / "lengthgen"
     folder.mkdir(parents=True)
     (folder / "lengthgen.json").write_text("{}")
-    reproduce.stamp(folder, weights / "exp1.pt", record)
-    assert reproduce.evaluation_is_current(folder, "lengthgen.json", record)
+    evaluate.stamp(folder, weights / "exp1.pt", record)
+    assert evaluate.evaluation_is_current(folder, "lengthgen.json", record)
     (weights / "exp1.pt").write_bytes(b"other weights, same name")  # swapped after the export
     argv = ["reproduce", "--scale", "smoke", "--out", str(out), "--runs", str(tmp_path / "no-runs"),
             "--experiments", "exp1"]
@@ -239,7 +252,7 @@ def test_swapped_weights_are_caught_by_their_recorded_sha256(tmp_path, capsys):
         cli_main([*argv, "--stage", "export"])
     assert "does not match the sha256 its export recorded: exporting again" in capsys.readouterr().out
     # an evaluation stamped for other weights is not current
-    assert not reproduce.evaluation_is_current(folder, "lengthgen.json", {**record, "sha256": "0" * 64})
+    assert not evaluate.evaluation_is_current(folder, "lengthgen.json", {**record, "sha256": "0" * 64})
 
 
 # --- the stage logic on hand-made files ---------------------------------------------------------------------------
@@ -264,7 +277,7 @@ def fake_render(root: Path, scale: str = "smoke") -> None:
     """A complete-looking render: the manifest of the scale's settings and its (empty) shards."""
     from lcsbench.data.scenes import parse_counts
 
-    render = reproduce.SCALES[scale].render
+    render = next(iter(SCALES[scale].renders.values()))
     shards = [f"n{c}/{split}-000000.tar" for c in parse_counts(render["counts"]) for split in ("train", "val")]
     settings = {"counts": list(parse_counts(render["counts"])), "per_count": render["per-count"],
                 "val_per_count": render["val-per-count"], "resolution": render["resolution"],
@@ -298,7 +311,8 @@ def test_dry_run_prints_the_stage_commands_skipping_and_resuming(tmp_path, capsy
     assert "fit exp1: " in out and "holds step 20 of 20, skipped" in out
     assert len(fits) == 2  # exp2 resumed, exp3 from scratch
     resume = str(runs / "exp2" / "lightning_logs" / "run" / "checkpoints" / "last.ckpt")
-    assert fits[0] == ("python -m lcsbench fit --config configs/reproduce/smoke/exp2.yaml "
+    assert fits[0] == ("python -m lcsbench fit --config configs/reproduce/smoke/base.yaml "
+                       "--config configs/reproduce/smoke/exp2.yaml "
                        f"--trainer.logger.init_args.save_dir {runs / 'exp2'} --trainer.logger.init_args.version run "
                        f"--data.init_args.root {tmp_path / 'data'} --ckpt_path {resume}")
     assert "--ckpt_path" not in fits[1] and "exp3.yaml" in fits[1]
@@ -385,7 +399,7 @@ def test_bad_arguments_are_refused(tmp_path):
 
 def test_parallel_fits_pin_each_fit_to_its_own_cores(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    assert reproduce.core_slots(2) == [[0, 2], [1, 3]] and reproduce.core_slots(4) == [[0], [1], [2], [3]]
+    assert runner.core_slots(2) == [[0, 2], [1, 3]] and runner.core_slots(4) == [[0], [1], [2], [3]]
     fake_render(tmp_path / "data")
     assert cli_main(study_argv(tmp_path, "--stage", "fit", "--parallel-fits", "2", "--dry-run")) == 0
     fits = [line for line in capsys.readouterr().out.splitlines() if line.startswith("taskset")]
@@ -409,8 +423,8 @@ def test_a_second_reproduce_on_the_same_study_is_refused_with_the_holders_pid(tm
     import sys
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from lcsbench.commands import reproduce\n"
-         "with reproduce.study_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)",
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from lcsbench.study import runner\n"
+         "with runner.study_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)",
          str(tmp_path / "out")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -425,42 +439,43 @@ def test_a_second_reproduce_on_the_same_study_is_refused_with_the_holders_pid(tm
 
 
 def test_every_scale_names_its_configs_and_a_render_that_feeds_them():
-    import yaml
-
-    assert set(reproduce.SCALES) == {"smoke", "cpu", "paper"}
-    cpu = reproduce.SCALES["cpu"]
-    assert cpu.data == "data/reproduce32" and cpu.resolution == 32 and cpu.render["counts"] == "1-3"
-    assert list(cpu.configs) == ["exp1", "exp2", "exp3", "fig4_global", "fig4_local"]
+    assert set(SCALES) == {"smoke", "cpu", "paper"}
+    cpu = SCALES["cpu"]
+    assert cpu.resolution == 32 and list(cpu.renders) == ["1-5"] and cpu.renders["1-5"]["root"] == "data/reproduce32"
+    assert cpu.experiments[:5] == ["exp1", "exp2", "exp3", "fig4_global", "fig4_local"]
+    assert cpu.experiments[-4:] == ["cf_local_all", "cf_local_single", "cf_empirical_all", "cf_empirical_single"]
+    assert len(cpu.experiments) == 5 + 11 + 4  # Table 1's 1-3 row and Figure 4, the eleven new, the closed forms
+    assert all(cpu.render_for(REGISTRY[name].counts) == "1-5" for name in cpu.experiments)
     assert cpu.lengthgen["ks"] == "1-10" and cpu.lengthgen["samples-per-k"] == 32
-    # patch-local sampling is ~22x the global net's work: the patch models sample with 16 Heun steps, checked
-    # against the scale's 32 at k = 1..4; Exp 3 with the same 32 samples per k, Figure 4's local model with 16 and
-    # the closed forms with 8 (the 2-core study's budget)
-    assert cpu.lengthgen_flags("exp3") == {**cpu.lengthgen, "steps": 16}
-    assert cpu.lengthgen_flags("fig4_local") == {**cpu.lengthgen, "steps": 16, "samples-per-k": 16}
-    assert list(cpu.closed_forms) == ["cf_local_all", "cf_local_single", "cf_empirical_all", "cf_empirical_single"]
-    assert all(cpu.lengthgen_flags(name) == {**cpu.lengthgen, "steps": 16, "samples-per-k": 8}
-               for name in cpu.closed_forms)
-    assert cpu.lengthgen_flags("exp1") == cpu.lengthgen_flags("exp2") == cpu.lengthgen
-    study = reproduce.Study("cpu", cpu, Path("out"), Path("runs"), Path("data"), list(cpu.configs), None, True)
-    assert list(reproduce.evaluations(study, "exp1")) == ["lengthgen", "lengthgen_random"]
-    assert reproduce.evaluations(study, "exp3")["lengthgen_steps32"] == {
+    # patch-local sampling is ~22x the global net's work: the patch models sample with 16 Heun steps (derived from
+    # the record's model kind), checked against the scale's 32 at k = 1..4; Figure 4's local model with 16 samples
+    # per k and the closed forms with 8 (the 2-core study's budget)
+    flags_of = {name: cpu.lengthgen_flags(REGISTRY[name]) for name in cpu.experiments}
+    assert flags_of["exp3"] == flags_of["exp3_1to5"] == {**cpu.lengthgen, "steps": 16}
+    assert flags_of["fig4_local"] == {**cpu.lengthgen, "steps": 16, "samples-per-k": 16}
+    assert all(flags_of[name] == {**cpu.lengthgen, "steps": 16, "samples-per-k": 8} for name in cpu.experiments[-4:])
+    assert flags_of["exp1"] == flags_of["exp2"] == flags_of["drop_one_1to5"] == cpu.lengthgen
+    assert flags_of["color_1to5"] == {**cpu.lengthgen, "ks": "1-8"}  # the paper's 8 colours
+    study = runner.Study(cpu, Path("out"), Path("runs"), None, cpu.experiments, None, True)
+    assert list(evaluate.evaluations(study, "exp1")) == ["lengthgen", "lengthgen_random"]
+    assert list(evaluate.evaluations(study, "color_1to3")) == ["lengthgen"]  # no order of locations in a colour
+    assert evaluate.evaluations(study, "exp3")["lengthgen_steps32"] == {
         "ks": "1-4", "samples-per-k": 32, "steps": 32, "no-oracle": True}
-    assert reproduce.flags({"ks": "1-4", "no-oracle": True}) == ["--ks", "1-4", "--no-oracle"]
-    assert reproduce.SCALES["paper"].lengthgen["ks"] == "1-12" and reproduce.SCALES["paper"].resolution == 64
-    repo = Path(__file__).resolve().parents[1]
-    expected = {"exp1": ("all", "EDM2Diffusion"), "exp2": ("single", "EDM2Diffusion"),
-                "exp3": ("single", "PatchLocalDiffusion"), "fig4_global": ("all", "EDM2Diffusion"),
-                "fig4_local": ("all", "PatchLocalDiffusion")}
-    for name, scale in reproduce.SCALES.items():
-        for exp, path in scale.configs.items():
-            if not (repo / path).exists():
-                assert name == "cpu", f"{path} is missing"  # written by the cpu run's engineer
+    assert runner.flags({"ks": "1-4", "no-oracle": True}) == ["--ks", "1-4", "--no-oracle"]
+    assert SCALES["paper"].lengthgen["ks"] == "1-12" and SCALES["paper"].resolution == 64
+    for name, scale in SCALES.items():
+        for exp in scale.experiments:
+            record = REGISTRY[exp]
+            if not record.trained:
                 continue
-            config = yaml.safe_load((repo / path).read_text())
-            data = config["data"]["init_args"]
-            assert (data["label_mode"], config["model"]["class_path"].rsplit(".", 1)[1]) == expected[exp], path
-            assert data["counts"] == ("1" if exp.startswith("fig4") else "1-3"), path
-            assert data["resolution"] == scale.resolution, path
+            config = read_config(config_paths(record, name))
+            data = config["data"]
+            model_class = config["config"]["model"]["class_path"].rsplit(".", 1)[1]
+            assert data["label_mode"] == record.label_mode, (name, exp)
+            assert str(data["counts"]) == record.counts, (name, exp)
+            assert data.get("conditioning", "location") == record.conditioning, (name, exp)
+            assert model_class == {"global": "EDM2Diffusion", "patch": "PatchLocalDiffusion"}[record.model], exp
+            assert data["resolution"] == scale.resolution, (name, exp)
 
 
 def test_the_smoke_configs_parse_and_instantiate(clevr_shards, tmp_path, monkeypatch):
@@ -469,8 +484,8 @@ def test_the_smoke_configs_parse_and_instantiate(clevr_shards, tmp_path, monkeyp
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(tmp_path)
     for exp in ("exp1", "exp2", "exp3"):
-        cli = build_cli(["--config", str(repo / "configs" / "reproduce" / "smoke" / f"{exp}.yaml"),
-                         "--data.init_args.root", str(clevr_shards)], run=False)
+        stack = [item for path in config_paths(REGISTRY[exp], "smoke") for item in ("--config", str(repo / path))]
+        cli = build_cli([*stack, "--data.init_args.root", str(clevr_shards)], run=False)
         assert cli.model.grid_size == cli.datamodule.grid_size == 8
         assert cli.trainer.max_steps % cli.trainer.checkpoint_callback._every_n_train_steps == 0
 
@@ -548,7 +563,7 @@ def test_smoke_scale_end_to_end(tmp_path, capsys):
         assert summary["label_mode"] == ("all" if exp == "exp1" else "single")
         module = load_denoiser(summary["weights"])  # the export alone rebuilds the model
         assert module.denoiser.image_shape == (3, 32, 32) and module.grid_size == 8
-    assert sorted(report["oracle"]["success"]) == ["1", "2", "3"] and len(report["goals"]) == 8  # 7 + study time
+    assert sorted(report["oracle"]["success"]) == ["1", "2", "3"] and len(report["goals"]) == 6  # 5 + study time
     # the closed forms of the render, judged like the models, and each model's r2 against its labels' closed form
     assert set(report["closed_form"]) == {"all", "single"} and isinstance(
         report["closed_form"]["single"]["local"]["k_max"], int)

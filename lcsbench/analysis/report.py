@@ -1,21 +1,24 @@
-"""The reproduction report (issue 15): paper Table 1's contrast and Figure 2, from `lengthgen` and `locality` outputs.
+"""The reproduction report's statistics, tables and figures, from `lengthgen` and `locality` outputs.
 
-Pure functions, no Lightning and no file access: the `reproduce` command reads each experiment's
-`lengthgen.json` (analysis/lengthgen/tally.py, `lengthgen_report`), `locality.json`, `locality_maps.npz` (commands/locality.py
-docstring) and the sample grids, and hands them here as dicts and arrays, keyed by experiment ("exp1", ...):
+Pure functions, no Lightning, no file access and no experiment names: the study (lcsbench/study/report.py) reads
+each experiment's `lengthgen.json` (analysis/lengthgen/tally.py, `lengthgen_report`), `locality.json`,
+`locality_maps.npz` (commands/locality.py docstring) and the sample grids, and hands them here as dicts and
+arrays keyed by experiment, with each experiment's title, colour and paper value (`Row`) passed in:
 
 - `wilson_interval`: the 95% score interval of a success rate (Wilson 1927), the error bar of every rate;
 - `experiment_summary`, `oracle_summary`: the numbers of one experiment (k_max, per-k rates and intervals);
-- `goal_checks`: the goals issue 15 pre-registered, each with what was measured and pass / fail / not run;
-- `table_markdown`: table.md, Table 1's "1-3 objects" row beside lcsbench's, then the per-k rates;
-- `success_figure`, `locality_radius_figure`, `locality_maps_figure`, `sample_grid_figure`: matplotlib
-  Figures (object API, no pyplot state) of success vs k, Figure 2's radii and maps, and the judged samples.
+- `goal`, `k_max_bound`, `learned_conditioner`, `radius_below`, `busy_hours`: a pre-registered goal's check,
+  with what was measured and pass / fail / not run;
+- `table_markdown`, `closed_form_markdown`: table.md, the paper's values beside lcsbench's, then the per-k rates;
+- `success_figure`, `locality_radius_figure`, `locality_maps_figure`, `sample_grid_figure`, `r2_figure`: matplotlib
+  Figures (object API, no pyplot state) of success vs k, Figure 2's radii and maps, the judged samples and r2.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -23,28 +26,29 @@ from matplotlib.figure import Figure
 from lcsbench.analysis.lengthgen import K_MAX_STRICT_THRESHOLD, K_MAX_THRESHOLD, SuccessRule
 
 Z_95 = 1.959963984540054  # standard normal quantile of 0.975: two-sided 95% intervals
-ORACLE_PASS = 0.9  # issue 15: evaluate k up to where the Blender oracle row still passes (>= 90%)
+ORACLE_PASS = 0.9  # evaluate k up to where the Blender oracle row still passes (>= 90%)
 
-# Paper Table 1, row "1-3 objects", location conditioning (Section 2, App. E.2, E.3)
-# and Figure 4 / App. E.3 (models trained on one object per image)
-PAPER_TABLE1 = {"exp1": "9", "exp2": "1+(0-2)", "exp3": "9+(0-2)", "fig4_global": "1 (one object whatever k)",
-                "fig4_local": "6"}
-EXPERIMENT_NAMES = {
-    "exp1": "Exp 1: global EDM2, all objects labelled",
-    "exp2": "Exp 2: global EDM2, one object labelled",
-    "exp3": "Exp 3: patch-local EDM2, one object labelled",
-    "fig4_global": "Fig. 4: global EDM2 trained on 1 object",
-    "fig4_local": "Fig. 4: patch-local EDM2 trained on 1 object",
-    "cf_local_all": "Closed form: local score machine, all objects labelled",
-    "cf_local_single": "Closed form: local score machine, one object labelled",
-    "cf_empirical_all": "Closed form: empirical denoiser, all objects labelled",
-    "cf_empirical_single": "Closed form: empirical denoiser, one object labelled",
-}
-# Issue 23: what the theory predicts of the closed forms (Lemma 1: a local conditional score composes)
-CLOSED_FORM_PREDICTION = {"local": "k_max > 3 (beyond the trained counts), with either labels",
-                          "empirical": "k_max <= 3 (redraws training scenes)"}
-HIGH_NOISE = 10.0  # issue 23, item 3: "closer to the local machine at high noise": the mean r2 over sigma >= this
-STUDY_HOURS_GOAL = 6.0  # issue 22: the cpu study from a fresh clone within 6 hours on 2 quiet cores
+
+
+@dataclass(frozen=True)
+class Row:
+    """What the report shows of one experiment besides its numbers (the study passes one per experiment)."""
+
+    title: str  # e.g. "Exp 1: global EDM2, all objects labelled"
+    paper: str | None = None  # the paper's value in its notation, e.g. "9+(0-2)"
+    colour: str | None = None  # its line colour in the figures
+    prediction: str = ""  # what the study predicts of it (the closed forms' table shows it)
+
+
+def _title(rows: Mapping[str, Row] | None, name: str) -> str:
+    return rows[name].title if rows and name in rows else name
+
+
+def _colour(rows: Mapping[str, Row] | None, name: str) -> str | None:
+    return rows[name].colour if rows and name in rows else None
+
+
+HIGH_NOISE = 10.0  # "closer to the local machine at high noise": the mean r2 over sigma >= this
 
 
 # --- rates and their intervals -----------------------------------------------------------------------------
@@ -135,7 +139,7 @@ def experiment_summary(lengthgen: Mapping, locality: Mapping | None = None,
 
 def steps_agreement(fewer: Mapping, paper_steps: Mapping) -> dict:
     """Whether a row sampled with fewer Heun steps stands for the paper's 32: at every k both ran, the two 95%
-    Wilson intervals overlap (issue 22: "agrees within the interval")."""
+    Wilson intervals overlap ("agrees within the interval")."""
     rows = fewer["rows"]["model"]["per_k"], paper_steps["rows"]["model"]["per_k"]
     per_k = {}
     for k in sorted(set(rows[0]) & set(rows[1]), key=int):
@@ -155,7 +159,7 @@ def oracle_summary(lengthgen: Mapping) -> dict | None:
             "passes_90_up_to_k": passes_up_to(row)}
 
 
-# --- the pre-registered goals (issue 15) ----------------------------------------------------------------------
+# --- the pre-registered goals ----------------------------------------------------------------------------------
 
 
 def busy_hours(timings: Mapping[str, Mapping]) -> float | None:
@@ -183,88 +187,64 @@ def busy_hours(timings: Mapping[str, Mapping]) -> float | None:
     return round(total / 3600, 2)
 
 
-FIGURE2_MIN_SIGMA = 10.0  # issue 22: "conditional radius at sigma >= 10"
+FIGURE2_MIN_SIGMA = 10.0  # Figure 2's claim is about high noise: "conditional radius at sigma >= 10"
 
 
-def figure2_check(localities: Mapping[str, Mapping]) -> tuple[dict, bool | None]:
-    """Exp 1's mean conditional radius below Exp 2's at every sigma >= 10 by more than the spread across scenes
-    (the larger of the two experiments' standard deviations over scenes at that sigma)."""
-    if not all(e in localities for e in ("exp1", "exp2")):
+def radius_below(localities: Mapping[str, Mapping], lower: str, higher: str) -> tuple[dict, bool | None]:
+    """`lower`'s mean conditional radius below `higher`'s at every sigma >= 10 by more than the spread across
+    scenes (the larger of the two experiments' standard deviations over scenes at that sigma)."""
+    if not all(e in localities for e in (lower, higher)):
         return {"note": "locality outputs missing"}, None
-    one, two = localities["exp1"], localities["exp2"]
+    one, two = localities[lower], localities[higher]
     rows = {}
     for i, sigma in enumerate(one["sigmas"]):
         if sigma < FIGURE2_MIN_SIGMA:
             continue
         spread = [loc.get("conditional_radius_scene_std") for loc in (one, two)]
-        rows[f"{sigma:g}"] = {"exp1": one["conditional_radius_mean"][i], "exp2": two["conditional_radius_mean"][i],
+        rows[f"{sigma:g}"] = {lower: one["conditional_radius_mean"][i], higher: two["conditional_radius_mean"][i],
                               "spread": None if None in spread else max(spread[0][i], spread[1][i])}
     if not rows:
         return {"note": f"no sigma >= {FIGURE2_MIN_SIGMA:g} in the locality outputs"}, None
-    if any(r["spread"] is None or None in (r["exp1"], r["exp2"]) for r in rows.values()):
+    if any(r["spread"] is None or None in (r[lower], r[higher]) for r in rows.values()):
         return {"per_sigma": rows, "note": "no per-scene spread in locality.json (locality with --scenes >= 2)"}, None
-    return {"per_sigma": rows}, all(r["exp2"] - r["exp1"] > r["spread"] for r in rows.values())
+    return {"per_sigma": rows}, all(r[higher] - r[lower] > r["spread"] for r in rows.values())
 
 
-def goal_checks(experiments: Mapping[str, Mapping], localities: Mapping[str, Mapping] | None = None,
-                timings: Mapping[str, Mapping] | None = None) -> list[dict]:
-    """Issue 22's pre-registered goals, each `{"id", "goal", "experiments", "measured", "passed"}`; `passed` is
-    None when an experiment it needs was not run. `experiments` holds `experiment_summary` dicts, `localities`
-    locality.json's, `timings` timings.json's entries."""
-    localities = localities or {}
-
-    def check(goal_id: str, text: str, needs: Sequence[str], measure) -> dict:
-        present = all(e in experiments for e in needs)
-        measured, passed = measure() if present else ({}, None)
-        return {"id": goal_id, "goal": text, "experiments": list(needs), "measured": measured, "passed": passed}
-
-    def k1(e: str) -> float:
-        return float(experiments[e]["success"].get("1", 0.0))
-
-    def k_max_measured(e: str) -> dict:
-        return {"k_max": experiments[e]["k_max"], "k_max_strict": experiments[e]["k_max_strict"]}
-
-    def k_max_at_least(e: str, least: int):
-        return lambda: (k_max_measured(e), experiments[e]["k_max"] >= least)
-
-    def k_max_at_most(e: str, most: int):
-        return lambda: (k_max_measured(e), experiments[e]["k_max"] <= most)
-
-    def exp2_valid():
-        return {"k1_success": k1("exp2")}, k1("exp2") >= 0.5
-
-    def exp2_fails():
-        measured = {"k1_success": k1("exp2"), "k_max": experiments["exp2"]["k_max"]}
-        return measured, k1("exp2") >= 0.5 and experiments["exp2"]["k_max"] <= 2
-
-    def study_time():
-        hours = busy_hours(timings or {})
-        return {"busy_hours": hours}, None if hours is None else hours <= STUDY_HOURS_GOAL
-
-    goals = [
-        check("exp1_length_generalizes", "Exp 1 (all labels, 1-3 objects): k_max >= 4 under the cell rule",
-              ["exp1"], k_max_at_least("exp1", 4)),
-        check("exp2_learned_its_conditioner", "Exp 2 counts only if its k = 1 success is >= 50%", ["exp2"],
-              exp2_valid),
-        check("exp2_fails", "Exp 2 (one label): k = 1 success >= 50% and k_max <= 2 (the paper's 1+(0-2))",
-              ["exp2"], exp2_fails),
-        check("exp3_length_generalizes", "Exp 3 (patch-local, one label): k_max >= 4 with 0-2 extra objects",
-              ["exp3"], k_max_at_least("exp3", 4)),
-        check("fig4_local_length_generalizes", "Figure 4: the patch-local model trained on 1 object: k_max >= 3",
-              ["fig4_local"], k_max_at_least("fig4_local", 3)),
-        check("fig4_global_fails", "Figure 4: the global model trained on 1 object: k_max <= 1", ["fig4_global"],
-              k_max_at_most("fig4_global", 1)),
-        check("figure2_conditional_locality", f"Figure 2: Exp 1's conditional 90% radius at sigma >= "
-              f"{FIGURE2_MIN_SIGMA:g} below Exp 2's by more than the spread across scenes", ["exp1", "exp2"],
-              lambda: figure2_check(localities)),
-    ]
-    if timings is not None:
-        goals.append(check("study_time", f"the whole study within {STUDY_HOURS_GOAL:g} hours of 2 cores (busy time "
-                                         f"of the commands timings.json records)", [], study_time))
-    return goals
+def goal(goal_id: str, text: str, needs: Sequence[str], present: Sequence[str],
+         measure: Callable[[], tuple[dict, bool | None]]) -> dict:
+    """One pre-registered goal `{"id", "goal", "experiments", "measured", "passed"}`: measured when every
+    experiment it needs is `present`, else `passed` None (not run)."""
+    measured, passed = measure() if all(e in present for e in needs) else ({}, None)
+    return {"id": goal_id, "goal": text, "experiments": list(needs), "measured": measured, "passed": passed}
 
 
-# --- the closed forms (issue 23) -------------------------------------------------------------------------------
+def k1_success(summary: Mapping) -> float:
+    return float(summary["success"].get("1", 0.0))
+
+
+def k_max_bound(summary: Mapping, least: int | None = None, most: int | None = None,
+                conditioner: float | None = None) -> tuple[dict, bool]:
+    """k_max within [least, most]; with `conditioner`, only where the k = 1 success reaches it too (a failure to
+    length-generalize counts only for a model that learned its conditioner)."""
+    measured = {"k_max": summary["k_max"], "k_max_strict": summary["k_max_strict"]}
+    passed = (least is None or summary["k_max"] >= least) and (most is None or summary["k_max"] <= most)
+    if conditioner is not None:
+        measured = {"k1_success": k1_success(summary), "k_max": summary["k_max"]}
+        passed = passed and k1_success(summary) >= conditioner
+    return measured, passed
+
+
+def learned_conditioner(summary: Mapping, least: float = 0.5) -> tuple[dict, bool]:
+    """The model draws the one requested object at k = 1 at least `least` of the time."""
+    return {"k1_success": k1_success(summary)}, k1_success(summary) >= least
+
+
+def hours_within(timings: Mapping[str, Mapping], hours_goal: float) -> tuple[dict, bool | None]:
+    hours = busy_hours(timings)
+    return {"busy_hours": hours}, None if hours is None else hours <= hours_goal
+
+
+# --- the closed forms ------------------------------------------------------------------------------------------
 
 
 def closed_form_summary(summaries: Mapping[str, Mapping], kinds: Mapping[str, Mapping]) -> dict:
@@ -284,35 +264,22 @@ def high_noise_r2(r2: Mapping, least_sigma: float = HIGH_NOISE) -> dict[str, flo
     return {name: float(np.mean([values[i] for i in picked])) for name, values in r2["r2"].items() if picked}
 
 
-def closed_form_predictions(closed: Mapping[str, Mapping], r2s: Mapping[str, Mapping]) -> list[dict]:
-    """Issue 23's predictions, each `{"prediction", "measured", "passed"}` (None when an input is missing): the
-    local machine length-generalizes with either labels, the empirical one does not, and the models that
-    length-generalize (Exp 1, Exp 3) are closer to their labels' local machine at high noise than Exp 2."""
-    checks = []
-    for mode, kinds in closed.items():
-        if "local" in kinds:
-            checks.append({"prediction": f"local score machine, {mode} labels: k_max > 3",
-                           "measured": {"k_max": kinds["local"]["k_max"]}, "passed": kinds["local"]["k_max"] > 3})
-        if "empirical" in kinds:
-            checks.append({"prediction": f"empirical denoiser, {mode} labels: k_max <= 3",
-                           "measured": {"k_max": kinds["empirical"]["k_max"]},
-                           "passed": kinds["empirical"]["k_max"] <= 3})
-    local_of = {"exp1": "cf_local_all", "exp2": "cf_local_single", "exp3": "cf_local_single"}
-    closeness = {exp: high_noise_r2(r2s[exp]).get(name) for exp, name in local_of.items() if exp in r2s}
-    for exp in ("exp1", "exp3"):
-        measured = {f"{e} r2 vs its local machine, sigma >= {HIGH_NOISE:g}": closeness.get(e) for e in (exp, "exp2")}
-        known = None not in measured.values() and len(measured) == 2
-        checks.append({"prediction": f"{exp} (length-generalizes) is closer to the local machine at high noise "
-                                     f"than exp2 (fails)", "measured": measured,
-                       "passed": (closeness[exp] > closeness["exp2"]) if known else None})
-    return checks
+def closer_to_local(r2s: Mapping[str, Mapping], better: str, worse: str, local_of: Mapping[str, str]) -> dict:
+    """Whether `better` is closer to its labels' local machine than `worse` to its own, at high noise (mean r2 over
+    sigma >= HIGH_NOISE), as a prediction `{"prediction", "measured", "passed"}`."""
+    closeness = {e: high_noise_r2(r2s[e]).get(local_of.get(e, "")) if e in r2s else None for e in (better, worse)}
+    measured = {f"{e} r2 vs its local machine, sigma >= {HIGH_NOISE:g}": closeness[e] for e in (better, worse)}
+    known = None not in closeness.values()
+    return {"prediction": f"{better} (length-generalizes) is closer to the local machine at high noise than "
+                          f"{worse} (fails)", "measured": measured,
+            "passed": (closeness[better] > closeness[worse]) if known else None}
 
 
 def closed_form_markdown(closed: Mapping[str, Mapping], r2s: Mapping[str, Mapping],
-                         predictions: Sequence[Mapping]) -> str:
+                         predictions: Sequence[Mapping], rows: Mapping[str, Row] | None = None) -> str:
     """table.md's closed-form section: each closed form's k_max and per-k success beside the theory's prediction,
     the high-noise conditional radius, each trained model's r2 against its closed forms, the predictions."""
-    lines = ["", "## Closed forms: the theory without training (issue 23)", "",
+    lines = ["", "## Closed forms: the theory without training", "",
              "Training-free denoisers of the render's training split, judged by the same rule and judge (samples per "
              "k in the protocol of each `lengthgen.json`). Local score machine: each cell's posterior mean given its "
              "noisy (2r+1)-cell patch, the patch's label sub-grid and the cell's position (an LCS by construction); "
@@ -328,8 +295,9 @@ def closed_form_markdown(closed: Mapping[str, Mapping], r2s: Mapping[str, Mappin
                 high = [r for s, r in zip(locality["sigmas"], locality["conditional_radius_mean"])
                         if s >= HIGH_NOISE and r is not None]
                 radius = f"{np.mean(high):.1f}" if high else "-"
-            lines.append(f"| {EXPERIMENT_NAMES.get(summary['name'], summary['name'])} | {mode} | "
-                         f"{CLOSED_FORM_PREDICTION[kind]} | {summary['k_max']} | {summary['k_max_strict']} | "
+            predicted = rows[summary["name"]].prediction if rows and summary["name"] in rows else "-"
+            lines.append(f"| {_title(rows, summary['name'])} | {mode} | "
+                         f"{predicted} | {summary['k_max']} | {summary['k_max_strict']} | "
                          f"{per_k} | {radius} |")
     if r2s:
         sigmas = next(iter(r2s.values()))["sigmas"]
@@ -349,7 +317,7 @@ def closed_form_markdown(closed: Mapping[str, Mapping], r2s: Mapping[str, Mappin
     return "\n".join(lines)
 
 
-def r2_figure(r2s: Mapping[str, Mapping]) -> Figure:
+def r2_figure(r2s: Mapping[str, Mapping], rows: Mapping[str, Row] | None = None) -> Figure:
     """One panel per trained model: its r2 against each closed form over the noise level (log axis)."""
     figure = Figure(figsize=(3.4 * max(1, len(r2s)), 3.2), layout="constrained")
     axes = np.atleast_1d(figure.subplots(1, max(1, len(r2s)), sharey=True))
@@ -361,7 +329,7 @@ def r2_figure(r2s: Mapping[str, Mapping]) -> Figure:
         axis.set_ylim(-1.0, 1.0)
         axis.axhline(0.0, color="0.6", lw=0.8)
         axis.set_xlabel("sigma (noise level)")
-        axis.set_title(EXPERIMENT_NAMES.get(exp, exp), fontsize=8)
+        axis.set_title(_title(rows, exp), fontsize=8)
         axis.legend(fontsize=7)
     axes[0].set_ylabel("r2 of D against the closed form")
     return figure
@@ -387,6 +355,9 @@ def table_markdown(
     goals: Sequence[Mapping],  # goal_checks
     sample_links: Mapping[str, Mapping[int, str]] | None = None,  # experiment -> k -> relative path of its grid
     randoms: Mapping[str, Mapping] | None = None,  # experiment -> lengthgen.json of random k-subsets
+    rows: Mapping[str, Row] | None = None,  # experiment -> its title and the paper's value
+    judge: str | None = None,  # how the table names the judge (default: the protocol's path)
+    title: str = "Reproduction of Table 1",
 ) -> str:
     """table.md: Table 1's row beside lcsbench's k_max and k_max_strict (paper order and random k-subsets), the
     goals, and per k the success rate with its 95% Wilson interval, the count rate, the random-subset rate and
@@ -398,8 +369,11 @@ def table_markdown(
             f"{first.get('tolerance_cells', 1)} cell of the requested grid cell's centre along each axis (the cell "
             "rule: the model is told the cell)") if match == "cell" else (
             f"a detection matches when within {first.get('tolerance_cells', 1)} cell of the requested point")
-    lines = [f"# Reproduction of Table 1 (scale `{scale}`)", "",
-             f"Location conditioning; {first.get('samples_per_k')} samples per k, judged by `{first.get('judge')}` "
+    conditionings = sorted({str(r["protocol"].get("conditioning", "location")) for r in lengthgens.values()})
+    wording = " and ".join({"location": "Location", "color": "Colour"}.get(c, c.title()) for c in conditionings)
+    lines = [f"# {title} (scale `{scale}`)", "",
+             f"{wording} conditioning; {first.get('samples_per_k')} samples per k, judged by "
+             f"`{judge or first.get('judge')}` "
              f"(paper: 8 samples, counted by eye); {rule}, Hungarian matching. k_max: largest k with success > "
              f"{K_MAX_THRESHOLD:.0%} at every k' <= k (App. E.2); k_max_strict: > {K_MAX_STRICT_THRESHOLD:.0%}. "
              "Requests: the paper's 12 locations in its order (k = the first k) and, beside them, random k-subsets "
@@ -415,42 +389,48 @@ def table_markdown(
         oracle_cells = (f"{oracle['k_max']} ({oracle['k_max_strict']})", str(passes_up_to(oracle))) if oracle \
             else ("-", "-")
         random_cell = f"{randoms[exp]['rows']['model']['k_max']}{extra}" if exp in randoms else "-"
-        lines.append(f"| {EXPERIMENT_NAMES.get(exp, exp)} | {_counts(report['protocol'].get('trained_counts'))} "
-                     f"objects, {report['protocol'].get('label_mode')} labels | {PAPER_TABLE1.get(exp, '-')} | "
+        paper = rows[exp].paper if rows and exp in rows and rows[exp].paper else "-"
+        lines.append(f"| {_title(rows, exp)} | {_counts(report['protocol'].get('trained_counts'))} "
+                     f"objects, {report['protocol'].get('label_mode')} labels | {paper} | "
                      f"{row['k_max']}{extra} | {row['k_max_strict']}{extra} | {random_cell} | {oracle_cells[0]} | "
                      f"{oracle_cells[1]} |")
-    lines += ["", "## Goals (pre-registered in issue 22)", "", "| goal | measured | result |", "|---|---|---|"]
+    lines += ["", "## Goals (pre-registered)", "", "| goal | measured | result |", "|---|---|---|"]
     for goal in goals:
         measured = ", ".join(f"{k} {_short(v)}" for k, v in goal["measured"].items()) or "-"
         lines.append(f"| {goal['goal']} | {measured} | {verdict(goal['passed'])} |")
     lines += ["", "## Per k (95% Wilson interval, successes/samples)"]
     for exp, report in lengthgens.items():
-        protocol = report["protocol"]
-        model = row_rates(report["rows"]["model"])
-        counted = count_rates(report["rows"]["model"], protocol)
-        oracle = row_rates(report["rows"]["oracle"]) if "oracle" in report["rows"] else None
-        random_rates = row_rates(randoms[exp]["rows"]["model"]) if exp in randoms else None
-        gaps = (protocol.get("crowding") or {}, (randoms[exp]["protocol"].get("crowding") or {}) if exp in randoms
-                else {})
-        lines += ["", f"### {EXPERIMENT_NAMES.get(exp, exp)}", "",
-                  f"Success rule: {protocol.get('success_rule', '-')}.", "",
-                  "| k | success (paper order) | count rate | success (random k-subsets) | oracle | mean missing | "
-                  "mean extra | smallest gap, px (paper / random) |", "|---|---|---|---|---|---|---|---|"]
-        for k in model["success"]:
-            gap = " / ".join(f"{g[k]:.1f}" if k in g else "-" for g in gaps)
-            lines.append(f"| {k} | {_rate_cell(model, k)} | {counted[k]:.2f} | "
-                         f"{_rate_cell(random_rates, k) if random_rates else '-'} | "
-                         f"{_rate_cell(oracle, k) if oracle else '-'} | {model['mean_missing'][k]:.2f} | "
-                         f"{model['mean_extra'][k]:.2f} | {gap} |")
-        links = (sample_links or {}).get(exp)
-        if links:
-            lines += ["", "Samples with detections (green squares: requested cells, green +: requested points, "
-                      "yellow o: matched, red o: extra): "
-                      + " ".join(f"[k={k}]({path})" for k, path in sorted(links.items()))]
+        lines += _per_k_lines(_title(rows, exp), report, randoms.get(exp), (sample_links or {}).get(exp))
     lines += ["", "## Figures", "", "![success vs k](success_vs_k.png)", "",
               "![locality radii](locality_radius.png)", "", "![Eq. 10 maps](locality_maps.png)", "",
               "![samples](samples_by_k.png)", ""]
     return "\n".join(lines)
+
+
+def _per_k_lines(title: str, report: Mapping, random_order: Mapping | None, links: Mapping[int, str] | None
+                 ) -> list[str]:
+    """table.md's per-k section of one experiment: success with its interval, count rate, random-subset and oracle
+    rates, misses and extras, the smallest gap between requests, the links to its sample grids."""
+    protocol = report["protocol"]
+    model = row_rates(report["rows"]["model"])
+    counted = count_rates(report["rows"]["model"], protocol)
+    oracle = row_rates(report["rows"]["oracle"]) if "oracle" in report["rows"] else None
+    random_rates = row_rates(random_order["rows"]["model"]) if random_order else None
+    gaps = (protocol.get("crowding") or {}, (random_order["protocol"].get("crowding") or {}) if random_order else {})
+    lines = ["", f"### {title}", "", f"Success rule: {protocol.get('success_rule', '-')}.", "",
+             "| k | success (paper order) | count rate | success (random k-subsets) | oracle | mean missing | "
+             "mean extra | smallest gap, px (paper / random) |", "|---|---|---|---|---|---|---|---|"]
+    for k in model["success"]:
+        gap = " / ".join(f"{g[k]:.1f}" if k in g else "-" for g in gaps)
+        lines.append(f"| {k} | {_rate_cell(model, k)} | {counted[k]:.2f} | "
+                     f"{_rate_cell(random_rates, k) if random_rates else '-'} | "
+                     f"{_rate_cell(oracle, k) if oracle else '-'} | {model['mean_missing'][k]:.2f} | "
+                     f"{model['mean_extra'][k]:.2f} | {gap} |")
+    if links:
+        lines += ["", "Samples with detections (green squares: requested cells, green +: requested points, "
+                  "yellow o: matched, red o: extra): "
+                  + " ".join(f"[k={k}]({path})" for k, path in sorted(links.items()))]
+    return lines
 
 
 def _counts(counts: Sequence[int] | None) -> str:
@@ -471,13 +451,9 @@ def _short(value) -> str:
 # --- figures ---------------------------------------------------------------------------------------------------
 
 
-COLORS = {"exp1": "tab:blue", "exp2": "tab:red", "exp3": "tab:green", "fig4_global": "tab:orange",
-          "fig4_local": "tab:purple", "cf_local_all": "tab:cyan", "cf_local_single": "tab:olive",
-          "cf_empirical_all": "tab:brown", "cf_empirical_single": "tab:pink"}
-
-
 def success_figure(lengthgens: Mapping[str, Mapping], randoms: Mapping[str, Mapping] | None = None,
-                   title: str = "Length generalization (Table 1, App. E.2)") -> Figure:
+                   title: str = "Length generalization (Table 1, App. E.2)",
+                   rows: Mapping[str, Row] | None = None) -> Figure:
     """Success rate vs k for every experiment with its 95% Wilson band (the paper's order solid, random k-subsets
     dotted when given); the oracle row dashed (drawn once when the experiments' oracle rows agree, as they do
     when they judge the same renders)."""
@@ -485,10 +461,10 @@ def success_figure(lengthgens: Mapping[str, Mapping], randoms: Mapping[str, Mapp
     axis = figure.subplots()
     oracles: dict[tuple, list[str]] = {}
     for exp, report in lengthgens.items():
-        _rate_curve(axis, report["rows"]["model"], COLORS.get(exp), "-", "o",
-                    f"{EXPERIMENT_NAMES.get(exp, exp)} (k_max {report['rows']['model']['k_max']})")
+        _rate_curve(axis, report["rows"]["model"], _colour(rows, exp), "-", "o",
+                    f"{_title(rows, exp)} (k_max {report['rows']['model']['k_max']})")
         if randoms and exp in randoms:
-            _rate_curve(axis, randoms[exp]["rows"]["model"], COLORS.get(exp), ":", ".",
+            _rate_curve(axis, randoms[exp]["rows"]["model"], _colour(rows, exp), ":", ".",
                         f"  random k-subsets (k_max {randoms[exp]['rows']['model']['k_max']})", band_alpha=0.06)
         oracle = report["rows"].get("oracle")
         if oracle is not None:
@@ -517,7 +493,7 @@ def _rate_curve(axis, row: Mapping, color, style: str, marker: str, label: str, 
 
 
 def learning_curves_figure(series: Mapping[str, Mapping[int, float]], title: str) -> Figure:
-    """Training curves of one run (issue 22: train until they stop rising): the conditioning gap per noise level,
+    """Training curves of one run (train until they stop rising): the conditioning gap per noise level,
     the length-generalization success per k (LengthGenCurve) and the validation loss, against the step."""
     panels = (("cond_gap/gap@", "conditioning gap (rolled - true) / true"),
               ("lengthgen/success@", "length generalization: success per k"), ("val/loss", "validation loss"))
@@ -536,7 +512,7 @@ def learning_curves_figure(series: Mapping[str, Mapping[int, float]], title: str
     return figure
 
 
-def locality_radius_figure(localities: Mapping[str, Mapping]) -> Figure:
+def locality_radius_figure(localities: Mapping[str, Mapping], rows: Mapping[str, Row] | None = None) -> Figure:
     """Figure 2's summary: the pixel (Eq. 9; dashed: of D - c_skip x) and conditional (Eq. 10) 90% radii against
     the noise level, one line per experiment: the mean over scenes (targets and conditioners averaged within a
     scene) with a band of one standard deviation across scenes where several were measured. The radius axis
@@ -553,12 +529,13 @@ def locality_radius_figure(localities: Mapping[str, Mapping]) -> Figure:
             if mean is None:
                 continue
             values = np.array([np.nan if v is None else v for v in mean], dtype=float)
-            label = EXPERIMENT_NAMES.get(exp, exp) + (" (D - c_skip x)" if "without" in key else "")
-            axis.plot(sigmas, values, ls=style, marker="o", ms=3, color=COLORS.get(exp), label=label)
+            label = _title(rows, exp) + (" (D - c_skip x)" if "without" in key else "")
+            axis.plot(sigmas, values, ls=style, marker="o", ms=3, color=_colour(rows, exp), label=label)
             spread = locality.get(f"{key}_scene_std")
             if spread is not None and locality.get("scenes", 1) > 1 and style == "-":
                 spread = np.array([0.0 if v is None else v for v in spread], dtype=float)
-                axis.fill_between(sigmas, values - spread, values + spread, color=COLORS.get(exp), alpha=0.15, lw=0)
+                axis.fill_between(sigmas, values - spread, values + spread, color=_colour(rows, exp), alpha=0.15,
+                                  lw=0)
     first = next(iter(localities.values()))
     fraction, scenes = first.get("fraction", 0.9), first.get("scenes", 1)
     axes[0].set_title(f"pixel locality (Eq. 9): {fraction:.0%} radius", fontsize=9)

@@ -141,3 +141,7 @@ taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench lengthgen --ckpt /work/mai
 python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --data data/reproduce32 --stage report
 # 2026-12-03T16:16:50 report: reports/reproduction/cpu/table.md, report.json and figures
 python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --data data/reproduce32 --stage report
+# 2026-12-07T19:18:27 report: reports/reproduction/cpu/table.md, report.json and figures
+python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs runs/reproduction/cpu --data data/reproduce32 --stage report
+# 2026-12-07T19:44:37 report: reports/reproduction/cpu/table.md, report.json and figures
+python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs runs/reproduction/cpu --data data/reproduce32 --stage report
