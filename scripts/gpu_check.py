@@ -25,7 +25,8 @@ Stages:
   patch     patch-local full-image denoising: batched cells vs the per-cell loop (scripts/bench_patch.py)
   jacobian  the pixel Jacobian (Eq. 9) through `module.denoiser` (bf16 autocast on CUDA): batched VJPs vs the
             per-pixel loop (scripts/bench_analysis.py's reference)
-  run32     configs/reproduce/cpu/exp1.yaml (32 px, the cpu study's network) trained on synthetic 32 px shards
+  run32     configs/reproduce/cpu/base.yaml + exp1.yaml (32 px, the cpu study's network) trained on synthetic
+            32 px shards
             for what is left of the budget, up to 5 minutes, and its conditioning gap (EMA weights, true vs
             rolled conditioners) on held-out synthetic scenes
 
@@ -683,8 +684,10 @@ def stage_run32(args, record: Recorder, deadline: float) -> None:
                              16 if args.quick else 64, seed=1)
     train_s = max(5.0, min(RUN32_MAX_TRAIN_S, deadline - time.time() - RESERVED_AFTER_RUN32))
     cuda = args.device.startswith("cuda")
-    overrides = ["--config", str(REPO / "configs" / "reproduce" / "cpu" / "exp1.yaml"), "--data.init_args.root",
-                 str(root), "--trainer.accelerator", "gpu" if cuda else "cpu", "--trainer.max_steps", "1000000",
+    cpu_scale = REPO / "configs" / "reproduce" / "cpu"  # exp1 is a delta over the scale's base
+    overrides = ["--config", str(cpu_scale / "base.yaml"), "--config", str(cpu_scale / "exp1.yaml"),
+                 "--data.init_args.root", str(root), "--trainer.accelerator", "gpu" if cuda else "cpu",
+                 "--trainer.max_steps", "1000000",
                  "--trainer.max_time", f"00:00:{int(train_s) // 60:02d}:{int(train_s) % 60:02d}",  # DD:HH:MM:SS
                  "--trainer.num_sanity_val_steps", "0", "--trainer.limit_val_batches", "0",
                  "--trainer.enable_progress_bar", "false",
@@ -700,7 +703,7 @@ def stage_run32(args, record: Recorder, deadline: float) -> None:
     gap_callback = next((c for c in trainer.callbacks if isinstance(c, ConditioningGap)), None)
     if gap_callback is not None and args.quick:
         gap_callback.every_n_steps = 3
-    record.update(config="configs/reproduce/cpu/exp1.yaml", train_budget_s=train_s,
+    record.update(config="configs/reproduce/cpu/base.yaml + exp1.yaml", train_budget_s=train_s,
                   data="synthetic 32 px discs, counts 1-3")
     start = time.perf_counter()
     trainer.fit(module, data)

@@ -2,7 +2,8 @@
 `trainer.precision`, compared on the curves the study reads: the conditioning gap per noise level, the
 length-generalization success per k (LengthGenCurve) and the validation loss.
 
-    python -m lcsbench fit --config configs/reproduce/cpu/exp1.yaml --trainer.max_steps 2000 \
+    python -m lcsbench fit --config configs/reproduce/cpu/base.yaml --config configs/reproduce/cpu/exp1.yaml \\
+        --trainer.max_steps 2000 \
         --trainer.precision bf16-mixed --trainer.logger.init_args.save_dir runs/precision/bf16-mixed \
         --trainer.logger.init_args.version run
     (the same with --trainer.precision 32-true and runs/precision/32-true)
@@ -23,7 +24,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from lcsbench.analysis.plots import save_figure
-from lcsbench.commands.reproduce import read_scalars
+from lcsbench.study.export import read_scalars
 
 PANELS = (("cond_gap/gap@", "conditioning gap (rolled - true) / true"),
           ("lengthgen/success@", "length generalization: success per k"), ("val/loss@", "validation loss per sigma"))

@@ -37,7 +37,6 @@ from pathlib import Path
 
 import lcsbench.study.experiments  # noqa: F401 - registers the study's experiments
 from lcsbench.commands._common import CommandParser, check_output_dir, command_parser
-from lcsbench.study.export import read_scalars  # noqa: F401 - scripts/precision_check.py reads curves through here
 from lcsbench.study.runner import Study
 from lcsbench.study.scales import SCALES
 from lcsbench.study.stages import STAGES, run_study
