@@ -94,12 +94,14 @@ class EveryNSteps(L.Callback):
                            f"(loggers: {[type(x).__name__ for x in trainer.loggers] or 'none'}), so it will do "
                            f"nothing: add trainer.logger: lightning.pytorch.loggers.TensorBoardLogger to the config")
         elif trainer.is_global_zero and self.CARD_TAG:
-            add_text_card(tensorboard_writer(trainer), self.CARD_TAG, self.card(), trainer.global_step)
+            ema = any(callable(getattr(callback, "average_weights", None)) for callback in trainer.callbacks)
+            add_text_card(tensorboard_writer(trainer), self.CARD_TAG, self.card(ema), trainer.global_step)
 
-    def card(self) -> str:
-        """The text card (Markdown): `ABOUT`, then the settings the analysis runs with."""
+    def card(self, ema: bool = True) -> str:
+        """The text card (Markdown): `ABOUT`, then when it runs, on which weights, and its settings."""
         settings = ", ".join(f"{name} {value}" for name, value in self.settings().items())
-        return f"{self.ABOUT}\n\nEvery {self.every_n_steps} optimizer steps, EMA weights" + (
+        weights = "the EMA weights" if ema else "the raw weights (no EMA callback)"
+        return f"{self.ABOUT}\n\nEvery {self.every_n_steps} optimizer steps, on {weights}" + (
             f"; {settings}." if settings else ".")
 
     def settings(self) -> dict[str, object]:
