@@ -7,6 +7,10 @@ is present: the weights the paper analyses) and the module in eval mode. Nothing
 communicates across ranks (no `self.log`, no `sync_dist`, no barrier), so the other ranks simply carry on. Without
 a TensorBoard logger the callback says so once, when the fit starts (a warning), and then does nothing.
 
+Each analysis says what it shows: a subclass sets `ABOUT` (one sentence: what the analysis shows and which paper
+figure it is) and `CARD_TAG`, and the callback writes them as a TensorBoard text card (TEXT tab) when the fit
+starts, with the settings it runs with (`settings()`), so a reader of the run needs no documentation.
+
 `tensorboard_writer`, `ema_weights` and `eval_mode` are the pieces, for callbacks that need them on their own.
 A callback reads the conditioning kind and grid from the module's Denoiser (`pl_module.denoiser`), never from
 the shapes of a batch.
@@ -29,6 +33,16 @@ def tensorboard_writer(trainer: L.Trainer):
         if isinstance(logger, TensorBoardLogger):
             return logger.experiment
     return None
+
+
+def add_text_card(writer, tag: str, text: str, step: int) -> None:
+    """A TEXT-tab card (Markdown) under `tag` itself: SummaryWriter.add_text would file it under
+    `tag + "/text_summary"`, so the summary it builds is renamed and written through the writer's own file writer."""
+    from torch.utils.tensorboard.summary import text as text_summary
+
+    summary = text_summary(tag, text)
+    summary.value[0].tag = tag
+    writer._get_file_writer().add_summary(summary, step)
 
 
 @contextlib.contextmanager
@@ -61,6 +75,9 @@ def eval_mode(module: torch.nn.Module) -> Iterator[None]:
 class EveryNSteps(L.Callback):
     """Calls `analyse` every `every_n_steps` optimizer steps on rank 0, on the EMA weights in eval mode."""
 
+    ABOUT = ""  # one sentence for the text card: what the analysis shows, which paper figure it is
+    CARD_TAG = ""  # the card's TensorBoard tag, e.g. "locality/about"; "" writes no card
+
     def __init__(
         self,
         every_n_steps: int,  # optimizer steps between analyses
@@ -76,6 +93,20 @@ class EveryNSteps(L.Callback):
             rank_zero_warn(f"{type(self).__name__} logs to TensorBoard only and the trainer has no TensorBoardLogger "
                            f"(loggers: {[type(x).__name__ for x in trainer.loggers] or 'none'}), so it will do "
                            f"nothing: add trainer.logger: lightning.pytorch.loggers.TensorBoardLogger to the config")
+        elif trainer.is_global_zero and self.CARD_TAG:
+            ema = any(callable(getattr(callback, "average_weights", None)) for callback in trainer.callbacks)
+            add_text_card(tensorboard_writer(trainer), self.CARD_TAG, self.card(ema), trainer.global_step)
+
+    def card(self, ema: bool = True) -> str:
+        """The text card (Markdown): `ABOUT`, then when it runs, on which weights, and its settings."""
+        settings = ", ".join(f"{name} {value}" for name, value in self.settings().items())
+        weights = "the EMA weights" if ema else "the raw weights (no EMA callback)"
+        return f"{self.ABOUT}\n\nEvery {self.every_n_steps} optimizer steps, on {weights}" + (
+            f"; {settings}." if settings else ".")
+
+    def settings(self) -> dict[str, object]:
+        """The analysis' settings a reader needs to read its numbers (name -> value), for the card."""
+        return {}
 
     def due(self, trainer: L.Trainer) -> bool:
         step = trainer.global_step

@@ -5,6 +5,9 @@ logs the cosine-matrix figure and the off-diagonal scalars (feature space, and p
 TensorBoard writer. The noisy images are the first ones of the current training batch (real renders, which the
 default `modulated` site needs), so the callback needs no data of its own. `python -m lcsbench features` adds
 the chance level of a re-initialised copy.
+
+Tags: the image `features/cosines`, the scalars `features/mean_abs_cosine_off_diagonal` (the averaged layers) and
+`features/mean_abs_cosine_off_diagonal@<enc|dec>_<H>x<W>` (per resolution), and the text card `features/about`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ from lcsbench.callbacks.base import EveryNSteps
 
 class FeatureCosine(EveryNSteps):
     """Logs Figure-5-style cosine matrices of the conditioning modulation (Eq. 3) and the mean |cosine| off the
-    diagonal of the averaged layers (`features/off_diagonal`: 0 = disentangled)."""
+    diagonal (0 = disentangled conditions, 1 = identical) of the averaged layers and per resolution."""
+
+    ABOUT = ("Whether the conditions act on separate feature directions: each matrix holds the cosines between "
+             "the mean feature changes that two conditions cause in a layer (Eq. 3; near 0 off the diagonal reads "
+             "as disentangled, judged against a re-initialised copy by `lcsbench features`; paper Figure 5).")
+    CARD_TAG = "features/about"
+    SCALAR = "features/mean_abs_cosine_off_diagonal"
 
     def __init__(
         self,
@@ -54,11 +63,15 @@ class FeatureCosine(EveryNSteps):
                                               layers=self.layers, site=self.site)
         cosines = feature_cosines(vectors, labels, self.average)
         step = trainer.global_step
-        writer.add_figure("features/cosines", cosine_matrices(cosines, max_layers=self.max_layers), step,
-                          close=True)
+        title = f"Figure 5 at step {step}: cosines of the conditions' mean feature changes (Eq. 3, {self.site})"
+        writer.add_figure("features/cosines", cosine_matrices(cosines, max_layers=self.max_layers, title=title),
+                          step, close=True)
         summary = cosines.summary()
         if summary["average_mean_abs_off_diagonal"] is not None:
-            writer.add_scalar("features/off_diagonal", summary["average_mean_abs_off_diagonal"], step)
+            writer.add_scalar(self.SCALAR, summary["average_mean_abs_off_diagonal"], step)
         for group, value in summary["per_resolution_mean_abs_off_diagonal"].items():
             if value is not None:
-                writer.add_scalar(f"features/off_diagonal/{group.replace(' ', '_')}", value, step)
+                writer.add_scalar(f"{self.SCALAR}@{group.replace(' ', '_')}", value, step)
+
+    def settings(self) -> dict[str, object]:
+        return {"site": self.site, "noise levels": self.sigmas, "images": self.samples}

@@ -3,10 +3,11 @@
 Every `every_n_steps` optimizer steps, on global rank 0 only, with the EMA weights (when a PowerFunctionEMA
 callback is present) and the module in eval mode (callbacks/base.py decides when): samples `samples_per_k`
 images for each k, judges them with a trained judge (models/judge.py) and logs to TensorBoard
-`lengthgen/success@k{K}`, `lengthgen/k_max`, `lengthgen/k_max_strict` and the success-vs-k figure
-`lengthgen/curve`. No oracle row here (no Blender during training): `python -m lcsbench lengthgen` gives the
-full report. Nothing in the rank-0 branch communicates
-across ranks (no `self.log`, no barrier), so the other ranks carry on.
+`lengthgen/success@k=K` (fraction of the k-object requests drawn right), `lengthgen/k_max` and
+`lengthgen/k_max_strict` (the largest k succeeding more than 25% / 50% of the time, App. E.2), the success-vs-k
+figure `lengthgen/curve` and the text card `lengthgen/about`. No oracle row here (no Blender during training):
+`python -m lcsbench lengthgen` gives the full report. Nothing in the rank-0 branch communicates across ranks (no
+`self.log`, no barrier), so the other ranks carry on.
 
 The success rule follows the training data: the DataModule's `counts` and `label_mode` unless given.
 """
@@ -21,10 +22,16 @@ import torch
 
 from lcsbench.analysis import lengthgen as lg
 from lcsbench.callbacks.base import EveryNSteps, tensorboard_writer
+from lcsbench.diffusion.sampler import PAPER_HEUN_STEPS
 
 
 class LengthGenCurve(EveryNSteps):
     """Logs the length-generalization curve of the EMA model every N steps (module docstring)."""
+
+    ABOUT = ("Whether the model composes: the success rate of samples asked for k objects (k beyond the trained "
+             "counts included), judged by a trained object judge, against k; k_max is the largest k that succeeds "
+             "more than 25% of the time (paper Figure 1 and Table 1, App. E.2).")
+    CARD_TAG = "lengthgen/about"
 
     def __init__(
         self,
@@ -32,7 +39,7 @@ class LengthGenCurve(EveryNSteps):
         every_n_steps: int = 5000,  # optimizer steps between evaluations
         ks: Sequence[int] | None = None,  # requested object counts; default 1..12 (location) / 1..8 (colour)
         samples_per_k: int = 4,  # samples per k (the paper counts 8 by eye)
-        num_steps: int = 16,  # Heun steps (32 is the paper's; fewer keep training fast)
+        num_steps: int = PAPER_HEUN_STEPS // 2,  # Heun steps (fewer than the paper's keep training fast)
         trained_counts: Sequence[int] | None = None,  # training object counts; default: the DataModule's
         label_mode: str | None = None,  # all | single | random | drop_one; default: the DataModule's
         tolerance_cells: float = 1.0,  # matching tolerance in grid cells
@@ -46,7 +53,8 @@ class LengthGenCurve(EveryNSteps):
         self.match = lg.check_match_rule(match)
         super().__init__(every_n_steps)
         self.judge_path, self.ks = judge, list(ks) if ks else None
-        self.samples_per_k, self.num_steps, self.tolerance_cells, self.seed = samples_per_k, num_steps, tolerance_cells, seed
+        self.samples_per_k, self.num_steps = samples_per_k, num_steps
+        self.tolerance_cells, self.seed = tolerance_cells, seed
         self.trained_counts, self.label_mode = trained_counts, label_mode
         self._judge = None
         self.last_report: dict | None = None
@@ -65,7 +73,8 @@ class LengthGenCurve(EveryNSteps):
         counts = self.trained_counts or getattr(data, "counts", None)
         label_mode = self.label_mode or getattr(data, "label_mode", None)
         if counts is None or label_mode is None:
-            raise ValueError("LengthGenCurve: pass trained_counts and label_mode (no CLEVRDataModule to read them from)")
+            raise ValueError("LengthGenCurve: pass trained_counts and label_mode "
+                             "(no CLEVRDataModule to read them from)")
         self.rule = lg.SuccessRule(pl_module.denoiser.conditioning, tuple(counts), label_mode)  # the model's kind
         self.protocol = lg.LengthGenProtocol(self.rule, self.ks, self.samples_per_k, match=self.match,
                                              tolerance_cells=self.tolerance_cells, num_steps=self.num_steps,
@@ -87,8 +96,16 @@ class LengthGenCurve(EveryNSteps):
         if writer is not None:
             row = report["rows"]["model"]
             for k, values in row["per_k"].items():
-                writer.add_scalar(f"lengthgen/success@k{k}", values["success_rate"], step)
+                writer.add_scalar(f"lengthgen/success@k={k}", values["success_rate"], step)
             writer.add_scalar("lengthgen/k_max", row["k_max"], step)
             writer.add_scalar("lengthgen/k_max_strict", row["k_max_strict"], step)
-            writer.add_figure("lengthgen/curve", lg.plot_success_curves(report, title=f"step {step}"), step)
+            trained = ", ".join(str(k) for k in self.rule.trained_counts)
+            title = (f"Table 1 at step {step}: success rate vs requested k\n"
+                     f"{self.samples_per_k} samples per k; trained on k = {trained}")
+            writer.add_figure("lengthgen/curve", lg.plot_success_curves(report, title=title), step, close=True)
         return report
+
+    def settings(self) -> dict[str, object]:
+        judge = self._judge.source if self._judge is not None else (self.judge_path or "shipped")
+        return {"judge": judge, "k": self.ks, "samples per k": self.samples_per_k, "Heun steps": self.num_steps,
+                "match": f"{self.match} within {self.tolerance_cells:g} cells"}

@@ -1,7 +1,10 @@
 """LocalityHeatmaps: the pixel and conditional locality analyses logged during training (paper Figures 2, 10).
 
 Runs every `every_n_steps` optimizer steps on rank 0 with the EMA weights in eval mode (callbacks/base.py) and logs
-figures and scalars straight to the TensorBoard writer. The scene is the first image of the current training batch
+figures and scalars straight to the TensorBoard writer: images `locality/grid_t{i}` (Figure 2, target pixel i) and
+`locality/radius` (Figure 10), scalars `locality/pixel_radius90@sigma=S` and `locality/conditional_radius90@sigma=S`
+(the 90% energy radius in pixels, Appendix F; the number is the `fraction` in percent), and the text card
+`locality/about`. The scene is the first image of the current training batch
 (`batch["image"]`, `batch["cond"]`), so the callback needs no sampler and no data of its own.
 """
 
@@ -18,7 +21,12 @@ from lcsbench.callbacks.base import EveryNSteps
 
 class LocalityHeatmaps(EveryNSteps):
     """Logs Figure-2 grids (pixel and conditional heat maps over noise levels) and Figure-10 radius curves, plus
-    `locality/pixel_radius@sigma` and `locality/conditional_radius@sigma` scalars."""
+    the pixel and conditional locality radii per noise level as scalars (module docstring)."""
+
+    ABOUT = ("How far the denoiser looks: for a target pixel, the heat maps show how strongly each input pixel "
+             "(Eq. 9) and each conditioned grid cell (Eq. 10) moves it at each noise level, with the radius of the "
+             "square holding 90% of that influence (paper Figure 2; radii over noise: Figure 10).")
+    CARD_TAG = "locality/about"
 
     def __init__(
         self,
@@ -49,11 +57,27 @@ class LocalityHeatmaps(EveryNSteps):
                                    memory_budget=self.memory_budget, conditional=active)
         step = trainer.global_step
         for t in range(len(profile.pixels)):
-            writer.add_figure(f"locality/grid_t{t}", locality_grid(profile, target=t), step, close=True)
-        writer.add_figure("locality/radius", radius_curves(profile), step, close=True)
+            title = f"Figure 2 at step {step}: locality of D at target pixel {tuple(profile.pixels[t])}"
+            writer.add_figure(f"locality/grid_t{t}", locality_grid(profile, target=t, title=title), step, close=True)
+        writer.add_figure("locality/radius", radius_curves(profile, title=f"Figure 10 at step {step}: "
+                                                                            f"locality radius vs noise level"),
+                          step, close=True)
+        for tag, value in self.radii(profile).items():
+            writer.add_scalar(tag, value, step)
+
+    def radii(self, profile) -> dict[str, float]:
+        """Scalar tag -> the radius (pixels) of the square holding `fraction` of the influence, averaged over the
+        targets (pixel locality) or the conditioned cells (conditional locality), per noise level."""
+        percent = f"{100 * self.fraction:g}"
+        values = {}
         for s, sigma in enumerate(profile.sigmas):
-            writer.add_scalar(f"locality/pixel_radius@{sigma:g}", float(profile.pixel_radius[s].nanmean()), step)
+            values[f"locality/pixel_radius{percent}@sigma={sigma:g}"] = float(profile.pixel_radius[s].nanmean())
             if profile.conditional_radius is not None:
                 value = float(profile.conditional_radius[s].nanmean())
-                if value == value:
-                    writer.add_scalar(f"locality/conditional_radius@{sigma:g}", value, step)
+                if value == value:  # NaN when no cell was conditioned
+                    values[f"locality/conditional_radius{percent}@sigma={sigma:g}"] = value
+        return values
+
+    def settings(self) -> dict[str, object]:
+        return {"noise levels": self.sigmas, "noise draws": self.samples, "target pixels": self.max_targets,
+                "scene": "the first image of the training batch"}

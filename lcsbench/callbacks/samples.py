@@ -16,7 +16,7 @@ import torch
 
 from lcsbench.analysis.plots import image_grid, outline_cells, upscale
 from lcsbench.callbacks.base import EveryNSteps, tensorboard_writer
-from lcsbench.diffusion.sampler import edm_sampler
+from lcsbench.diffusion.sampler import PAPER_HEUN_STEPS, edm_sampler
 
 
 class SampleGrid(EveryNSteps):
@@ -26,7 +26,7 @@ class SampleGrid(EveryNSteps):
         self,
         every_n_steps: int = 5000,  # optimizer steps between grids
         num_samples: int = 16,  # images per grid (taken from the first batch; fewer if it is smaller)
-        num_steps: int = 32,  # EDM Heun steps (2 * num_steps - 1 network evaluations)
+        num_steps: int = PAPER_HEUN_STEPS,  # EDM Heun steps (2 * num_steps - 1 network evaluations)
         seed: int = 0,  # seed of the fixed sampling noise
     ):
         if every_n_steps < 1 or num_samples < 1 or num_steps < 2:
