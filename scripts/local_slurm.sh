@@ -3,6 +3,7 @@
 # cluster scripts before a real cluster): munged, slurmctld and two slurmd (`slurmd -N n1|n2`, SLURM's
 # multiple-slurmd build, each on its own port), configured in their own folder, never in /etc.
 #
+#   scripts/local_slurm.sh install  install slurm-wlm and munge if missing (apt-get, root), start nothing
 #   scripts/local_slurm.sh start    install slurm-wlm and munge if missing (apt-get, root), write the config, start
 #                                   the daemons, wait until both nodes are idle; prints `export SLURM_CONF=...`
 #   scripts/local_slurm.sh status   the daemons' pids and `sinfo`; exit 1 when the cluster is not up
@@ -49,7 +50,8 @@ SlurmctldPort=$CTLD_PORT
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket=$DIR/munge/munge.socket
+# a requeued job waits cred_expire + 1 s before it starts again (default 120 s)
+AuthInfo=socket=$DIR/munge/munge.socket,cred_expire=10
 CredType=cred/munge
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool-%n
@@ -68,6 +70,7 @@ JobRequeue=1
 KillWait=10
 MinJobAge=600
 SchedulerType=sched/backfill
+SchedulerParameters=bf_interval=5
 NodeName=n1 NodeHostname=$host NodeAddr=127.0.0.1 Port=$((CTLD_PORT + 1)) CPUs=$cpus RealMemory=$memory State=UNKNOWN
 NodeName=n2 NodeHostname=$host NodeAddr=127.0.0.1 Port=$((CTLD_PORT + 2)) CPUs=$cpus RealMemory=$memory State=UNKNOWN
 PartitionName=local Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
@@ -133,15 +136,17 @@ stop() {
 status() {
     local up=0 file
     for file in munge/munged slurmctld slurmd-n1 slurmd-n2; do
-        if alive "$DIR/$file.pid"; then echo "$file: pid $(cat "$DIR/$file.pid")"; else echo "$file: not running"; up=1; fi
+        if alive "$DIR/$file.pid"; then echo "$file: pid $(cat "$DIR/$file.pid")"
+        else echo "$file: not running"; up=1; fi
     done
     [[ $up == 0 ]] && SLURM_CONF=$CONF sinfo -N && echo "export SLURM_CONF=$CONF"
     return $up
 }
 
 case ${1:-} in
+    install) mkdir -p "$DIR"; install_packages ;;
     start) start ;;
     stop) stop ;;
     status) status ;;
-    *) die "usage: scripts/local_slurm.sh start|stop|status" ;;
+    *) die "usage: scripts/local_slurm.sh install|start|stop|status" ;;
 esac

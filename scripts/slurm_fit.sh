@@ -11,7 +11,8 @@
 # snapshots mean the same steps on any allocation.
 # Preemption and time limits: on the --signal (USR1, 5 min before the end) Lightning saves the run's
 # <run>/slurm-job-<id>/hpc_ckpt_N.ckpt and requeues the job; the requeued job (same id) resumes from it in the same
-# run folder. A new job never restores another job's checkpoint. To resume by hand: --ckpt_path <run>/checkpoints/last.ckpt.
+# run folder. A new job never restores another job's checkpoint. To resume by hand, add
+# --ckpt_path <run>/checkpoints/last.ckpt.
 # Rank 0's address is the first node's NodeAddr (`scontrol show node`), not its name, which need not resolve; a rank
 # that cannot reach it stops after LCSBENCH_RENDEZVOUS_TIMEOUT_S (300 s) with a line naming the address.
 # In a container (pyxis/enroot: srun --container-image=...), /dev/shm is the node's; with Docker, run it with

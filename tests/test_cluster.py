@@ -40,12 +40,14 @@ class RankRecord(L.Callback):
         self.out, self.seconds_per_step = Path(out), seconds_per_step
         self.train_keys: list[list[str]] = []
         self.val_keys: list[str] = []
+        self.val_steps: list[int] = []  # the optimizer step at each validation pass
         self.start_step = 0
 
     def on_train_start(self, trainer, pl_module):
         self.start_step = trainer.global_step
-        print(f"RankRecord: rank {trainer.global_rank} of {trainer.world_size} on node "
-              f"{os.environ.get('SLURMD_NODENAME', trainer.node_rank)} starts at step {trainer.global_step}", flush=True)
+        node = os.environ.get("SLURMD_NODENAME", trainer.node_rank)
+        print(f"RankRecord: rank {trainer.global_rank} of {trainer.world_size} on node {node} starts at step "
+              f"{trainer.global_step}", flush=True)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.train_keys.append(list(batch["key"]))
@@ -53,19 +55,18 @@ class RankRecord(L.Callback):
             (self.out / "progress").write_text(str(trainer.global_step))
         time.sleep(self.seconds_per_step)
 
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self.val_steps.append(trainer.global_step)
+
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         self.val_keys += list(batch["key"])
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-        if trainer.is_global_zero:
-            print(f"RankRecord: saving a checkpoint at step {trainer.global_step}", flush=True)
 
     def on_fit_end(self, trainer, pl_module):
         record = {"rank": trainer.global_rank, "world_size": trainer.world_size, "num_nodes": trainer.num_nodes,
                   "node_rank": trainer.node_rank, "node": os.environ.get("SLURMD_NODENAME"),
                   "start_step": self.start_step, "global_step": trainer.global_step,
                   "accumulate": trainer.accumulate_grad_batches, "log_dir": trainer.log_dir,
-                  "train_keys": self.train_keys, "val_keys": self.val_keys}
+                  "train_keys": self.train_keys, "val_keys": self.val_keys, "val_steps": self.val_steps}
         (self.out / f"rank{trainer.global_rank}-start{self.start_step}.json").write_text(json.dumps(record))
 
 
@@ -136,10 +137,12 @@ def cluster():
 
 def submit_fit(env: dict, directory: Path, config: Path, *flags: str, extra_env: str = "") -> str:
     """`sbatch --nodes 2 --ntasks-per-node 1 --gpus-per-node 0 scripts/slurm_fit.sh <config>` from `directory`."""
-    return slurm.submit(REPO / "scripts" / "slurm_fit.sh", [str(config), *flags], cwd=directory, env=env,
-                        sbatch_options=["--nodes", "2", "--ntasks-per-node", "1", "--gpus-per-node", "0",
-                                        "--cpus-per-task", "1", "--time", "15", "--output",
-                                        str(directory / "job-%j.out"), *([f"--export=ALL,{extra_env}"] * bool(extra_env))])
+    options = ["--nodes", "2", "--ntasks-per-node", "1", "--gpus-per-node", "0", "--cpus-per-task", "1",
+               "--time", "15", "--output", str(directory / "job-%j.out")]
+    if extra_env:
+        options.append(f"--export=ALL,{extra_env}")
+    return slurm.submit(REPO / "scripts" / "slurm_fit.sh", [str(config), *flags], sbatch_options=options,
+                        cwd=directory, env=env)
 
 
 def job_log(directory: Path, job: str) -> str:
@@ -211,6 +214,7 @@ def test_preempted_job_resumes_in_its_run_and_a_new_job_starts_from_zero(cluster
     for line in log.splitlines():
         if any(s in line for s in ("auto-requeue signal", "requeued (restart", "Restoring states", "starts at step")):
             print(line)
+    print(f"{saved[0]} holds step {saved_step}")
 
     # a new job from the same folder, even beside a stale hpc_ckpt_1.ckpt (where Lightning used to write it)
     shutil.copy(saved[0], tmp_path / "hpc_ckpt_1.ckpt")
