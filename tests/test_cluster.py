@@ -158,6 +158,14 @@ def finished(env: dict, directory: Path, job: str, timeout: float = JOB_TIMEOUT_
         pytest.fail(f"job {job} did not finish in {timeout} s:\n{job_log(directory, job)[-4000:]}")
 
 
+def wait_for_step(directory: Path, step: int) -> None:
+    """Until rank 0 has trained `step` optimizer steps (RankRecord's progress file)."""
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    progress = directory / "out" / "progress"
+    while time.monotonic() < deadline and int((progress.read_text() or 0) if progress.exists() else 0) < step:
+        time.sleep(0.5)
+
+
 def check_two_rank_fit(ranks: list[dict], steps: int, nodes: set, keys_per_rank: int = 4) -> None:
     """World size 2 over 2 nodes, the config's global batch (2 x 4, one round), each rank its own samples."""
     assert [r["rank"] for r in ranks] == [0, 1] and {r["world_size"] for r in ranks} == {2}
@@ -190,10 +198,7 @@ def test_slurm_fit_on_two_nodes(cluster, clevr_shards, tmp_path):
 def test_preempted_job_resumes_in_its_run_and_a_new_job_starts_from_zero(cluster, clevr_shards, tmp_path):
     config = tiny_config(tmp_path, clevr_shards, steps=24, seconds_per_step=1.0)
     job = submit_fit(cluster, tmp_path, config)
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    progress = tmp_path / "out" / "progress"
-    while time.monotonic() < deadline and int((progress.read_text() or 0) if progress.exists() else 0) < 5:
-        time.sleep(0.5)
+    wait_for_step(tmp_path, 5)
     slurm.run_slurm(["scancel", "--signal", "USR1", job], cluster)  # SLURM's warning signal, as --signal sends it
     state = finished(cluster, tmp_path, job)
     log = job_log(tmp_path, job)
@@ -226,6 +231,24 @@ def test_preempted_job_resumes_in_its_run_and_a_new_job_starts_from_zero(cluster
     assert [r["start_step"] for r in records(tmp_path)] == [0, 0]
     assert {r["global_step"] for r in records(tmp_path)} == {4}
     assert sorted(p.name for p in run.parent.iterdir()) == ["version_0", "version_1"]
+
+
+def test_scontrol_requeue_resumes_from_the_runs_last_checkpoint(cluster, clevr_shards, tmp_path):
+    """Requeued without the warning signal (no preemption checkpoint): the job continues in its run folder from
+    its last checkpoint, not from step 0 in a new folder."""
+    config = tiny_config(tmp_path, clevr_shards, steps=16, seconds_per_step=1.0)
+    job = submit_fit(cluster, tmp_path, config)
+    wait_for_step(tmp_path, 5)
+    slurm.run_slurm(["scontrol", "requeue", job], cluster)
+    state = finished(cluster, tmp_path, job)
+    log = job_log(tmp_path, job)
+    assert state == "COMPLETED" and int(slurm.job_fields(job, cluster)["Restarts"]) >= 1, log[-4000:]
+    run = tmp_path / "runs" / "lightning_logs" / "version_0"
+    assert f"no preemption checkpoint of the job in {run}: resuming from {run / 'checkpoints' / 'last.ckpt'}" in log
+    resumed = [r for r in records(tmp_path) if r["start_step"] > 0]
+    assert len({r["start_step"] for r in resumed}) == 1 and resumed[0]["start_step"] >= 4, log[-4000:]
+    check_two_rank_fit(resumed, steps=16, nodes={"n1", "n2"})
+    assert [p.name for p in run.parent.iterdir()] == ["version_0"]
 
 
 @pytest.mark.parametrize("address, said", [("n1", "rank 0's address 'n1' (MASTER_ADDR) does not resolve"),

@@ -32,6 +32,19 @@ progress line every 30 s with step, total, rate and ETA (callbacks/progress.py);
 the steps of each epoch out of the fit's total. A progress bar given in the config's callbacks is left alone.
 A TensorBoardLogger is made with `default_hp_metric=False`: lcsbench has no single hyperparameter metric, and
 the -1 placeholder Lightning would log under HPARAMS says nothing.
+
+One writer per run folder (issue 36): rank 0 holds `<run>/fit.lock` (flock, with its pid and host) while it trains;
+a second fit into the same folder is refused with a line naming the first one's pid. `--ckpt_path` given an
+evaluation file (exported weights, a snapshot) says what the file is and what to pass instead; a resume whose data
+settings differ from the run's config.yaml (e.g. another global batch) says so, since config.yaml is rewritten while
+hparams.yaml keeps the first start's values.
+
+On a cluster (issue 34; docs/cluster.md): under SLURM, Lightning's preemption checkpoint goes to the run's own
+`slurm-job-<id>/` and only a requeue of the same job resumes from it (a new job submitted from the same folder starts
+from step 0); before the process group forms every rank checks that rank 0's address resolves and answers within
+LCSBENCH_RENDEZVOUS_TIMEOUT_S (lcsbench/slurm.py). With gradient accumulation an integer `val_check_interval` counts
+optimizer steps (Lightning counts batches; log_every_n_steps and the callbacks' every_n_steps count steps already),
+and a CPU run whose global batch takes many rounds per step is told the cost and how to change it.
 """
 
 from __future__ import annotations
@@ -593,9 +606,9 @@ class LcsbenchCLI(LightningCLI):
         self.trainer.callbacks.append(StepIntervals())
         if under_slurm():
             self.prepare_slurm_job()
-        run = self.resumed_run or (Path(self.trainer.logger.log_dir) if getattr(self.trainer.logger, "log_dir", None)
-                                   else None)
-        if run is not None and rank_zero_by_env():
+        log_dir = getattr(self.trainer.logger, "log_dir", None) if rank_zero_by_env() else None
+        run = (self.resumed_run or (Path(log_dir) if log_dir else None)) if rank_zero_by_env() else None
+        if run is not None:  # rank 0's folder (another rank's logger would name the next free version)
             lock_run_folder(run)
             if self.resumed_run is not None:
                 for line in resumed_data_differences(run, self.config["fit"].get("data")):
