@@ -244,7 +244,7 @@ def test_scontrol_requeue_resumes_from_the_runs_last_checkpoint(cluster, clevr_s
     log = job_log(tmp_path, job)
     assert state == "COMPLETED" and int(slurm.job_fields(job, cluster)["Restarts"]) >= 1, log[-4000:]
     run = tmp_path / "runs" / "lightning_logs" / "version_0"
-    assert f"no preemption checkpoint of the job in {run}: resuming from {run / 'checkpoints' / 'last.ckpt'}" in log
+    assert f"no preemption checkpoint of the job in {run} newer than {run / 'checkpoints' / 'last.ckpt'}" in log
     resumed = [r for r in records(tmp_path) if r["start_step"] > 0]
     assert len({r["start_step"] for r in resumed}) == 1 and resumed[0]["start_step"] >= 4, log[-4000:]
     check_two_rank_fit(resumed, steps=16, nodes={"n1", "n2"})

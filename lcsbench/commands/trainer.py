@@ -631,10 +631,12 @@ class LcsbenchCLI(LightningCLI):
         self.trainer._default_root_dir = str(run / slurm.job_folder_name())  # noqa: SLF001 - read by the restore
         self.trainer.callbacks.append(ClusterRun())
         last = run / "checkpoints" / "last.ckpt"
-        if self.resumed_run is not None and self.trainer._checkpoint_connector._hpc_resume_path is None \
-                and last.is_file():  # requeued without its signal (scontrol requeue): the run's last checkpoint
-            self.config_init["fit"]["ckpt_path"] = str(last)
-            print(f"lcsbench fit: no preemption checkpoint of the job in {run}: resuming from {last}",
+        if self.resumed_run is None or not last.is_file():
+            return
+        hpc = self.trainer._checkpoint_connector._hpc_resume_path  # noqa: SLF001 - what Lightning would restore
+        if hpc is None or last.stat().st_mtime > Path(hpc).stat().st_mtime:  # requeued without the signal since
+            self.config_init["fit"]["ckpt_path"] = str(last)  # (scontrol requeue): the run's newest checkpoint
+            print(f"lcsbench fit: no preemption checkpoint of the job in {run} newer than {last}: resuming from it",
                   file=sys.stderr)
 
 
