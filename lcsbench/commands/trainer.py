@@ -213,12 +213,12 @@ class ConfiguredLearningRate(L.Callback):
 def refuse_weights_file(payload: dict, source: str) -> None:
     """`--ckpt_path` takes a Lightning checkpoint (weights, optimizer, step); an evaluation file (exported EMA
     weights, a snapshot, a reconstruction) has only weights, and is refused with what it is (issue 36)."""
-    if "state_dict" in payload and "global_step" in payload:
+    if "state_dict" in payload:  # what every Lightning checkpoint holds; the files below hold `net_state`
         return
     kind, step = payload.get("kind"), payload.get("step")
     at = f" at step {step}" if isinstance(step, int) else ""
     what = (f"a {kind} file (weights{at}, no optimizer state or training step)" if isinstance(kind, str)
-            else "not a Lightning training checkpoint (it has no state_dict and global_step)")
+            else "not a Lightning training checkpoint (it has no state_dict)")
     raise ValueError(f"--ckpt_path {source} is {what}: fit and validate take only a checkpoint that fit wrote "
                      f"(<run>/checkpoints/last.ckpt or step=N.ckpt); to evaluate these weights pass the file as "
                      f"--ckpt to sample, lengthgen or locality")
