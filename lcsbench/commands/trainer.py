@@ -618,6 +618,10 @@ class LcsbenchCLI(LightningCLI):
 
     def after_fit(self) -> None:
         release_run_folders()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # end the process group before the interpreter does: a 2-node gloo job once ended with rank 0 aborting
+            # at exit ("terminate called without an active exception") after a finished fit, failing the job
+            torch.distributed.destroy_process_group()
 
     def prepare_slurm_job(self) -> None:
         """Rank 0 reachable (or one line why not), and the job's preemption checkpoints in its run folder:
