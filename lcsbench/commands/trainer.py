@@ -32,17 +32,34 @@ progress line every 30 s with step, total, rate and ETA (callbacks/progress.py);
 the steps of each epoch out of the fit's total. A progress bar given in the config's callbacks is left alone.
 A TensorBoardLogger is made with `default_hp_metric=False`: lcsbench has no single hyperparameter metric, and
 the -1 placeholder Lightning would log under HPARAMS says nothing.
+
+One writer per run folder (issue 36): rank 0 holds `<run>/fit.lock` (flock, with its pid and host) while it trains;
+a second fit into the same folder is refused with a line naming the first one's pid. `--ckpt_path` given an
+evaluation file (exported weights, a snapshot) says what the file is and what to pass instead; a resume whose data
+settings differ from the run's config.yaml (e.g. another global batch) says so, since config.yaml is rewritten while
+hparams.yaml keeps the first start's values.
+
+On a cluster (issue 34; docs/cluster.md): under SLURM, Lightning's preemption checkpoint goes to the run's own
+`slurm-job-<id>/` and only a requeue of the same job resumes from it (a new job submitted from the same folder starts
+from step 0); before the process group forms every rank checks that rank 0's address resolves and answers within
+LCSBENCH_RENDEZVOUS_TIMEOUT_S (lcsbench/slurm.py). With gradient accumulation an integer `val_check_interval` counts
+optimizer steps (Lightning counts batches; log_every_n_steps and the callbacks' every_n_steps count steps already),
+and a CPU run whose global batch takes many rounds per step is told the cost and how to change it.
 """
 
 from __future__ import annotations
 
 import atexit
+import fcntl
 import inspect
 import json
+import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
+import time
 import urllib.request
 import warnings
 from pathlib import Path
@@ -54,12 +71,14 @@ from jsonargparse import Namespace
 from jsonargparse.typing import import_object
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from lcsbench import slurm
 from lcsbench.callbacks.ema import PowerFunctionEMA
-from lcsbench.checkpoints import ARCH_KEY, JUDGE_ARCH_KEY, check_class_path, read_checkpoint
 from lcsbench.callbacks.progress import ProgressLines, StepsRichProgressBar
+from lcsbench.checkpoints import ARCH_KEY, JUDGE_ARCH_KEY, check_class_path, read_checkpoint
 from lcsbench.commands._common import snapshot_step, thread_count
 
 CHECKPOINT_STEP = re.compile(r"step=(\d+)")  # in ModelCheckpoint's default file names, epoch=E-step=N.ckpt
@@ -191,6 +210,20 @@ class ConfiguredLearningRate(L.Callback):
                     state[key] = [v * ratio for v in state[key]]
 
 
+def refuse_weights_file(payload: dict, source: str) -> None:
+    """`--ckpt_path` takes a Lightning checkpoint (weights, optimizer, step); an evaluation file (exported EMA
+    weights, a snapshot, a reconstruction) has only weights, and is refused with what it is (issue 36)."""
+    if "state_dict" in payload:  # what every Lightning checkpoint holds; the files below hold `net_state`
+        return
+    kind, step = payload.get("kind"), payload.get("step")
+    at = f" at step {step}" if isinstance(step, int) else ""
+    what = (f"a {kind} file (weights{at}, no optimizer state or training step)" if isinstance(kind, str)
+            else "not a Lightning training checkpoint (it has no state_dict)")
+    raise ValueError(f"--ckpt_path {source} is {what}: fit and validate take only a checkpoint that fit wrote "
+                     f"(<run>/checkpoints/last.ckpt or step=N.ckpt); to evaluate these weights pass the file as "
+                     f"--ckpt to sample, lengthgen or locality")
+
+
 def checkpoint_run_folder(ckpt_path: str | None) -> Path | None:
     """The run folder (`.../version_N`) a Lightning checkpoint file was written into, or None."""
     if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):  # Lightning's names, not files
@@ -267,6 +300,121 @@ def set_aside_after(step: int, paths: list[Path]) -> None:
                        f"checkpoint resumed from, to {paths[0].parent / f'superseded-at-step-{step}'}")
 
 
+# --- one writer per run folder; SLURM's preemption checkpoints in the run's own folder (issues 34, 36) -------------
+
+LOCK_NAME = "fit.lock"  # <run folder>/fit.lock: flock'ed by the fit writing the folder, with its pid and host
+_held_locks: dict[Path, Any] = {}  # run folder -> its open lock file (a flock lasts as long as its file is open)
+
+
+def rank_zero_by_env(env=os.environ) -> bool:
+    """Whether this process is global rank 0 before the process group exists: torchrun sets RANK, srun
+    SLURM_PROCID, Lightning's own launcher LOCAL_RANK in the ranks it starts (none of them: a single process)."""
+    return all(env.get(name, "0") in ("", "0") for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
+
+
+def lock_run_folder(run: Path) -> None:
+    """Take `run`/fit.lock for this process (rank 0) for as long as it lives, or refuse naming the holder: two fits
+    writing one run folder interleave their checkpoints, snapshots and event files (issue 36 item 1)."""
+    run = run.resolve()
+    if run in _held_locks:  # this process resuming its own run (a notebook, a test): the same writer
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    handle = open(run / LOCK_NAME, "a+")  # noqa: SIM115 - held open on purpose until the process ends
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "a process that wrote no pid"
+        handle.close()
+        raise ValueError(f"lcsbench fit: {run} is being written by another fit ({holder}): two writers would "
+                         f"interleave its checkpoints and event files; wait for that fit to end or stop it, or "
+                         f"train into another run folder (another --trainer.logger.init_args.version)") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+    _held_locks[run] = handle
+
+
+def release_run_folders() -> None:
+    """Close this process's run-folder locks (the fit has ended; the lock files stay, naming the last writer)."""
+    while _held_locks:
+        _held_locks.popitem()[1].close()
+
+
+def logger_runs(config) -> Path | None:
+    """The configured logger's folder of runs (save_dir/name), where its version_N folders go; None without one."""
+    logger = config.get("trainer", {}).get("logger")
+    init_args = getattr(logger, "init_args", None) if logger is not None else None
+    if init_args is None or init_args.get("save_dir") is None:
+        return None
+    name = init_args.get("name", "lightning_logs")
+    return (Path(init_args["save_dir"]) / name if name else Path(init_args["save_dir"])).resolve()
+
+
+def under_slurm() -> bool:
+    """A rank started by srun inside a SLURM job (Lightning then uses its SLURM environment and requeue)."""
+    return slurm.in_slurm_job() and SLURMEnvironment.detect()
+
+
+class ClusterRun(L.Callback):
+    """Under SLURM, Lightning writes its preemption checkpoint (`hpc_ckpt_N.ckpt`, on the requeue signal) into
+    `trainer.default_root_dir` and restores the newest one found there in any later job: by default the folder the
+    job was submitted from, so a new job started from another job's weights (issue 34). Here that folder is the
+    run's own `slurm-job-<id>/`, which only a requeue of the same job finds again (lcsbench/slurm.py)."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        run = trainer.log_dir  # rank 0's, broadcast: the folder every rank's checkpoints go to
+        if run is None:
+            return
+        folder = Path(run) / slurm.job_folder_name()
+        trainer._default_root_dir = str(folder)  # noqa: SLF001 - where Lightning's SLURM handler saves hpc_ckpt_N
+        if trainer.is_global_zero:
+            folder.mkdir(parents=True, exist_ok=True)  # marks the run as this job's, for its requeue
+
+
+class StepIntervals(L.Callback):
+    """With gradient accumulation, intervals mean optimizer steps (issue 34 item 4): Lightning counts an integer
+    `val_check_interval` in batches (log_every_n_steps and lcsbench's every_n_steps already count optimizer steps),
+    so it is scaled by the rounds here, once the data module has derived them; and a CPU run whose global batch
+    takes many rounds per step is said before training starts, with how to change it."""
+
+    CPU_ROUNDS_SAID = 8  # rounds per optimizer step from which a CPU run is told what it costs
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        rounds = trainer.accumulate_grad_batches
+        interval = trainer.val_check_interval
+        if rounds > 1 and isinstance(interval, int):
+            trainer.val_check_interval = interval * rounds
+            rank_zero_info(f"lcsbench fit: val_check_interval {interval} counts optimizer steps: validation every "
+                           f"{interval} step(s) = {interval * rounds} batches ({rounds} accumulation rounds a step)")
+        data = trainer.datamodule
+        global_batch, batch = getattr(data, "global_batch_size", None), getattr(data, "batch_size", None)
+        if rounds >= self.CPU_ROUNDS_SAID and global_batch and batch and trainer.strategy.root_device.type == "cpu":
+            rank_zero_info(f"lcsbench fit: on CPU the global batch {global_batch} takes {rounds} rounds of {batch} "
+                           f"image(s) on each of {trainer.world_size} rank(s) per optimizer step, so a step costs "
+                           f"{rounds}x a round; for a short CPU run pass --data.init_args.global_batch_size "
+                           f"{batch * trainer.world_size} (one round a step), or null (batch_size per rank)")
+
+
+def resumed_data_differences(run: Path, data: Any) -> list[str]:
+    """The data settings in which this fit differs from the run's saved config.yaml, as lines to say: resuming
+    rewrites config.yaml while hparams.yaml keeps the first start's values (issue 36)."""
+    saved = run / "config.yaml"
+    if not saved.is_file() or data is None:
+        return []
+    import yaml
+
+    try:
+        before = ((yaml.safe_load(saved.read_text()) or {}).get("data") or {}).get("init_args") or {}
+    except (yaml.YAMLError, AttributeError):
+        return []
+    now = plain(data).get("init_args") or {}
+    return [f"lcsbench fit: resuming with data {key} = {ours!r}; {run} was trained with {theirs!r} (config.yaml "
+            f"now records {ours!r}, hparams.yaml keeps {theirs!r}, the run's first start)"
+            for key, (theirs, ours) in differing(before, now).items()]
+
+
 # --- the grid stated once (issue 26 item 3) -------------------------------------------------------------------------
 # The data module owns the conditioning kind and the grid G; LightningCLI links copy them into the model and compute
 # the net's label width from them, so a config states G once (under data). A link whose source is missing from the
@@ -334,6 +482,12 @@ class LcsbenchCLI(LightningCLI):
         self.remote_copies: dict[str, Path] = {}  # URL -> its download, for WeightsOnlyCheckpointIO
         super().__init__(*args, **kwargs)
 
+    def _add_subcommands(self, parser, **kwargs: Any) -> None:
+        """`usage: python -m lcsbench fit ...` (jsonargparse names a subcommand `<prog> [options] fit`)."""
+        super()._add_subcommands(parser, **kwargs)
+        for name, subparser in getattr(parser._subcommands_action, "_name_parser_map", {}).items():
+            subparser.prog = f"{parser.prog} {name}"
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(REMOTE_FLAG, type=bool, default=False,
                             help="allow --ckpt_path to be a URL (it is downloaded and read weights only)")
@@ -361,6 +515,7 @@ class LcsbenchCLI(LightningCLI):
             atexit.register(shutil.rmtree, folder, True)
             local = self.remote_copies[ckpt_path] = fetch_remote_checkpoint(ckpt_path, folder)
         payload = read_checkpoint(local, resume_hint(local), mmap=True)
+        refuse_weights_file(payload, ckpt_path)
         model = plain(config.get("model"))
         hparams = payload.get("hyper_parameters")
         hparams = hparams if isinstance(hparams, dict) else {}
@@ -421,6 +576,20 @@ class LcsbenchCLI(LightningCLI):
                 self.resumed_run = run
                 print(f"lcsbench fit: resuming {config.get('ckpt_path')} in its own run folder {run}",
                       file=sys.stderr)
+            elif not config.get("ckpt_path") and under_slurm() and slurm.restart_count() > 0:
+                self.find_requeued_run(config)
+
+    def find_requeued_run(self, config) -> None:
+        """A job requeued by SLURM continues in the run folder its first start made (lcsbench/slurm.py)."""
+        runs = logger_runs(config)
+        run = slurm.requeued_run(runs) if runs is not None else None
+        where = f"SLURM job {slurm.job_id()} requeued (restart {slurm.restart_count()})"
+        if run is not None and pin_logger_version(config, run):
+            self.resumed_run = run
+            print(f"lcsbench fit: {where}: resuming in its run folder {run}", file=sys.stderr)
+        else:
+            print(f"lcsbench fit: {where}, but no run folder under {runs} holds {slurm.job_folder_name()}/: "
+                  f"starting a new run", file=sys.stderr)
 
     def before_fit(self) -> None:
         self.protect_checkpoint_loading()
@@ -434,13 +603,56 @@ class LcsbenchCLI(LightningCLI):
         self.trainer.callbacks.append(RunFolder(Path(root).resolve() if root else None,
                                                 resumed=self.resumed_run is not None))
         self.trainer.callbacks.append(ConfiguredLearningRate())
+        self.trainer.callbacks.append(StepIntervals())
+        if under_slurm():
+            self.prepare_slurm_job()
+        log_dir = getattr(self.trainer.logger, "log_dir", None) if rank_zero_by_env() else None
+        run = (self.resumed_run or (Path(log_dir) if log_dir else None)) if rank_zero_by_env() else None
+        if run is not None:  # rank 0's folder (another rank's logger would name the next free version)
+            lock_run_folder(run)
+            if self.resumed_run is not None:
+                for line in resumed_data_differences(run, self.config["fit"].get("data")):
+                    print(line, file=sys.stderr)
         self.set_threads()
         self.set_progress_display()
+
+    def after_fit(self) -> None:
+        release_run_folders()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # end the process group before the interpreter does: a 2-node gloo job once ended with rank 0 aborting
+            # at exit ("terminate called without an active exception") after a finished fit, failing the job
+            torch.distributed.destroy_process_group()
+
+    def prepare_slurm_job(self) -> None:
+        """Rank 0 reachable (or one line why not), and the job's preemption checkpoints in its run folder:
+        Lightning restores one only from `default_root_dir`, here `<run>/slurm-job-<id>/` (ClusterRun)."""
+        environment = self.trainer.strategy.cluster_environment
+        if isinstance(environment, SLURMEnvironment) and environment.world_size() > 1:
+            slurm.check_rank_zero(environment.main_address, environment.main_port, environment.global_rank())
+        if getattr(self.trainer.logger, "log_dir", None) is None:
+            return  # no run folder: Lightning's own behaviour (default_root_dir)
+        run = self.resumed_run or Path(self.trainer.logger.log_dir)
+        self.trainer._default_root_dir = str(run / slurm.job_folder_name())  # noqa: SLF001 - read by the restore
+        self.trainer.callbacks.append(ClusterRun())
+        last = run / "checkpoints" / "last.ckpt"
+        if self.resumed_run is None or not last.is_file():
+            return
+        hpc = self.trainer._checkpoint_connector._hpc_resume_path  # noqa: SLF001 - what Lightning would restore
+        if hpc is None or last.stat().st_mtime > Path(hpc).stat().st_mtime:  # requeued without the signal since
+            self.config_init["fit"]["ckpt_path"] = str(last)  # (scontrol requeue): the run's newest checkpoint
+            print(f"lcsbench fit: no preemption checkpoint of the job in {run} newer than {last}: resuming from it",
+                  file=sys.stderr)
 
 
 @rank_zero_only
 def say_once(text: str) -> None:
     print(text, flush=True)
+
+
+def program_name() -> str:
+    """How the user called lcsbench: `python -m lcsbench`, or the `lcsbench` script's own name."""
+    called = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return "python -m lcsbench" if called in ("", "-m", "__main__.py", "-c") or called.endswith(".py") else called
 
 
 def build_cli(argv: list[str] | None, run: bool = True) -> LightningCLI:
@@ -452,6 +664,7 @@ def build_cli(argv: list[str] | None, run: bool = True) -> LightningCLI:
         subclass_mode_data=True,
         auto_configure_optimizers=False,  # models own their optimizer and schedule (EDM2: Adam + 1/sqrt(t))
         save_config_kwargs={"overwrite": True},  # resuming into the same log dir rewrites config.yaml
+        parser_kwargs={"prog": program_name()},  # not `__main__.py` (see LcsbenchCLI._add_subcommands)
         args=argv,
         run=run,
     )
