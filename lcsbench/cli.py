@@ -34,7 +34,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "oracle-check": ("lcsbench.commands.oracle_check", "the judge on Blender renders of the protocol's own layouts"),
     "reconstruct-ema": ("lcsbench.commands.reconstruct_ema", "post-hoc power-function EMA for any sigma_rel from snapshots"),
     "closed-form": ("lcsbench.commands.closed_form", "training-free closed-form denoisers: specs, r2 yardstick, coverage"),
-    "reproduce": ("lcsbench.commands.reproduce", "the whole study: render, fit Exp 1-3, evaluate, Table 1 / Figure 2 report"),
+    "reproduce": ("lcsbench.commands.reproduce", "the whole study as data: render, fit, export, evaluate, report (Tables 1-2, Figures 2, 4, 5)"),
 }
 
 TRAINER_MODULE = "lcsbench.commands.trainer"

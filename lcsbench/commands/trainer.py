@@ -77,6 +77,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from lcsbench import slurm
 from lcsbench.callbacks.ema import PowerFunctionEMA
+from lcsbench.callbacks.noise import quiet_lightning_noise
 from lcsbench.callbacks.progress import ProgressLines, StepsRichProgressBar
 from lcsbench.checkpoints import ARCH_KEY, JUDGE_ARCH_KEY, check_class_path, read_checkpoint
 from lcsbench.commands._common import snapshot_step, thread_count
@@ -657,6 +658,7 @@ def program_name() -> str:
 
 def build_cli(argv: list[str] | None, run: bool = True) -> LightningCLI:
     """The LightningCLI for `argv` (subcommand first when `run`; without a subcommand when not `run`)."""
+    quiet_lightning_noise()  # Lightning's litlogger tip and torch's LeafSpec deprecation (callbacks/noise.py)
     return LcsbenchCLI(
         L.LightningModule,
         L.LightningDataModule,
