@@ -1,4 +1,4 @@
-"""The one reader and writer of lcsbench checkpoint records (torch only; DESIGN.md "checkpoints.py").
+"""The one reader and writer of lcsbench checkpoint records (torch only; docs/architecture.md "The checkpoint record").
 
 Every file lcsbench writes with weights in it (a Lightning `.ckpt` from `fit`, a power-function EMA snapshot, a
 `reconstruct-ema` result) carries an *architecture record*: the class paths and constructor arguments of the

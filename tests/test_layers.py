@@ -1,4 +1,4 @@
-"""The layers of DESIGN.md, checked on the source: a lower layer never imports a higher one.
+"""The layers of docs/architecture.md, checked on the source: a lower layer never imports a higher one.
 
 Every `.py` file under lcsbench/ is parsed with `ast` (no import runs), and every `import x` and
 `from x import y`, at module level or inside a function, is checked against LAYER_RULES. Relative imports are
@@ -138,7 +138,7 @@ def layer_violations(root: Path) -> list[str]:
 
 def test_the_package_respects_its_layers():
     violations = layer_violations(REPO)
-    assert violations == [], "lower layers import higher ones (DESIGN.md, Layers):\n" + "\n".join(violations)
+    assert violations == [], "lower layers import higher ones (docs/architecture.md, layers):\n" + "\n".join(violations)
 
 
 SCRATCH = {

@@ -41,7 +41,7 @@ class SampleGrid(EveryNSteps):
                            batch_idx: int) -> None:
         if self.cond is None and trainer.is_global_zero:  # the fixed conditioners, from the first batch seen
             self.cond = batch["cond"][: self.num_samples].detach().cpu()
-            self.kind = pl_module.denoiser.conditioning  # the Denoiser says its kind (DESIGN.md)
+            self.kind = pl_module.denoiser.conditioning  # the Denoiser says its kind (docs/architecture.md)
             writer = tensorboard_writer(trainer)
             if writer is not None:
                 writer.add_image("samples/real", self.grid(batch["image"][: self.num_samples]),

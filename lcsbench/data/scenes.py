@@ -1,6 +1,6 @@
 """CLEVR scene vocabulary and the per-image scene record that every other part reads.
 
-The renderer's scene JSON is the single source of truth for labels (DESIGN.md). One record per
+The renderer's scene JSON is the single source of truth for labels (docs/architecture.md). One record per
 image, in the CLEVR schema with lcsbench's extras:
 
     {"image_index": 17, "split": "train", "num_objects": 3, "width": 64, "height": 64,
