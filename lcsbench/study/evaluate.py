@@ -19,6 +19,9 @@ from lcsbench.study.runner import Job, Study, flags, read_json, run_jobs, write_
 # their intervals).
 EVALUATIONS = {"lengthgen": {}, "lengthgen_random": {"order": "random"}}
 STEPS_CHECK = (f"lengthgen_steps{PAPER_HEUN_STEPS}", {"ks": "1-4", "no-oracle": True})  # at the scale's own steps
+# Figure 5 for each colour model: Eq. 3 cosines of every MCScale layer beside a re-initialised copy (the command's
+# defaults: 4 noise levels, 8 of the model's own samples per level, the modulated site)
+FEATURES = {"images-per-sigma": 8}
 
 
 def judge_arguments(study: Study) -> list[str]:
@@ -116,7 +119,9 @@ def denoiser_jobs(study: Study, exp: str, source: Path, record: dict | None, loc
                         before=lambda folder=folder, options=options: share_oracle(study, exp, folder, options),
                         after=lambda folder=folder: stamp(folder, source, record), beside=name != "lengthgen"))
     locality = study.out / exp / "locality"
-    if evaluation_is_current(locality, "locality_maps.npz", record):
+    if study.record_of(exp).conditioning == "color":  # Figure 2 places conditioners on the grid: location only
+        study.say(f"locality {exp}: a colour model has no conditioner location to measure around: none run")
+    elif evaluation_is_current(locality, "locality_maps.npz", record):
         study.say(f"locality {exp}: {locality / 'locality.json'} exists, skipped")
     else:
         jobs.append(Job(["locality", "--ckpt", str(source), "--out", str(locality), *flags(locality_flags)],
@@ -164,7 +169,20 @@ def trained_jobs(study: Study, exp: str) -> list[Job]:
         raise SystemExit(f"reproduce: evaluate {exp}: {weights} does not match the sha256 its export recorded in "
                          f"{weights.with_suffix('.json')}: the file was replaced or damaged. Rerun `--stage "
                          f"export` (from the run folder) or restore the exported file")
-    return denoiser_jobs(study, exp, weights, export, study.scale.locality) + r2_jobs(study, exp, weights, export)
+    return (denoiser_jobs(study, exp, weights, export, study.scale.locality) + r2_jobs(study, exp, weights, export)
+            + features_jobs(study, exp, weights, export))
+
+
+def features_jobs(study: Study, exp: str, weights: Path, export: dict | None) -> list[Job]:
+    """OUT/<exp>/features for a colour model (Figure 5), unless current; location models have no Figure 5 row."""
+    if study.record_of(exp).conditioning != "color":
+        return []
+    folder = study.out / exp / "features"
+    if evaluation_is_current(folder, "features.json", export):
+        study.say(f"features {exp}: {folder / 'features.json'} exists, skipped")
+        return []
+    return [Job(["features", "--ckpt", str(weights), "--out", str(folder), *flags(FEATURES)], f"features {exp}",
+                after=lambda: stamp(folder, weights, export), beside=True)]
 
 
 def stage_evaluate(study: Study) -> None:
@@ -174,6 +192,8 @@ def stage_evaluate(study: Study) -> None:
     for exp in study.trained:
         jobs += trained_jobs(study, exp)
     for name in study.closed_forms:
+        if not study.record_of(name).judged:  # a yardstick for r2 only: its spec is all it needs
+            continue
         spec = study.spec(name)
         if not spec.exists():
             study.refuse(f"evaluate {name}: no closed-form spec at {spec}: run `--stage export` first (it writes "

@@ -79,3 +79,13 @@ for _kind in ("local", "empirical"):
             "1-3", _mode, prediction=_CLOSED_PREDICTION[_kind], k_max_at_least=4 if _kind == "local" else None,
             k_max_at_most=3 if _kind == "empirical" else None, closed_form=_kind, geometry_from="exp3",
             colour=_CLOSED_COLOUR[_kind, _mode]))
+
+# --- the yardsticks of the hypothesis: the local score machine of every trained global location model's own labels
+# and object counts, for its r2 (never sampled: the four closed forms above are the judged ones) ------------------
+_YARDSTICKS = (("all", "1"), ("all", "1-2"), ("all", "1-5"), ("single", "1-5"), ("random", "1-3"), ("random", "1-5"),
+               ("drop_one", "1-3"), ("drop_one", "1-5"))
+for _mode, _counts in _YARDSTICKS:
+    register(Experiment(
+        f"cf_local_{_mode}_{_counts.replace('-', 'to')}", f"Local score machine, {_mode} labels, {_counts} objects",
+        "closed_form", _counts, _mode, prediction="r2 yardstick only", closed_form="local", geometry_from="exp3",
+        judged=False))

@@ -34,6 +34,7 @@ class Experiment:
     closed_form: str | None = None  # local | empirical: the closed form's kind (model "closed_form")
     geometry_from: str | None = None  # closed forms: the experiment whose config gives the grid and patch radius
     colour: str | None = None  # its line colour in the figures
+    judged: bool = True  # closed forms: lengthgen and locality run on it (False: a yardstick for r2 only)
     # (its cell of the paper's Tables 1 and 2 follows from model, conditioning, label_mode and counts:
     # analysis/paper_tables.py derives it, so a record does not restate it)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lcsbench
+from lcsbench.study import paper
 from lcsbench.study.evaluate import STEPS_CHECK, evaluations
 from lcsbench.study.export import sidecar_mismatch
 from lcsbench.study.goals import closed_form_predictions, goal_checks
@@ -73,14 +74,15 @@ def report_inputs(study: Study, names: list[str]) -> dict[str, dict[str, Path]]:
 def reported_experiments(study: Study) -> list[str]:
     """The experiments the report shows: every chosen one (--experiments), or by default those evaluated so far
     (a study whose newer models have not run yet still reports the finished ones, naming the rest)."""
+    shown = [name for name in study.experiments if study.record_of(name).judged]  # yardsticks: in r2 only
     if study.chosen:
-        return list(study.experiments)
-    done = [name for name in study.experiments if (study.out / name / "lengthgen" / "lengthgen.json").exists()]
-    waiting = [name for name in study.experiments if name not in done]
+        return shown
+    done = [name for name in shown if (study.out / name / "lengthgen" / "lengthgen.json").exists()]
+    waiting = [name for name in shown if name not in done]
     if waiting and done:
         study.say(f"report: not evaluated yet, left out of the report: {', '.join(waiting)} (run `--stage "
                   f"evaluate` for them)")
-    return done or list(study.experiments)
+    return done or shown
 
 
 def stage_report(study: Study) -> None:
@@ -195,8 +197,13 @@ def summarise(study: Study, c: Collected) -> dict:
     goals = goal_checks(scale_trained, experiments, c.localities, c.timings)
     oracles = {exp: rp.oracle_summary(c.lengthgens[exp]) for exp in c.lengthgens}
     first_oracle = next((o for o in oracles.values() if o is not None), None)
-    return {"experiments": experiments, "closed_form": closed, "closed_form_predictions": predictions,
-            "goals": goals, "oracle": {**(first_oracle or {}), "per_experiment": oracles}}
+    result = {"experiments": experiments, "closed_form": closed, "closed_form_predictions": predictions,
+              "goals": goals, "oracle": {**(first_oracle or {}), "per_experiment": oracles}}
+    tables = paper.paper_tables(study, result)
+    result |= {"table1": tables["table1"], "table2": tables["table2"],
+               "hypothesis": paper.hypothesis(study, result, c.r2s), "figure5": paper.figure5(study)}
+    result["goals"] = goals + paper.whole_paper_goals(study, result)
+    return result
 
 
 def sample_links(study: Study, c: Collected) -> tuple[dict, dict]:
@@ -257,6 +264,7 @@ def write(study: Study, c: Collected, summary: dict, drawn: dict, links: dict) -
         if c.trained else f"# Reproduction (scale `{study.scale_name}`)\n"
     if c.closed:
         table += rp.closed_form_markdown(summary["closed_form"], c.r2s, summary["closed_form_predictions"], rows)
+    table += paper.markdown(summary, summary["hypothesis"], summary["figure5"])
     write_atomic(study.out / "table.md", table)
     document = {
         "scale": study.scale_name, "created": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -265,6 +273,8 @@ def write(study: Study, c: Collected, summary: dict, drawn: dict, links: dict) -
         "experiments": summary["experiments"], "closed_form": summary["closed_form"], "r2": c.r2s,
         "closed_form_predictions": summary["closed_form_predictions"], "oracle": summary["oracle"],
         "goals": summary["goals"], "judge": c.judge,
+        "table1": summary["table1"], "table2": summary["table2"], "figure5": summary["figure5"],
+        "hypothesis": summary["hypothesis"],
         "render": {key: {**render, "root": str(study.render_root(key))} for key, render in study.scale.renders.items()},
         "evaluation": {"lengthgen": {exp: evaluations(study, exp) for exp in study.scale.experiments},
                        "locality": study.scale.locality, "closed_form_locality": study.scale.closed_form_locality,
@@ -298,6 +308,6 @@ def write_report(study: Study, inputs: dict[str, dict[str, Path]]) -> None:
     collected = collect(study, inputs)
     summary = summarise(study, collected)
     links, grids = sample_links(study, collected)
-    drawn = figures(study, collected, grids)
+    drawn = figures(study, collected, grids) | paper.figures(study, summary, summary["hypothesis"])
     write(study, collected, summary, drawn, links)
     say_summary(study, summary, len(drawn))

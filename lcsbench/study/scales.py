@@ -40,7 +40,11 @@ class Scale:
                           if not e.trained and e.geometry_from in trained and self.closed_form_ok(e)]
 
     def closed_form_ok(self, record: Experiment) -> bool:
-        return self.closed_form_names is None or record.name in self.closed_form_names
+        """Whether the scale builds this closed form: named by it (or no names given), over counts it renders."""
+        from lcsbench.data.scenes import parse_counts
+
+        covered = any(set(parse_counts(record.counts)) <= set(parse_counts(key)) for key in self.renders)
+        return covered and (self.closed_form_names is None or record.name in self.closed_form_names)
 
     @property
     def resolution(self) -> int:
