@@ -63,7 +63,7 @@ def test_a_spec_loads_like_a_checkpoint(specs, clevr_shards):
     payload = read_checkpoint(specs[0], "")
     assert is_closed_form_spec(payload) and not is_closed_form_spec({"state_dict": {}})
     model = closed_form_from_payload(payload, specs[0])
-    from lcsbench.models.edm2 import load_denoiser
+    from lcsbench.models.loaders import load_denoiser
 
     assert type(load_denoiser(specs[0])) is type(model)  # every command's loader dispatches a spec here
     denoiser = model.to("cpu").eval().denoiser
@@ -140,7 +140,7 @@ def test_closed_form_r2_callback_logs_the_yardstick_to_tensorboard(trained, clev
 
     from lcsbench.analysis.closed_form.yardstick import r2_report
     from lcsbench.models.closed_form import build_closed_form
-    from lcsbench.models.edm2 import load_denoiser
+    from lcsbench.models.loaders import load_denoiser
 
     ckpt, log_dir = trained
     events = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0})

@@ -325,7 +325,7 @@ def load_trained_denoiser(ckpt: str, ema: bool, device: str) -> "Denoiser":
     if not path.is_file():
         raise SystemExit(f"checkpoint {ckpt} does not exist: pass the .ckpt written by `python -m lcsbench fit` "
                          f"(runs/<experiment>/.../checkpoints/last.ckpt)")
-    from lcsbench.models.edm2 import load_denoiser
+    from lcsbench.models.loaders import load_denoiser
 
     try:
         module = load_denoiser(str(path), ema=ema, map_location=device)

@@ -72,6 +72,7 @@ def training_setup(payload: dict, args) -> tuple[tuple[int, ...], str]:
 
 def build_parser() -> CommandParser:
     from lcsbench.data.conditioning import LABEL_MODES
+    from lcsbench.diffusion.sampler import PAPER_HEUN_STEPS
 
     parser = command_parser("lengthgen", __doc__)
     parser.add_argument("--ckpt", required=True, help="model checkpoint from `fit` (or an EMA file, a closed-form "
@@ -95,7 +96,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("--trained-counts", default=None, help="training object counts (default: the checkpoint's)")
     parser.add_argument("--label-mode", choices=LABEL_MODES, default=None,
                         help="training label mode, which sets the success rule (default: the checkpoint's)")
-    parser.add_argument("--steps", type=int, default=32, help="Heun steps (32: the paper's)")
+    parser.add_argument("--steps", type=int, default=PAPER_HEUN_STEPS, help="Heun steps (the paper's)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per sampler and judge batch")
     parser.add_argument("--seed", type=int, default=0, help="noise, subset and oracle scene seed")
     parser.add_argument("--samples-per-pixel", type=int, default=64,
@@ -161,7 +162,7 @@ def main(argv: list[str]) -> int:
 def load_model_and_judge(args: argparse.Namespace, device: str):
     """The model (EMA weights) and the judge (--judge, or the one shipped for the model's resolution) on `device`,
     checked: the model's conditioning is --conditioning's, the judge's resolution the model's."""
-    from lcsbench.models.edm2 import load_denoiser
+    from lcsbench.models.loaders import load_denoiser
     from lcsbench.models.judge import load_judge
 
     try:

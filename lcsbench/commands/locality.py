@@ -54,6 +54,8 @@ def parse_pixels(texts: list[str]) -> list[tuple[int, int]]:
 
 
 def build_parser() -> CommandParser:
+    from lcsbench.diffusion.sampler import PAPER_HEUN_STEPS
+
     parser = command_parser("locality", __doc__)
     add_model_arguments(parser, out_help="output folder for locality.json, locality_maps.npz and the PNGs")
     parser.add_argument("--sigmas", default=DEFAULT_SIGMAS, help="noise levels (comma list)")
@@ -66,7 +68,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("--scenes", type=int, default=1, help="scenes averaged, each its own conditioner and "
                         "sample (the first: the paper's first k locations; others: random k-subsets); the "
                         "spread across scenes goes beside the mean")
-    parser.add_argument("--steps", type=int, default=32, help="Heun steps of the model's own sample")
+    parser.add_argument("--steps", type=int, default=PAPER_HEUN_STEPS, help="Heun steps of the model's own sample")
     parser.add_argument("--fraction", type=float, default=0.9, help="energy fraction of the locality radius")
     parser.add_argument("--chunk-size", type=int, default=None, help="cotangents per batched backward (default: "
                         "as many as --memory-budget-gib holds)")

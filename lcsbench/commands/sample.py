@@ -67,6 +67,8 @@ def parse_colors(items: list[str]) -> list[str]:
 
 
 def build_parser() -> CommandParser:
+    from lcsbench.diffusion.sampler import PAPER_HEUN_STEPS
+
     parser = command_parser("sample", __doc__)
     parser.add_argument("--ckpt", required=True, help="checkpoint from `fit`, or an EMA file from `reconstruct-ema`")
     which = parser.add_mutually_exclusive_group(required=True)
@@ -75,7 +77,8 @@ def build_parser() -> CommandParser:
     parser.add_argument("--n", type=int, default=16, help="number of samples")
     parser.add_argument("--out", required=True, metavar="FILE",
                         help="the PNG grid to write (its settings go beside it, FILE with .json)")
-    parser.add_argument("--steps", type=int, default=32, help="Heun steps (32 = 63 evaluations)")
+    parser.add_argument("--steps", type=int, default=PAPER_HEUN_STEPS,
+                        help="Heun steps, the paper's by default (N steps = 2N - 1 network evaluations)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
     parser.add_argument("--sigma-rel", type=float, default=None, help="tracked EMA to use (default: the first)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw training weights")
@@ -109,7 +112,7 @@ def main(argv: list[str]) -> int:
     from lcsbench.analysis.plots import image_grid, outline_cells, upscale
     from lcsbench.data.conditioning import counts_from_colors, grid_from_locations
     from lcsbench.diffusion.sampler import edm_sampler
-    from lcsbench.models.edm2 import load_denoiser
+    from lcsbench.models.loaders import load_denoiser
 
     requested = parse_locations(args.locations) if args.locations else parse_colors(args.colors)
     device = check_device(args.device or default_device())

@@ -216,7 +216,7 @@ def write_spec(
 def closed_form_from_payload(payload: dict, path: str | Path, map_location: str | torch.device = "cpu"
                              ) -> ClosedFormModel:
     """The closed form a spec payload (checkpoints.read_checkpoint) describes, in eval mode on `map_location`.
-    `models.edm2.load_denoiser` hands a payload with a CLOSED_FORM_KEY entry here."""
+    `models.loaders.load_denoiser` hands a payload with a CLOSED_FORM_KEY entry here."""
     entry = payload.get(CLOSED_FORM_KEY)
     if not isinstance(entry, dict):
         raise ValueError(f"{path} is not a closed-form spec (no '{CLOSED_FORM_KEY}' entry): write one with "
