@@ -317,10 +317,26 @@ def check_output_file(path: str | Path, flag: str = "--out") -> Path:
     return path
 
 
-def load_trained_denoiser(ckpt: str, ema: bool, device: str) -> "Denoiser":
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """--precision: the arithmetic of a trained network at inference (a closed form always runs in float32)."""
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                        help="the network's arithmetic: bf16 autocast on the CPU and the GPU (checked against fp32 on "
+                             "the committed weights: the same lengthgen rates and locality radii within their "
+                             "spread), or fp32 throughout")
+
+
+def apply_precision(module, precision: str):
+    """`module` (a trained model, or a closed form, which has no inference precision) with its network set to run
+    in `precision` (models/edm2.py `set_inference_precision`); returns it."""
+    if hasattr(module, "set_inference_precision"):
+        module.set_inference_precision(precision)
+    return module
+
+
+def load_trained_denoiser(ckpt: str, ema: bool, device: str, precision: str = "fp32") -> "Denoiser":
     """The denoiser of a trained diffusion checkpoint (EMA weights unless ema=False), in eval mode on `device`:
     `denoiser(x, sigma, cond)` with its image shape, conditioning kind, grid size and network
-    (diffusion/denoiser.py), the same for the global and the patch-local model."""
+    (diffusion/denoiser.py), the same for the global and the patch-local model; its network in `precision`."""
     path = Path(ckpt)
     if not path.is_file():
         raise SystemExit(f"checkpoint {ckpt} does not exist: pass the .ckpt written by `python -m lcsbench fit` "
@@ -331,7 +347,7 @@ def load_trained_denoiser(ckpt: str, ema: bool, device: str) -> "Denoiser":
         module = load_denoiser(str(path), ema=ema, map_location=device)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"lcsbench: {error}") from None
-    return module.to(device).eval().denoiser
+    return apply_precision(module, precision).to(device).eval().denoiser
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:

@@ -33,8 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-from lcsbench.commands._common import (DEFAULT_SIGMAS, CommandParser, add_model_arguments, command_parser,
-                                      default_device, parse_floats)
+from lcsbench.commands._common import (DEFAULT_SIGMAS, CommandParser, add_model_arguments, add_precision_argument,
+                                      check_device, command_parser, default_device, parse_floats)
 from lcsbench.data.scenes import DEFAULT_GRID_SIZE
 
 GIB = 2**30
@@ -107,6 +107,7 @@ def r2_parser(sub) -> CommandParser:
                            "python -m lcsbench closed-form r2 --ckpt runs/exp1/.../last.ckpt --spec "
                            "closed_forms/empirical-all.pt --out reports/exp1/r2 --heldout 64")
     add_model_arguments(parser, out_help="output folder for r2.json and r2.png")
+    add_precision_argument(parser)
     parser.add_argument("--spec", action="append", required=True, help="a closed-form spec (repeat for several)")
     parser.add_argument("--sigmas", default=DEFAULT_SIGMAS, help="noise levels (comma list)")
     parser.add_argument("--heldout", type=int, default=32, help="held-out renders compared")
@@ -124,6 +125,7 @@ def r2(args, parser: CommandParser) -> int:
     from lcsbench.commands._common import load_trained_denoiser
     from lcsbench.models.closed_form import heldout_batch, load_closed_form
 
+    check_device(args.device)  # before any file is read, as sample, lengthgen and locality do
     sigmas = parse_floats(args.sigmas, "sigmas")
     if args.heldout < 2 or args.batch_size < 1:
         raise SystemExit(f"closed-form r2: need {parser.flag('--heldout')} >= 2 (r2 compares images) and "
@@ -138,7 +140,7 @@ def r2(args, parser: CommandParser) -> int:
         raise SystemExit(f"closed-form r2: {args.ckpt} was trained with {data['label_mode']!r} labels but the specs "
                          f"integrate over {label_mode!r} labels: write specs with --label-mode {data['label_mode']}")
     started = time.perf_counter()
-    model = load_trained_denoiser(args.ckpt, ema=not args.no_ema, device=args.device)
+    model = load_trained_denoiser(args.ckpt, ema=not args.no_ema, device=args.device, precision=args.precision)
     if model.conditioning != "location" or model.grid_size != grid:
         raise SystemExit(f"closed-form r2: the closed forms are location models on a {grid}x{grid} grid; "
                          f"{args.ckpt} is a {model.conditioning} model (grid {model.grid_size})")
@@ -157,7 +159,7 @@ def r2(args, parser: CommandParser) -> int:
         fallbacks[name] = closed_form.denoiser.fallbacks
         del closed_form
     report = {"command": "closed-form r2", "ckpt": str(args.ckpt), "ema": not args.no_ema, "specs": args.spec,
-              "render": render, "label_mode": label_mode, "counts": counts, "images": len(images), "seed": args.seed,
+              "precision": args.precision, "render": render, "label_mode": label_mode, "counts": counts, "images": len(images), "seed": args.seed,
               **r2_report(sigmas, outputs, references), "fallbacks": fallbacks,
               "seconds": round(time.perf_counter() - started, 1)}
     out = Path(args.out)

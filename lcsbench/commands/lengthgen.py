@@ -39,8 +39,8 @@ import json
 import sys
 from pathlib import Path
 
-from lcsbench.commands._common import (CommandParser, Progress, check_device, check_output_dir, command_parser,
-                                      default_device)
+from lcsbench.commands._common import (CommandParser, Progress, add_precision_argument, apply_precision, check_device,
+                                      check_output_dir, command_parser, default_device)
 
 RENAMED = {"--batch": "--batch-size", "--oracle-samples": "--samples-per-pixel"}  # old flag -> new (deprecated)
 
@@ -104,6 +104,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("--no-oracle", action="store_true", help="skip the Blender oracle row")
     parser.add_argument("--name", default=None, help="row name in table.md (default: the checkpoint's run folder)")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    add_precision_argument(parser)
     parser.deprecated_aliases(RENAMED)
     return parser
 
@@ -124,7 +125,7 @@ def main(argv: list[str]) -> int:
     from lcsbench.analysis import lengthgen as lg
     from lcsbench.checkpoints import read_checkpoint
     from lcsbench.data.render import RenderError
-    from lcsbench.data.shards import ShardError, file_sha256
+    from lcsbench.data.shards import ShardError
 
     device = check_device(args.device or default_device())
     check_output_dir(args.out)  # before loading, sampling or rendering anything
@@ -145,8 +146,8 @@ def main(argv: list[str]) -> int:
     try:  # the oracle row first: an --out rendered with other settings is refused before any sampling
         result = lg.run(denoiser, judge, protocol, oracle_root=None if args.no_oracle else out / "oracle_render",
                         oracle_samples=args.samples_per_pixel, samples_file=out / "samples.npz",
-                        samples_key={"ckpt_sha256": file_sha256(Path(args.ckpt))},
-                        record={"ckpt": str(args.ckpt), "judge": judge.source, "steps": args.steps,
+                        samples_key=samples_key(args), record={"ckpt": str(args.ckpt), "judge": judge.source,
+                                                               "steps": args.steps, "precision": args.precision,
                                 "seed": args.seed,
                                 "oracle_samples": None if args.no_oracle else args.samples_per_pixel},
                         batch=args.batch_size, device=device, progress=lambda done, total: meter.update(done),
@@ -159,6 +160,15 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def samples_key(args: argparse.Namespace) -> dict:
+    """What identifies the samples of samples.npz besides the protocol: the checkpoint's hash, and bf16 where the
+    network ran so (fp32 samples, written before --precision existed, keep their key)."""
+    from lcsbench.data.shards import file_sha256
+
+    key = {"ckpt_sha256": file_sha256(Path(args.ckpt))}
+    return {**key, "precision": "bf16"} if args.precision == "bf16" else key
+
+
 def load_model_and_judge(args: argparse.Namespace, device: str):
     """The model (EMA weights) and the judge (--judge, or the one shipped for the model's resolution) on `device`,
     checked: the model's conditioning is --conditioning's, the judge's resolution the model's."""
@@ -166,7 +176,7 @@ def load_model_and_judge(args: argparse.Namespace, device: str):
     from lcsbench.models.judge import load_judge
 
     try:
-        model = load_denoiser(args.ckpt, ema=True, map_location=device).to(device)
+        model = apply_precision(load_denoiser(args.ckpt, ema=True, map_location=device), args.precision).to(device)
         judge = load_judge(args.judge, map_location=device,
                            resolution=model.denoiser.image_shape[-1]).to(device)
     except (FileNotFoundError, ValueError) as error:

@@ -36,9 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lcsbench.commands._common import (DEFAULT_SIGMAS, CommandParser, Progress, add_model_arguments, check_device,
-                                      check_output_dir, command_parser, heartbeat, load_trained_denoiser,
-                                      parse_floats)
+from lcsbench.commands._common import (DEFAULT_SIGMAS, CommandParser, Progress, add_model_arguments,
+                                      add_precision_argument, check_device, check_output_dir, command_parser,
+                                      heartbeat, load_trained_denoiser, parse_floats)
 
 RENAMED = {"--samples": "--noise-draws", "--sample-steps": "--steps"}  # old flag -> new (deprecated aliases)
 
@@ -73,6 +73,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("--chunk-size", type=int, default=None, help="cotangents per batched backward (default: "
                         "as many as --memory-budget-gib holds)")
     parser.add_argument("--memory-budget-gib", type=float, default=2.0, help="memory per batched backward")
+    add_precision_argument(parser)
     parser.deprecated_aliases(RENAMED)
     return parser
 
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = parse_pixels(args.targets) if args.targets else None
     out = check_output_dir(args.out)
     check_device(args.device)
-    denoiser = load_trained_denoiser(args.ckpt, ema=not args.no_ema, device=args.device)
+    denoiser = load_trained_denoiser(args.ckpt, ema=not args.no_ema, device=args.device, precision=args.precision)
     res = denoiser.image_shape[-1]
     try:
         targets = check_pixels(targets, res, res) if targets else None
@@ -138,7 +139,8 @@ def write_outputs(out: Path, args: argparse.Namespace, study, seconds: float) ->
     """locality.json, locality_maps.npz (the first scene's maps and sample) and the figures (module docstring)."""
     from lcsbench.analysis.plots import locality_grid, radius_curves, save_figure
 
-    summary = {"command": "locality", "ckpt": str(args.ckpt), "ema": not args.no_ema, **study.summary(),
+    summary = {"command": "locality", "ckpt": str(args.ckpt), "ema": not args.no_ema, "precision": args.precision,
+               **study.summary(),
                "seconds": seconds}
     (out / "locality.json").write_text(json.dumps(summary, indent=2))
     profile, described = study.profiles[0], study.conditioned[0]

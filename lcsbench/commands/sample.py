@@ -19,8 +19,8 @@ import json
 import re
 from pathlib import Path
 
-from lcsbench.commands._common import (CommandParser, Progress, check_device, check_output_file, command_parser,
-                                      default_device)
+from lcsbench.commands._common import (CommandParser, Progress, add_precision_argument, apply_precision, check_device,
+                                      check_output_file, command_parser, default_device)
 
 RENAMED = {"--batch": "--batch-size"}  # old flag -> new (deprecated alias)
 
@@ -78,12 +78,13 @@ def build_parser() -> CommandParser:
     parser.add_argument("--out", required=True, metavar="FILE",
                         help="the PNG grid to write (its settings go beside it, FILE with .json)")
     parser.add_argument("--steps", type=int, default=PAPER_HEUN_STEPS,
-                        help="Heun steps, the paper's by default (N steps = 2N - 1 network evaluations)")
+                        help="Heun steps (N steps: 2N - 1 network evaluations; the paper's: 32)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
     parser.add_argument("--sigma-rel", type=float, default=None, help="tracked EMA to use (default: the first)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw training weights")
     parser.add_argument("--batch-size", type=int, default=64, help="images per denoiser batch")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    add_precision_argument(parser)
     parser.deprecated_aliases(RENAMED)
     return parser
 
@@ -120,7 +121,7 @@ def main(argv: list[str]) -> int:
         module = load_denoiser(args.ckpt, ema=not args.no_ema, sigma_rel=args.sigma_rel, map_location=device)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"sample: {error}") from None
-    module = module.to(device)
+    module = apply_precision(module, args.precision).to(device)
     kind = module.conditioning
     if args.locations and kind != "location" or args.colors and kind != "color":
         given = "--locations" if args.locations else "--colors"
@@ -144,6 +145,7 @@ def main(argv: list[str]) -> int:
     Image.fromarray(grid.numpy()).save(out)
     settings = {"command": "sample", "ckpt": str(args.ckpt), "ema": not args.no_ema, "sigma_rel": args.sigma_rel,
                 "conditioning": kind, "requested": requested, "n": args.n, "steps": args.steps, "seed": args.seed,
+                "precision": args.precision,
                 "figure": "samples enlarged to >= 96 px by nearest neighbour" + (
                     "; the requested grid cells outlined in lime" if kind == "location" else "")}
     out.with_suffix(".json").write_text(json.dumps(settings, indent=2))

@@ -37,6 +37,9 @@ from lcsbench.nn.mp import force_weight_norm_
 from lcsbench.nn.multi_tensor import zero_nonfinite_
 
 
+INFERENCE_PRECISIONS = ("bf16", "fp32")  # what `set_inference_precision` and the commands' --precision take
+
+
 # --- validation metric -------------------------------------------------------------------------------------
 
 
@@ -122,6 +125,14 @@ class EDM2Diffusion(L.LightningModule):
     # stays fp32 (Precond), as in training. The training and validation steps call `denoise` directly and follow
     # the Trainer's precision. Set to () on an instance for fp32 analyses on a GPU.
     inference_autocast_devices: tuple[str, ...] = ("cuda",)
+
+    def set_inference_precision(self, precision: str) -> None:
+        """`bf16`: the network under bf16 autocast on the CPU and the GPU (on the CPU it agrees with fp32 on the
+        committed weights: lengthgen rates within the Wilson interval, locality radii within the spread across
+        scenes, scripts/bench_patch.py); `fp32`: everything in float32 on every device."""
+        if precision not in INFERENCE_PRECISIONS:
+            raise ValueError(f"the inference precision is one of {INFERENCE_PRECISIONS}, got {precision!r}")
+        self.inference_autocast_devices = ("cpu", "cuda") if precision == "bf16" else ()
 
     @property
     def denoiser(self) -> BoundDenoiser:
