@@ -11,7 +11,8 @@ Without --judge, the judge shipped inside the package for the model's resolution
 a resolution without one is an error that names the shipped ones and the recipe that trains one).
 
 For k = 1..12 paper locations (location models) or k = 1..8 paper colours (colour models), samples the model
-(EDM Heun, 32 steps, EMA weights, no guidance: the paper's sampler), renders the same requested layouts with
+(EDM Heun, 32 steps, EMA weights, no guidance: the paper's sampler; the network in bf16 autocast unless
+--precision fp32, which gives the same rates within their Wilson intervals on the committed weights), renders the same requested layouts with
 Blender as the oracle row, judges both with the trained judge and writes to OUT:
 
     lengthgen.json          per-k success rate, mean missing/extra, count histogram, k_max, k_max_strict for the

@@ -8,7 +8,8 @@ Examples:
 
 Locations are (x, y) fractions of the image (x = column, y = row; conditioning.grid_from_locations), or
 `paper:K` for the first K of the paper's 12 evaluation locations; colours are CLEVR colour names, or `paper:K`.
-Sampling is the paper's: EDM Heun, 32 steps, raw conditional denoiser (no guidance), EMA weights by default.
+Sampling is the paper's: EDM Heun, 32 steps, raw conditional denoiser (no guidance), EMA weights by default; the
+network runs in bf16 autocast unless --precision fp32.
 The grid shows each sample enlarged to at least 96 px (nearest neighbour) with the requested location cells
 outlined in lime; the settings file says so.
 """
