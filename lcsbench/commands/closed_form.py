@@ -107,7 +107,7 @@ def r2_parser(sub) -> CommandParser:
                            "python -m lcsbench closed-form r2 --ckpt runs/exp1/.../last.ckpt --spec "
                            "closed_forms/empirical-all.pt --out reports/exp1/r2 --heldout 64")
     add_model_arguments(parser, out_help="output folder for r2.json and r2.png")
-    add_precision_argument(parser)
+    add_precision_argument(parser, default="fp32")  # bf16 not yet checked against fp32 for r2
     parser.add_argument("--spec", action="append", required=True, help="a closed-form spec (repeat for several)")
     parser.add_argument("--sigmas", default=DEFAULT_SIGMAS, help="noise levels (comma list)")
     parser.add_argument("--heldout", type=int, default=32, help="held-out renders compared")
