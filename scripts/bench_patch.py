@@ -12,7 +12,8 @@ the ways interleaved over --rounds rounds (median kept), so a loaded machine slo
   old            nn.patch.reference_forward in fp32: the full-image denoiser before issue 32
   new fp32       PatchLocal.forward (channels-last patches for a channels-last network, labels kept per
                  conditioner) in fp32
-  new bf16       the same under bf16 autocast: what `lengthgen --precision bf16` (the default) runs
+  new bf16       the same under bf16 autocast, on the CPU in chunks of nn.patch.CPU_CHUNK_PATCHES patches: what
+                 `lengthgen` runs by default (--precision bf16)
   new bf16 NCHW  the same with the network's weights contiguous: whether channels-last wins here
 and the samples of each way are compared with the old ones (largest pixel difference, images in [-1, 1]).
 
@@ -62,7 +63,7 @@ def timed(fn, repeats: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def sample_ways(path: str, steps: int, images: int, rounds: int) -> None:
+def sample_ways(path: str, steps: int, images: int, rounds: int, chosen: list[str]) -> None:
     """Seconds per image of whole samples in each way (module docstring), interleaved, and their differences."""
     from lcsbench.data.conditioning import PAPER_LOCATIONS, grid_from_locations
     from lcsbench.diffusion.sampler import edm_sampler
@@ -93,6 +94,7 @@ def sample_ways(path: str, steps: int, images: int, rounds: int) -> None:
             "new bf16 NCHW": lambda: nchw_bf16}
     seconds: dict[str, list[float]] = {name: [] for name in ways}
     samples: dict[str, torch.Tensor] = {}
+    ways = {name: way for name, way in ways.items() if name in chosen or name == "old"}
     for _ in range(rounds):
         for name, way in ways.items():
             start = time.perf_counter()
@@ -152,6 +154,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16, help="--ckpt: Heun steps per sample")
     parser.add_argument("--images", type=int, default=8, help="--ckpt: images per sample batch")
     parser.add_argument("--rounds", type=int, default=2, help="--ckpt: interleaved rounds (the median is kept)")
+    parser.add_argument("--ways", default="old,new fp32,new bf16,new bf16 NCHW", help="--ckpt: the ways to time "
+                        "(comma list; old is always timed, the others are compared with it)")
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--grid", type=int, default=16)
     parser.add_argument("--radius", type=int, default=2)
@@ -164,7 +168,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.ckpt is not None:
         with torch.no_grad():
-            sample_ways(args.ckpt, args.steps, args.images, args.rounds)
+            sample_ways(args.ckpt, args.steps, args.images, args.rounds, args.ways.split(","))
     else:
         random_networks(args)
 

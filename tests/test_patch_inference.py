@@ -92,3 +92,17 @@ def test_the_inference_precision_decides_the_networks_arithmetic_on_the_cpu():
         module.set_inference_precision("fp16")
     closed_form_like = torch.nn.Identity()  # no inference precision: left as it is
     assert apply_precision(closed_form_like, "bf16") is closed_form_like
+
+
+def test_the_cpu_runs_the_network_in_cache_sized_chunks_with_the_same_output():
+    from lcsbench.nn.patch import CPU_CHUNK_PATCHES
+
+    model, (x, cond) = tiny_model(), inputs(batch=CPU_CHUNK_PATCHES // (G * G) + 2)  # more patches than one chunk
+    assert model.chunk_for(torch.device("cpu")) == CPU_CHUNK_PATCHES
+    assert model.chunk_for(torch.device("cuda")) == model.max_patches
+    calls = []
+    model.net.register_forward_hook(lambda _m, inputs_, _o: calls.append(inputs_[0].shape[0]))
+    with torch.no_grad():
+        fast = model(x, 0.8, cond)
+        assert calls == [CPU_CHUNK_PATCHES, x.shape[0] * G * G - CPU_CHUNK_PATCHES]
+        torch.testing.assert_close(fast, reference_forward(model, x, 0.8, cond), rtol=1e-5, atol=1e-5)
