@@ -63,7 +63,7 @@ def test_a_spec_loads_like_a_checkpoint(specs, clevr_shards):
     payload = read_checkpoint(specs[0], "")
     assert is_closed_form_spec(payload) and not is_closed_form_spec({"state_dict": {}})
     model = closed_form_from_payload(payload, specs[0])
-    from lcsbench.models.edm2 import load_denoiser
+    from lcsbench.models.loaders import load_denoiser
 
     assert type(load_denoiser(specs[0])) is type(model)  # every command's loader dispatches a spec here
     denoiser = model.to("cpu").eval().denoiser
@@ -140,7 +140,7 @@ def test_closed_form_r2_callback_logs_the_yardstick_to_tensorboard(trained, clev
 
     from lcsbench.analysis.closed_form.yardstick import r2_report
     from lcsbench.models.closed_form import build_closed_form
-    from lcsbench.models.edm2 import load_denoiser
+    from lcsbench.models.loaders import load_denoiser
 
     ckpt, log_dir = trained
     events = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0})
@@ -186,3 +186,37 @@ def test_closed_form_command_has_help_for_every_action(action, capsys):
         cli_main(["closed-form", action, "--help"])
     assert exit_info.value.code == 0
     assert "--spec" in capsys.readouterr().out or action == "spec"
+
+
+def test_a_spec_refuses_a_render_whose_shard_changed_under_its_manifest(clevr_shards, tmp_path):
+    copy = tmp_path / "render"
+    shutil.copytree(clevr_shards, copy)
+    write_spec(tmp_path / "e.pt", "empirical", copy, "1-3", "all")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    shard = manifest["shards"]["n1"]["train"][0]
+    data = bytearray((copy / shard).read_bytes())
+    data[700] ^= 0xFF  # one byte inside the first member: the manifest (and so the spec's stamp) unchanged
+    (copy / shard).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"the shard {copy / shard} does not match the sha256 its manifest recorded"):
+        load_closed_form(tmp_path / "e.pt")
+    del manifest["shard_sha256"][shard]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="records no sha256 for its shard"):
+        render_images(copy, [1])
+
+
+def test_closed_form_r2_refuses_specs_of_other_counts_and_checks_the_device_first(trained, clevr_shards, tmp_path):
+    ckpt, _ = trained
+    other_counts = tmp_path / "local-1-2.pt"
+    write_spec(other_counts, "local", clevr_shards, "1-2", "single")
+    with pytest.raises(SystemExit, match=r"trained on object counts \[1, 2, 3\] but the specs integrate over counts "
+                                         r"\[1, 2\]: write specs with --counts 1,2,3"):
+        cli_main(["closed-form", "r2", "--ckpt", str(ckpt), "--spec", str(other_counts), "--out", str(tmp_path / "o"),
+                  "--device", "cpu"])
+    if not torch.cuda.is_available():  # a valid file is never called broken because of the device
+        with pytest.raises(SystemExit, match="--device cuda: torch sees no CUDA GPU"):
+            cli_main(["closed-form", "r2", "--ckpt", str(ckpt), "--spec", str(other_counts), "--out",
+                      str(tmp_path / "o"), "--device", "cuda"])
+        with pytest.raises(SystemExit, match="--device cuda: torch sees no CUDA GPU"):
+            cli_main(["closed-form", "r2", "--ckpt", str(other_counts), "--spec", str(other_counts), "--out",
+                      str(tmp_path / "o"), "--device", "cuda"])

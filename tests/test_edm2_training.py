@@ -15,7 +15,8 @@ import torch
 from lcsbench.callbacks.ema import PowerFunctionEMA
 from lcsbench.callbacks.samples import SampleGrid
 from lcsbench.data.datamodule import CLEVRDataModule
-from lcsbench.models.edm2 import EDM2Diffusion, load_denoiser
+from lcsbench.models.edm2 import EDM2Diffusion
+from lcsbench.models.loaders import load_denoiser
 from lcsbench.nn.edm2 import Precond
 
 REPO = Path(__file__).resolve().parents[1]

@@ -26,7 +26,8 @@ from lcsbench.callbacks.samples import SampleGrid
 from lcsbench.cli import main as cli_main
 from lcsbench.data.datamodule import CLEVRDataModule
 from lcsbench.diffusion.denoiser import Denoiser
-from lcsbench.models.edm2 import EDM2Diffusion, load_denoiser
+from lcsbench.models.edm2 import EDM2Diffusion
+from lcsbench.models.loaders import load_denoiser
 from lcsbench.models.judge import JudgeModule
 from lcsbench.models.patch import PatchLocalDiffusion
 from lcsbench.nn.edm2 import Precond, preset

@@ -8,7 +8,8 @@ import torch
 
 from lcsbench.checkpoints import ARCH_KEY, JUDGE_ARCH_KEY, register_class, REBUILDABLE
 from lcsbench.cli import main as cli_main
-from lcsbench.models.edm2 import EDM2Diffusion, load_denoiser
+from lcsbench.models.edm2 import EDM2Diffusion
+from lcsbench.models.loaders import load_denoiser
 from lcsbench.models.judge import load_judge
 from lcsbench.nn.edm2 import preset
 

@@ -8,7 +8,7 @@ import torch
 
 from lcsbench.callbacks.ema import PowerFunctionEMA
 from lcsbench.data.datamodule import CLEVRDataModule
-from lcsbench.models.edm2 import load_denoiser
+from lcsbench.models.loaders import load_denoiser
 from lcsbench.models.patch import PatchLocalDiffusion
 from lcsbench.nn.edm2 import Precond
 from lcsbench.nn.patch import patch_label_dim

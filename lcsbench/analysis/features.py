@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from lcsbench.analysis.locality import _module_of
 from lcsbench.data.scenes import DEFAULT_GRID_SIZE
 from lcsbench.diffusion.denoiser import Denoiser
+from lcsbench.diffusion.sampler import PAPER_HEUN_STEPS
 
 MODULATION_LAYER = "emb_linear"  # EDM2 Block's conditioning projection: c = 1 + emb_linear(emb, gain=emb_gain)
 MODULATED_INPUT_OF = "conv_res1"  # the Block layer whose input is the modulated features mp_silu(y * c)
@@ -237,7 +238,7 @@ def condition_samples(
     denoiser: Denoiser,                     # the denoiser to sample, in eval mode
     conditions: Tensor,                     # K conditioners [K, ...] on the denoiser's device
     count: int,                             # images to draw
-    num_steps: int = 32,                    # Heun steps
+    num_steps: int = PAPER_HEUN_STEPS,      # Heun steps
     seed: int = 0,                          # noise seed
 ) -> Tensor:
     """`[count, C, H, W]` samples of the denoiser in [-1, 1], one per condition in turn (cycling): images of the

@@ -36,6 +36,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lcsbench.data.scenes import cell_centre
 from lcsbench.diffusion.denoiser import BoundDenoiser, Denoiser
+from lcsbench.diffusion.sampler import PAPER_HEUN_STEPS
 
 SIGMA_DATA = 0.5  # EDM2's data standard deviation: c_skip = sigma_data^2 / (sigma^2 + sigma_data^2)
 
@@ -622,7 +623,7 @@ def run(
     objects: int = 3,  # conditioned objects per scene (scene_conditioner)
     scenes: int = 1,  # scenes measured: the first the paper's first k, the others random k-subsets
     noise_draws: int = 2,  # noise draws averaged in Eq. 9 and 10
-    steps: int = 32,  # Heun steps of each scene's own sample
+    steps: int = PAPER_HEUN_STEPS,  # Heun steps of each scene's own sample
     targets: Sequence[Sequence[int]] | None = None,  # target pixels (row, col); None: each scene's conditioned cells
     fraction: float = 0.9,  # energy share of the locality radius
     seed: int = 0,  # sample, subset and noise seed

@@ -33,9 +33,9 @@ import sys
 import time
 from pathlib import Path
 
-from lcsbench.commands._common import (DEFAULT_SIGMAS, CommandParser, add_model_arguments, command_parser,
-                                      default_device, parse_floats)
-from lcsbench.data.scenes import DEFAULT_GRID_SIZE
+from lcsbench.commands._common import (DEFAULT_SIGMAS, CommandParser, add_model_arguments, add_precision_argument,
+                                      check_device, command_parser, default_device, parse_floats)
+from lcsbench.data.scenes import DEFAULT_GRID_SIZE, parse_counts
 
 GIB = 2**30
 
@@ -107,12 +107,29 @@ def r2_parser(sub) -> CommandParser:
                            "python -m lcsbench closed-form r2 --ckpt runs/exp1/.../last.ckpt --spec "
                            "closed_forms/empirical-all.pt --out reports/exp1/r2 --heldout 64")
     add_model_arguments(parser, out_help="output folder for r2.json and r2.png")
+    add_precision_argument(parser, default="fp32")  # bf16 not yet checked against fp32 for r2
     parser.add_argument("--spec", action="append", required=True, help="a closed-form spec (repeat for several)")
     parser.add_argument("--sigmas", default=DEFAULT_SIGMAS, help="noise levels (comma list)")
     parser.add_argument("--heldout", type=int, default=32, help="held-out renders compared")
     parser.add_argument("--batch-size", type=int, default=16, help="images per denoiser call")
     parser.deprecated_aliases({"--images": "--heldout", "--batch": "--batch-size"})
     return parser
+
+
+def check_trained_as_specs(ckpt: str, data: dict, label_mode: str, counts: list[int]) -> None:
+    """SystemExit unless the model of `ckpt` (its DataModule settings `data`; none recorded: nothing to compare)
+    was trained with the specs' label mode and object counts: r2 compares denoisers of one training set."""
+    if data.get("label_mode", label_mode) != label_mode:
+        raise SystemExit(f"closed-form r2: {ckpt} was trained with {data['label_mode']!r} labels but the specs "
+                         f"integrate over {label_mode!r} labels: write specs with --label-mode {data['label_mode']}")
+    try:
+        trained = list(parse_counts(data["counts"])) if data.get("counts") is not None else list(counts)
+    except (TypeError, ValueError) as error:
+        raise SystemExit(f"closed-form r2: {ckpt} records unreadable training counts {data['counts']!r} "
+                         f"({error}): pass a checkpoint written by `fit`") from None
+    if trained != list(counts):
+        raise SystemExit(f"closed-form r2: {ckpt} was trained on object counts {trained} but the specs integrate "
+                         f"over counts {list(counts)}: write specs with --counts {','.join(map(str, trained))}")
 
 
 def r2(args, parser: CommandParser) -> int:
@@ -124,6 +141,7 @@ def r2(args, parser: CommandParser) -> int:
     from lcsbench.commands._common import load_trained_denoiser
     from lcsbench.models.closed_form import heldout_batch, load_closed_form
 
+    check_device(args.device)  # before any file is read, as sample, lengthgen and locality do
     sigmas = parse_floats(args.sigmas, "sigmas")
     if args.heldout < 2 or args.batch_size < 1:
         raise SystemExit(f"closed-form r2: need {parser.flag('--heldout')} >= 2 (r2 compares images) and "
@@ -134,15 +152,16 @@ def r2(args, parser: CommandParser) -> int:
         data = read_checkpoint(args.ckpt, "pass a checkpoint from `fit`", mmap=True).get(DATA_HPARAMS_KEY) or {}
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"closed-form r2: {error}") from None
-    if data.get("label_mode", label_mode) != label_mode:
-        raise SystemExit(f"closed-form r2: {args.ckpt} was trained with {data['label_mode']!r} labels but the specs "
-                         f"integrate over {label_mode!r} labels: write specs with --label-mode {data['label_mode']}")
+    check_trained_as_specs(args.ckpt, data, label_mode, counts)
     started = time.perf_counter()
-    model = load_trained_denoiser(args.ckpt, ema=not args.no_ema, device=args.device)
+    model = load_trained_denoiser(args.ckpt, ema=not args.no_ema, device=args.device, precision=args.precision)
     if model.conditioning != "location" or model.grid_size != grid:
         raise SystemExit(f"closed-form r2: the closed forms are location models on a {grid}x{grid} grid; "
                          f"{args.ckpt} is a {model.conditioning} model (grid {model.grid_size})")
-    images, cond = heldout_batch(render, counts, label_mode, grid, args.heldout, int(data.get("seed", 0)))
+    try:  # the render is read, each shard checked against its manifest's sha256
+        images, cond = heldout_batch(render, counts, label_mode, grid, args.heldout, int(data.get("seed", 0)))
+    except ValueError as error:
+        raise SystemExit(f"closed-form r2: {error}") from None
     images, cond = images.to(args.device), cond.to(args.device)
     print(f"closed-form r2: {len(images)} held-out renders x {len(sigmas)} noise levels", file=sys.stderr)
     outputs = denoised_over_sigmas(model, images, cond, sigmas, args.seed, args.batch_size)
@@ -151,13 +170,17 @@ def r2(args, parser: CommandParser) -> int:
         name = Path(path).stem
         print(f"closed-form r2: building {name} ({entry['kind']}) from {render}", file=sys.stderr)
         with torch.no_grad():
-            closed_form = load_closed_form(path, map_location=args.device)
+            try:
+                closed_form = load_closed_form(path, map_location=args.device)
+            except ValueError as error:
+                raise SystemExit(f"closed-form r2: {error}") from None
             references[name] = denoised_over_sigmas(closed_form.denoiser, images, cond, sigmas, args.seed,
                                                       args.batch_size)
         fallbacks[name] = closed_form.denoiser.fallbacks
         del closed_form
     report = {"command": "closed-form r2", "ckpt": str(args.ckpt), "ema": not args.no_ema, "specs": args.spec,
-              "render": render, "label_mode": label_mode, "counts": counts, "images": len(images), "seed": args.seed,
+              "precision": args.precision, "render": render, "label_mode": label_mode, "counts": counts,
+              "images": len(images), "seed": args.seed,
               **r2_report(sigmas, outputs, references), "fallbacks": fallbacks,
               "seconds": round(time.perf_counter() - started, 1)}
     out = Path(args.out)

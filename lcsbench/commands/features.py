@@ -40,6 +40,8 @@ RENAMED = {"--samples": "--images-per-sigma", "--images": "--image-source", "--s
 
 
 def build_parser() -> CommandParser:
+    from lcsbench.diffusion.sampler import PAPER_HEUN_STEPS
+
     parser = command_parser("features", __doc__)
     add_model_arguments(parser, out_help="output folder for features.json and feature_cosines.png")
     parser.add_argument("--sigmas", default=DEFAULT_SIGMAS, help="noise levels averaged over (comma list)")
@@ -48,7 +50,7 @@ def build_parser() -> CommandParser:
                         help="feature site: the block's features after the conditional scale, or the scale alone")
     parser.add_argument("--image-source", choices=("samples", "noise"), default="samples",
                         help="the model's own samples (one per condition, cycling) or small random images")
-    parser.add_argument("--steps", type=int, default=32, help="Heun steps of the model's own samples")
+    parser.add_argument("--steps", type=int, default=PAPER_HEUN_STEPS, help="Heun steps of the model's own samples")
     parser.add_argument("--layers", nargs="*", default=None, metavar="NAME", help="layers to measure (names or "
                         "glob patterns, e.g. 'unet.enc.*'; default: all)")
     parser.add_argument("--feature-layers", nargs="*", default=None, metavar="NAME",

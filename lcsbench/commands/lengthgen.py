@@ -11,7 +11,8 @@ Without --judge, the judge shipped inside the package for the model's resolution
 a resolution without one is an error that names the shipped ones and the recipe that trains one).
 
 For k = 1..12 paper locations (location models) or k = 1..8 paper colours (colour models), samples the model
-(EDM Heun, 32 steps, EMA weights, no guidance: the paper's sampler), renders the same requested layouts with
+(EDM Heun, 32 steps, EMA weights, no guidance: the paper's sampler; the network in bf16 autocast unless
+--precision fp32, which gives the same rates within their Wilson intervals on the committed weights), renders the same requested layouts with
 Blender as the oracle row, judges both with the trained judge and writes to OUT:
 
     lengthgen.json          per-k success rate, mean missing/extra, count histogram, k_max, k_max_strict for the
@@ -39,8 +40,8 @@ import json
 import sys
 from pathlib import Path
 
-from lcsbench.commands._common import (CommandParser, Progress, check_device, check_output_dir, command_parser,
-                                      default_device)
+from lcsbench.commands._common import (CommandParser, Progress, add_precision_argument, apply_precision, check_device,
+                                      check_output_dir, command_parser, default_device)
 
 RENAMED = {"--batch": "--batch-size", "--oracle-samples": "--samples-per-pixel"}  # old flag -> new (deprecated)
 
@@ -72,6 +73,7 @@ def training_setup(payload: dict, args) -> tuple[tuple[int, ...], str]:
 
 def build_parser() -> CommandParser:
     from lcsbench.data.conditioning import LABEL_MODES
+    from lcsbench.diffusion.sampler import PAPER_HEUN_STEPS
 
     parser = command_parser("lengthgen", __doc__)
     parser.add_argument("--ckpt", required=True, help="model checkpoint from `fit` (or an EMA file, a closed-form "
@@ -95,7 +97,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("--trained-counts", default=None, help="training object counts (default: the checkpoint's)")
     parser.add_argument("--label-mode", choices=LABEL_MODES, default=None,
                         help="training label mode, which sets the success rule (default: the checkpoint's)")
-    parser.add_argument("--steps", type=int, default=32, help="Heun steps (32: the paper's)")
+    parser.add_argument("--steps", type=int, default=PAPER_HEUN_STEPS, help="Heun steps (the paper's)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per sampler and judge batch")
     parser.add_argument("--seed", type=int, default=0, help="noise, subset and oracle scene seed")
     parser.add_argument("--samples-per-pixel", type=int, default=64,
@@ -103,6 +105,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("--no-oracle", action="store_true", help="skip the Blender oracle row")
     parser.add_argument("--name", default=None, help="row name in table.md (default: the checkpoint's run folder)")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    add_precision_argument(parser)
     parser.deprecated_aliases(RENAMED)
     return parser
 
@@ -123,7 +126,7 @@ def main(argv: list[str]) -> int:
     from lcsbench.analysis import lengthgen as lg
     from lcsbench.checkpoints import read_checkpoint
     from lcsbench.data.render import RenderError
-    from lcsbench.data.shards import ShardError, file_sha256
+    from lcsbench.data.shards import ShardError
 
     device = check_device(args.device or default_device())
     check_output_dir(args.out)  # before loading, sampling or rendering anything
@@ -144,8 +147,8 @@ def main(argv: list[str]) -> int:
     try:  # the oracle row first: an --out rendered with other settings is refused before any sampling
         result = lg.run(denoiser, judge, protocol, oracle_root=None if args.no_oracle else out / "oracle_render",
                         oracle_samples=args.samples_per_pixel, samples_file=out / "samples.npz",
-                        samples_key={"ckpt_sha256": file_sha256(Path(args.ckpt))},
-                        record={"ckpt": str(args.ckpt), "judge": judge.source, "steps": args.steps,
+                        samples_key=samples_key(args), record={"ckpt": str(args.ckpt), "judge": judge.source,
+                                                               "steps": args.steps, "precision": args.precision,
                                 "seed": args.seed,
                                 "oracle_samples": None if args.no_oracle else args.samples_per_pixel},
                         batch=args.batch_size, device=device, progress=lambda done, total: meter.update(done),
@@ -158,14 +161,23 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def samples_key(args: argparse.Namespace) -> dict:
+    """What identifies the samples of samples.npz besides the protocol: the checkpoint's hash, and bf16 where the
+    network ran so (fp32 samples, written before --precision existed, keep their key)."""
+    from lcsbench.data.shards import file_sha256
+
+    key = {"ckpt_sha256": file_sha256(Path(args.ckpt))}
+    return {**key, "precision": "bf16"} if args.precision == "bf16" else key
+
+
 def load_model_and_judge(args: argparse.Namespace, device: str):
     """The model (EMA weights) and the judge (--judge, or the one shipped for the model's resolution) on `device`,
     checked: the model's conditioning is --conditioning's, the judge's resolution the model's."""
-    from lcsbench.models.edm2 import load_denoiser
+    from lcsbench.models.loaders import load_denoiser
     from lcsbench.models.judge import load_judge
 
     try:
-        model = load_denoiser(args.ckpt, ema=True, map_location=device).to(device)
+        model = apply_precision(load_denoiser(args.ckpt, ema=True, map_location=device), args.precision).to(device)
         judge = load_judge(args.judge, map_location=device,
                            resolution=model.denoiser.image_shape[-1]).to(device)
     except (FileNotFoundError, ValueError) as error:

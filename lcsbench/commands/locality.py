@@ -6,7 +6,8 @@ Examples:
     python -m lcsbench locality --ckpt runs/exp2/.../last.ckpt --out reports/exp2/locality
     python -m lcsbench locality --ckpt reports/reproduction/cpu/weights/exp1.pt --out DIR --scenes 8 --noise-draws 4
 
-The model draws its own sample for the requested conditioner (EDM Heun sampler, EMA weights by default); the
+The model draws its own sample for the requested conditioner (EDM Heun sampler, EMA weights by default; the
+network, and so its Jacobians, in fp32 unless --precision bf16, which agrees but measured slower on the CPU); the
 sample is re-noised at each sigma with `--noise-draws` noise draws; Eq. 9 heat maps at the target pixels (by
 default the centres of the conditioned cells), the same for D - c_skip x (the network's part, without the
 skip term's spike at the target) and Eq. 10 influence maps of every conditioner are measured and summarised
@@ -36,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lcsbench.commands._common import (DEFAULT_SIGMAS, CommandParser, Progress, add_model_arguments, check_device,
-                                      check_output_dir, command_parser, heartbeat, load_trained_denoiser,
-                                      parse_floats)
+from lcsbench.commands._common import (DEFAULT_SIGMAS, CommandParser, Progress, add_model_arguments,
+                                      add_precision_argument, check_device, check_output_dir, command_parser,
+                                      heartbeat, load_trained_denoiser, parse_floats)
 
 RENAMED = {"--samples": "--noise-draws", "--sample-steps": "--steps"}  # old flag -> new (deprecated aliases)
 
@@ -54,6 +55,8 @@ def parse_pixels(texts: list[str]) -> list[tuple[int, int]]:
 
 
 def build_parser() -> CommandParser:
+    from lcsbench.diffusion.sampler import PAPER_HEUN_STEPS
+
     parser = command_parser("locality", __doc__)
     add_model_arguments(parser, out_help="output folder for locality.json, locality_maps.npz and the PNGs")
     parser.add_argument("--sigmas", default=DEFAULT_SIGMAS, help="noise levels (comma list)")
@@ -66,11 +69,12 @@ def build_parser() -> CommandParser:
     parser.add_argument("--scenes", type=int, default=1, help="scenes averaged, each its own conditioner and "
                         "sample (the first: the paper's first k locations; others: random k-subsets); the "
                         "spread across scenes goes beside the mean")
-    parser.add_argument("--steps", type=int, default=32, help="Heun steps of the model's own sample")
+    parser.add_argument("--steps", type=int, default=PAPER_HEUN_STEPS, help="Heun steps of the model's own sample")
     parser.add_argument("--fraction", type=float, default=0.9, help="energy fraction of the locality radius")
     parser.add_argument("--chunk-size", type=int, default=None, help="cotangents per batched backward (default: "
                         "as many as --memory-budget-gib holds)")
     parser.add_argument("--memory-budget-gib", type=float, default=2.0, help="memory per batched backward")
+    add_precision_argument(parser, default="fp32")  # bf16 agrees, but its Jacobians measured slower on the CPU
     parser.deprecated_aliases(RENAMED)
     return parser
 
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = parse_pixels(args.targets) if args.targets else None
     out = check_output_dir(args.out)
     check_device(args.device)
-    denoiser = load_trained_denoiser(args.ckpt, ema=not args.no_ema, device=args.device)
+    denoiser = load_trained_denoiser(args.ckpt, ema=not args.no_ema, device=args.device, precision=args.precision)
     res = denoiser.image_shape[-1]
     try:
         targets = check_pixels(targets, res, res) if targets else None
@@ -136,7 +140,8 @@ def write_outputs(out: Path, args: argparse.Namespace, study, seconds: float) ->
     """locality.json, locality_maps.npz (the first scene's maps and sample) and the figures (module docstring)."""
     from lcsbench.analysis.plots import locality_grid, radius_curves, save_figure
 
-    summary = {"command": "locality", "ckpt": str(args.ckpt), "ema": not args.no_ema, **study.summary(),
+    summary = {"command": "locality", "ckpt": str(args.ckpt), "ema": not args.no_ema, "precision": args.precision,
+               **study.summary(),
                "seconds": seconds}
     (out / "locality.json").write_text(json.dumps(summary, indent=2))
     profile, described = study.profiles[0], study.conditioned[0]

@@ -8,7 +8,8 @@ Examples:
 
 Locations are (x, y) fractions of the image (x = column, y = row; conditioning.grid_from_locations), or
 `paper:K` for the first K of the paper's 12 evaluation locations; colours are CLEVR colour names, or `paper:K`.
-Sampling is the paper's: EDM Heun, 32 steps, raw conditional denoiser (no guidance), EMA weights by default.
+Sampling is the paper's: EDM Heun, 32 steps, raw conditional denoiser (no guidance), EMA weights by default; the
+network runs in bf16 autocast unless --precision fp32.
 The grid shows each sample enlarged to at least 96 px (nearest neighbour) with the requested location cells
 outlined in lime; the settings file says so.
 """
@@ -19,8 +20,8 @@ import json
 import re
 from pathlib import Path
 
-from lcsbench.commands._common import (CommandParser, Progress, check_device, check_output_file, command_parser,
-                                      default_device)
+from lcsbench.commands._common import (CommandParser, Progress, add_precision_argument, apply_precision, check_device,
+                                      check_output_file, command_parser, default_device)
 
 RENAMED = {"--batch": "--batch-size"}  # old flag -> new (deprecated alias)
 
@@ -67,6 +68,8 @@ def parse_colors(items: list[str]) -> list[str]:
 
 
 def build_parser() -> CommandParser:
+    from lcsbench.diffusion.sampler import PAPER_HEUN_STEPS
+
     parser = command_parser("sample", __doc__)
     parser.add_argument("--ckpt", required=True, help="checkpoint from `fit`, or an EMA file from `reconstruct-ema`")
     which = parser.add_mutually_exclusive_group(required=True)
@@ -75,12 +78,14 @@ def build_parser() -> CommandParser:
     parser.add_argument("--n", type=int, default=16, help="number of samples")
     parser.add_argument("--out", required=True, metavar="FILE",
                         help="the PNG grid to write (its settings go beside it, FILE with .json)")
-    parser.add_argument("--steps", type=int, default=32, help="Heun steps (32 = 63 evaluations)")
+    parser.add_argument("--steps", type=int, default=PAPER_HEUN_STEPS,
+                        help="Heun steps (N steps: 2N - 1 network evaluations; the paper's: 32)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
     parser.add_argument("--sigma-rel", type=float, default=None, help="tracked EMA to use (default: the first)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw training weights")
     parser.add_argument("--batch-size", type=int, default=64, help="images per denoiser batch")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    add_precision_argument(parser)
     parser.deprecated_aliases(RENAMED)
     return parser
 
@@ -109,7 +114,7 @@ def main(argv: list[str]) -> int:
     from lcsbench.analysis.plots import image_grid, outline_cells, upscale
     from lcsbench.data.conditioning import counts_from_colors, grid_from_locations
     from lcsbench.diffusion.sampler import edm_sampler
-    from lcsbench.models.edm2 import load_denoiser
+    from lcsbench.models.loaders import load_denoiser
 
     requested = parse_locations(args.locations) if args.locations else parse_colors(args.colors)
     device = check_device(args.device or default_device())
@@ -117,7 +122,7 @@ def main(argv: list[str]) -> int:
         module = load_denoiser(args.ckpt, ema=not args.no_ema, sigma_rel=args.sigma_rel, map_location=device)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"sample: {error}") from None
-    module = module.to(device)
+    module = apply_precision(module, args.precision).to(device)
     kind = module.conditioning
     if args.locations and kind != "location" or args.colors and kind != "color":
         given = "--locations" if args.locations else "--colors"
@@ -141,6 +146,7 @@ def main(argv: list[str]) -> int:
     Image.fromarray(grid.numpy()).save(out)
     settings = {"command": "sample", "ckpt": str(args.ckpt), "ema": not args.no_ema, "sigma_rel": args.sigma_rel,
                 "conditioning": kind, "requested": requested, "n": args.n, "steps": args.steps, "seed": args.seed,
+                "precision": args.precision,
                 "figure": "samples enlarged to >= 96 px by nearest neighbour" + (
                     "; the requested grid cells outlined in lime" if kind == "location" else "")}
     out.with_suffix(".json").write_text(json.dumps(settings, indent=2))

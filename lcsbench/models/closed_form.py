@@ -40,7 +40,7 @@ from lcsbench.checkpoints import DATA_HPARAMS_KEY, read_checkpoint, save_atomic
 from lcsbench.data.conditioning import DEFAULT_GRID_SIZE, LABEL_MODES, check_grid_size, scene_conditioner
 from lcsbench.data.datamodule import sample_generator
 from lcsbench.data.scenes import IMAGE_EXT, SCENE_EXT, parse_counts
-from lcsbench.data.shards import MANIFEST, file_sha256, iter_shard_samples, load_manifest
+from lcsbench.data.shards import CHECKSUMS, MANIFEST, file_sha256, iter_shard_samples, load_manifest
 
 CLOSED_FORM_KEY = "lcsbench_closed_form"
 KINDS = ("local", "empirical")
@@ -66,6 +66,7 @@ def render_images(
                              f"{sorted(manifest.get('shards', {}))}): render them or choose counts it has")
         taken = 0
         for rel in shards:
+            check_shard_checksum(root, rel, manifest)
             for sample in iter_shard_samples(root / rel, fix=f"re-render {root} with `python -m lcsbench render "
                                                              f"--out {root} ... --repair`"):
                 if images_per_count is not None and taken >= images_per_count:
@@ -78,6 +79,23 @@ def render_images(
                 break
     pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()  # uint8 HWC -> float CHW
     return pixels.div_(127.5).sub_(1.0), scenes
+
+
+def check_shard_checksum(root: Path, rel: str, manifest: dict) -> None:
+    """A ValueError unless the shard `rel` of the render has the sha256 its manifest recorded when it was written:
+    a closed form is trusted by the render's content, not by its manifest alone (a spec records the manifest's
+    sha256, the manifest every shard's). Manifests written before checksums existed record none: nothing to check."""
+    recorded = manifest.get(CHECKSUMS)
+    if recorded is None:
+        return
+    fix = f"re-render it with `python -m lcsbench render --out {root} ... --repair`, then write the spec again"
+    if rel not in recorded:
+        raise ValueError(f"the manifest of {root} records no sha256 for its shard {rel} (a render still being "
+                         f"written?): let the render finish, or {fix}")
+    found = file_sha256(root / rel)
+    if found != recorded[rel]:
+        raise ValueError(f"the shard {root / rel} does not match the sha256 its manifest recorded (sha256 "
+                         f"{found[:16]}... where {recorded[rel][:16]}... was recorded): its bytes changed; {fix}")
 
 
 def render_training_set(root: str | Path, counts: Sequence[int], label_mode: str, grid_size: int,
@@ -216,7 +234,7 @@ def write_spec(
 def closed_form_from_payload(payload: dict, path: str | Path, map_location: str | torch.device = "cpu"
                              ) -> ClosedFormModel:
     """The closed form a spec payload (checkpoints.read_checkpoint) describes, in eval mode on `map_location`.
-    `models.edm2.load_denoiser` hands a payload with a CLOSED_FORM_KEY entry here."""
+    `models.loaders.load_denoiser` hands a payload with a CLOSED_FORM_KEY entry here."""
     entry = payload.get(CLOSED_FORM_KEY)
     if not isinstance(entry, dict):
         raise ValueError(f"{path} is not a closed-form spec (no '{CLOSED_FORM_KEY}' entry): write one with "

@@ -14,31 +14,30 @@ fastest kernels (`cudnn.benchmark`), and `channels_last` stores the convolution 
 
 Everything downstream uses `module.denoiser(x, sigma, cond) -> D(x)` (diffusion/denoiser.py: it also says its
 image shape, conditioning kind and grid size), where `cond` is the structured conditioner (location grid
-`[B, G, G]` or colour counts `[B, 8]`); `load_denoiser(ckpt)` rebuilds a module with EMA weights.
+`[B, G, G]` or colour counts `[B, 8]`). Loading a trained module (EMA weights, exports) is models/loaders.py's.
 """
 
 from __future__ import annotations
 
-import warnings
 import zlib
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from torchmetrics import Metric
 
-from lcsbench.checkpoints import (ARCH_KEY, DATA_HPARAMS_KEY, EMA_STATE_KEY, architecture_record, load_net_state,
-                                  network_differences, read_checkpoint, read_record, rebuild, write_export)
+from lcsbench.checkpoints import ARCH_KEY, architecture_record, network_differences
 from lcsbench.data.conditioning import DEFAULT_GRID_SIZE, encode_label, label_dim
 from lcsbench.diffusion.denoiser import BoundDenoiser
 from lcsbench.diffusion.loss import denoising_error, edm2_loss
-from lcsbench.diffusion.phema import ema_net_state, tracked_index
 from lcsbench.diffusion.schedule import learning_rate
 from lcsbench.nn.edm2 import check_label_scale
 from lcsbench.nn.mp import force_weight_norm_
 from lcsbench.nn.multi_tensor import zero_nonfinite_
+
+
+INFERENCE_PRECISIONS = ("bf16", "fp32")  # what `set_inference_precision` and the commands' --precision take
 
 
 # --- validation metric -------------------------------------------------------------------------------------
@@ -126,6 +125,14 @@ class EDM2Diffusion(L.LightningModule):
     # stays fp32 (Precond), as in training. The training and validation steps call `denoise` directly and follow
     # the Trainer's precision. Set to () on an instance for fp32 analyses on a GPU.
     inference_autocast_devices: tuple[str, ...] = ("cuda",)
+
+    def set_inference_precision(self, precision: str) -> None:
+        """`bf16`: the network under bf16 autocast on the CPU and the GPU (on the CPU it agrees with fp32 on the
+        committed weights: lengthgen rates within the Wilson interval, locality radii within the spread across
+        scenes, scripts/bench_patch.py); `fp32`: everything in float32 on every device."""
+        if precision not in INFERENCE_PRECISIONS:
+            raise ValueError(f"the inference precision is one of {INFERENCE_PRECISIONS}, got {precision!r}")
+        self.inference_autocast_devices = ("cpu", "cuda") if precision == "bf16" else ()
 
     @property
     def denoiser(self) -> BoundDenoiser:
@@ -309,70 +316,3 @@ class EDM2Diffusion(L.LightningModule):
             raise ValueError(f"the checkpoint holds a different network ({theirs['net_class']}) than this run "
                              f"({ours['net_class']}); differing arguments (checkpoint, this run): {diff}. Resume "
                              f"with the checkpoint's own config (config.yaml next to its checkpoints/ folder)")
-
-
-# --- loading a trained denoiser ----------------------------------------------------------------------------------
-
-
-def load_denoiser(
-    path: str | Path,  # a Lightning .ckpt from `fit`, or a .pt from the EMA callback / `reconstruct-ema` / export
-    ema: bool = True,  # use EMA weights (checkpoints only; EMA files hold nothing else)
-    sigma_rel: float | None = None,  # which tracked EMA; None: the first tracked (0.05 by default)
-    map_location: str | torch.device = "cpu",
-) -> "EDM2Diffusion | ClosedFormModel":
-    """Rebuild a trained module in eval mode; `module.denoiser(x, sigma, cond)` then uses the chosen weights. A
-    closed-form spec (`python -m lcsbench closed-form spec`, issue 23) is built from its render instead."""
-    payload = read_checkpoint(path, "pass a checkpoint written by `python -m lcsbench fit` (runs/<experiment>/.../"
-                                    "checkpoints/last.ckpt) or an EMA file from `reconstruct-ema`", map_location)
-    from lcsbench.models.closed_form import closed_form_from_payload, is_closed_form_spec
-
-    if is_closed_form_spec(payload):
-        return closed_form_from_payload(payload, path, map_location)
-    return module_from_payload(payload, path, ema, sigma_rel)
-
-
-def module_from_payload(payload: dict, path: str | Path, ema: bool = True,
-                        sigma_rel: float | None = None) -> EDM2Diffusion:
-    """The module a checkpoint payload (checkpoints.read_checkpoint) describes, with the chosen weights, in eval
-    mode."""
-    record = read_record(payload, ARCH_KEY, path, "an lcsbench diffusion checkpoint",
-                         "Pass a checkpoint written by `python -m lcsbench fit` with an EDM2 model, or an EMA file "
-                         "written by `reconstruct-ema`")
-    if "label_scale" not in record["module_hparams"]:  # written before the option: labels were unit-norm
-        record = {**record, "module_hparams": {**record["module_hparams"], "label_scale": "unit"}}
-    module = rebuild(record, path, compile=False)
-    if "net_state" in payload:  # an EMA snapshot, reconstruction or export: the network weights alone
-        load_net_state(module.net, payload["net_state"], path)
-    else:
-        module.load_state_dict(payload["state_dict"])
-        if ema:
-            averages = payload.get("callbacks", {}).get(EMA_STATE_KEY)
-            if averages is None:
-                warnings.warn(f"{path} holds no power-function EMA (the run had no PowerFunctionEMA callback): "
-                              f"using the raw training weights")
-            else:
-                load_net_state(module.net, ema_net_state(averages, module.net, sigma_rel), path)
-    return module.eval()
-
-
-def export_ema_weights(
-    path: str | Path,  # a Lightning .ckpt from `fit` (with the PowerFunctionEMA callback's averages)
-    out: str | Path,  # the evaluation file to write (.pt)
-    metadata: dict[str, Any],  # plain data recorded beside the weights (wall time, config, ...)
-    sigma_rel: float | None = None,  # which tracked EMA; None: the first tracked (0.05 by default)
-) -> dict[str, Any]:
-    """Write a run's EMA weights as a small file that `load_denoiser` and every command's --ckpt accept, carrying
-    what `lengthgen` reads from a checkpoint (the DataModule's settings: trained counts, label mode, grid size,
-    resolution) and `metadata`. Returns what was recorded besides the weights."""
-    payload = read_checkpoint(path, "pass the last.ckpt written by `python -m lcsbench fit`")
-    averages = payload.get("callbacks", {}).get(EMA_STATE_KEY)
-    if averages is None or "net_state" in payload:
-        raise ValueError(f"{path} holds no power-function EMA of a training run (no {EMA_STATE_KEY} callback state): "
-                         f"export a checkpoint of a run trained with lcsbench.callbacks.ema.PowerFunctionEMA")
-    module = module_from_payload(payload, path, ema=True, sigma_rel=sigma_rel)
-    data_settings = payload.get(DATA_HPARAMS_KEY)
-    recorded = {**metadata, "step": int(payload.get("global_step", 0)), "source": str(path),
-                "sigma_rel": float(averages["sigma_rels"][tracked_index(averages["sigma_rels"], sigma_rel)]),
-                "parameters": sum(p.numel() for p in module.net.parameters())}
-    write_export(out, module.describe(), module.net.state_dict(), data_settings, recorded)
-    return {**recorded, DATA_HPARAMS_KEY: data_settings}

@@ -26,6 +26,11 @@ import torch.nn.functional as F
 from lcsbench.nn.edm2 import check_label_scale, scale_label
 
 
+# Patches per network call on the CPU: 16 images of Exp 3's model (4,096 patches) took 0.225 s per image per call in
+# chunks of 256 patches against 0.303 s in one chunk of 4,096 (bf16, one core; issue 32).
+CPU_CHUNK_PATCHES = 256
+
+
 def patch_label_dim(radius: int) -> int:
     """Length of a patch's label vector: the (2r+1)^2 subgrid plus the two centre coordinates."""
     return (2 * radius + 1) ** 2 + 2
@@ -107,6 +112,7 @@ class PatchLocal(torch.nn.Module):
         self.img_resolution = grid_size * self.cell_size
         self.max_patches = max_patches
         self.label_scale = label_scale
+        self._labels: tuple[torch.Tensor, int, torch.Tensor] | None = None  # (cond, its version, its labels)
 
     def check_inputs(self, x: torch.Tensor, cond: torch.Tensor) -> None:
         g = self.grid_size
@@ -122,24 +128,77 @@ class PatchLocal(torch.nn.Module):
         centres = cell_centres(self.grid_size, cond.device).expand(cond.shape[0], -1, -1, -1)
         return patch_labels(all_subgrids(cond, self.radius), centres, self.label_scale)
 
-    def denoise_patches(self, patches: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Run `net` on [N, C, P, P] patches in chunks of `max_patches`; sigma is [N]."""
-        outputs = [self.net(patches[i:i + self.max_patches], sigma[i:i + self.max_patches],
-                            labels[i:i + self.max_patches])
-                   for i in range(0, patches.shape[0], self.max_patches)]
+    def flat_labels(self, cond: torch.Tensor) -> torch.Tensor:
+        """[B, G, G] -> [B * G * G, label_dim], kept while the sampler passes the same, unchanged `cond` tensor
+        (every step of a sample): the labels depend on the conditioner only."""
+        cached = self._labels
+        if cached is not None and cached[0] is cond and cached[1] == cond._version:
+            return cached[2]
+        labels = self.cell_labels(cond).reshape(-1, patch_label_dim(self.radius))
+        self._labels = None if cond.requires_grad else (cond, cond._version, labels)
+        return labels
+
+    def cell_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> [B * G * G, C, P, P], in one copy, laid out as the network's weights are (channels-last
+        patches for a channels-last network: oneDNN then converts nothing)."""
+        patches = all_patches(x, self.grid_size, self.radius)  # a view [B, G, G, C, P, P]
+        if not self.channels_last:
+            return patches.reshape(-1, x.shape[1], self.patch_size, self.patch_size)
+        return patches.permute(0, 1, 2, 4, 5, 3).reshape(-1, self.patch_size, self.patch_size,
+                                                          x.shape[1]).permute(0, 3, 1, 2)
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the network stores its convolution weights channels-last (EDM2Diffusion's channels_last)."""
+        weight = next((p for p in self.net.parameters() if p.ndim == 4), None)
+        return weight is not None and weight.is_contiguous(memory_format=torch.channels_last) \
+            and not weight.is_contiguous()
+
+    def denoise_patches(self, patches: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor,
+                        chunk: int | None = None) -> torch.Tensor:
+        """Run `net` on [N, C, P, P] patches in chunks of `chunk` (default `max_patches`); sigma is [N]."""
+        chunk = chunk or self.max_patches
+        outputs = [self.net(patches[i:i + chunk], sigma[i:i + chunk], labels[i:i + chunk])
+                   for i in range(0, patches.shape[0], chunk)]
         return torch.cat(outputs)
 
+    def chunk_for(self, device: torch.device) -> int:
+        """Patches per network call: `max_patches` on an accelerator; on the CPU at most CPU_CHUNK_PATCHES, so that
+        a call's activations stay in the caches (memory-bound elementwise layers dominate there)."""
+        return min(self.max_patches, CPU_CHUNK_PATCHES) if device.type == "cpu" else self.max_patches
+
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor) -> torch.Tensor:
+        """Every cell of every image through `net` in batched calls (no loop over cells): the patches are cut in
+        one copy, the labels computed once per conditioner (`flat_labels`), and only the centre cells of the
+        outputs are kept; on the CPU in cache-sized chunks (`chunk_for`). Under bf16 autocast (the model's inference
+        precision) the network runs in bf16."""
         self.check_inputs(x, cond)
         batch, channels = x.shape[:2]
         g, m, r = self.grid_size, self.cell_size, self.radius
-        patches = all_patches(x, g, r).reshape(batch * g * g, channels, self.patch_size, self.patch_size)
-        labels = self.cell_labels(cond).reshape(batch * g * g, -1)
+        patches = self.cell_patches(x)
+        labels = self.flat_labels(cond)
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
         sigma = sigma.expand(batch).repeat_interleave(g * g)
-        denoised = self.denoise_patches(patches, sigma, labels)
+        denoised = self.denoise_patches(patches, sigma, labels, self.chunk_for(x.device))
         centre = denoised[:, :, r * m:(r + 1) * m, r * m:(r + 1) * m]  # the cell itself
         return centre.reshape(batch, g, g, channels, m, m).permute(0, 3, 1, 4, 2, 5).reshape(x.shape)
+
+
+def reference_forward(model: PatchLocal, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor
+                      ) -> torch.Tensor:
+    """`model(x, sigma, cond)` as it was computed before its speed-up (issue 32): contiguous patches, the labels
+    recomputed at every call, chunks of `max_patches` on every device. The fast path must equal it (exactly in fp32 for a contiguous network); the tests
+    and scripts/bench_patch.py compare the two."""
+    model.check_inputs(x, cond)
+    batch, channels = x.shape[:2]
+    g, m, r = model.grid_size, model.cell_size, model.radius
+    patches = all_patches(x, g, r).reshape(batch * g * g, channels, model.patch_size, model.patch_size)
+    labels = model.cell_labels(cond).reshape(batch * g * g, -1)
+    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
+    sigma = sigma.expand(batch).repeat_interleave(g * g)
+    denoised = model.denoise_patches(patches, sigma, labels)
+    centre = denoised[:, :, r * m:(r + 1) * m, r * m:(r + 1) * m]
+    return centre.reshape(batch, g, g, channels, m, m).permute(0, 3, 1, 4, 2, 5).reshape(x.shape)
 
 
 # ---- training patches (Appendix E.3: one positive and one negative patch per image) -------------

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from lcsbench.data.conditioning import LABEL_MODES, PAPER_COLORS, PAPER_LOCATIONS
+from lcsbench.diffusion.sampler import PAPER_HEUN_STEPS
 
 MATCH_RULES = ("cell", "point")  # where a requested location counts as hit (package docstring, item 2)
 
@@ -253,7 +254,7 @@ class LengthGenProtocol:
     match: str = "cell"  # cell | point (MATCH_RULES)
     tolerance_cells: float = 1.0  # a detection matches a request at most this many grid cells away
     grid_size: int | None = None  # conditioning grid G; None: the denoiser's
-    num_steps: int = 32  # Heun steps (the paper's sampler, E.1)
+    num_steps: int = PAPER_HEUN_STEPS  # Heun steps (the paper's sampler, E.1)
     seed: int = 0  # noise, random subsets and oracle placement
 
     def __post_init__(self) -> None:

@@ -21,6 +21,7 @@ from lcsbench.analysis.lengthgen.matching import judge_request
 from lcsbench.analysis.lengthgen.protocol import (LengthGenProtocol, SuccessRule, crowding, oracle_scene,
                                                   request_conditioner)
 from lcsbench.analysis.lengthgen.tally import LengthGenTally, lengthgen_report
+from lcsbench.diffusion.sampler import PAPER_HEUN_STEPS
 
 
 @dataclass
@@ -139,7 +140,7 @@ def sample_requests(
     requests: Sequence[Mapping],  # protocol requests
     grid_size: int,  # conditioning grid G of the model
     shape: tuple[int, int, int],  # (C, H, W) of one image
-    num_steps: int = 32,  # Heun steps (the paper's sampler, E.1)
+    num_steps: int = PAPER_HEUN_STEPS,  # Heun steps (the paper's sampler, E.1)
     batch: int = 64,  # images per sampler call
     seed: int = 0,  # noise seed
     device: torch.device | str = "cpu",
