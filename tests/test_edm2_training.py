@@ -20,7 +20,24 @@ from lcsbench.models.loaders import load_denoiser
 from lcsbench.nn.edm2 import Precond
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))  # also configs/reproduce/<scale>/
+
+
+def shipped_stacks() -> list[tuple[Path, ...]]:
+    """Every config a user runs: each whole file (not a shared model section, not a study scale's layer or delta),
+    and each study experiment's stack at each scale (base, [patch,] delta)."""
+    import lcsbench.study.experiments  # noqa: F401 - registers the study's experiments
+    from lcsbench.study.records import REGISTRY
+    from lcsbench.study.scales import config_paths
+
+    whole = [(p,) for p in sorted((REPO / "configs").rglob("*.yaml"))
+             if "models" not in p.relative_to(REPO / "configs").parts and "reproduce" not in p.parts]
+    stacks = {tuple(REPO / p if not p.is_absolute() else p for p in config_paths(record, scale))
+              for record in REGISTRY.values() if record.trained
+              for scale in record.configs if scale != "paper"}  # the paper scale's stacks are whole files
+    return whole + sorted(stacks)
+
+
+CONFIGS = shipped_stacks()
 
 
 def micro_net(label_dim: int = 256, model_channels: int = 16) -> Precond:
@@ -184,12 +201,15 @@ def test_checkpoint_from_another_architecture_is_refused(clevr_shards, tmp_path)
 # --- LightningCLI and shipped configs ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(REPO / "configs")) for c in CONFIGS])
-def test_every_shipped_config_parses_and_instantiates(config, clevr_shards, tmp_path, monkeypatch):
+@pytest.mark.parametrize("stack", CONFIGS, ids=["+".join(str(c.relative_to(REPO / "configs")) for c in stack)
+                                                  for stack in CONFIGS])
+def test_every_shipped_config_parses_and_instantiates(stack, clevr_shards, tmp_path, monkeypatch):
     from lcsbench.commands.trainer import build_cli
 
     monkeypatch.chdir(tmp_path)
-    cli = build_cli(["--config", str(config), "--data.init_args.root", str(clevr_shards),
+    config = stack[0]  # the whole file, or the scale's base (which states label_scale)
+    layers = [item for path in stack for item in ("--config", str(path))]
+    cli = build_cli([*layers, "--data.init_args.root", str(clevr_shards),
                      "--trainer.accelerator", "cpu", "--trainer.devices", "1"], run=False)
     assert isinstance(cli.model, L.LightningModule) and isinstance(cli.datamodule, L.LightningDataModule)
     if isinstance(cli.model, EDM2Diffusion):  # diffusion experiments (other configs: the judge, ...)

@@ -52,6 +52,12 @@ LAYER_RULES: dict[str, dict] = {
         "why": "data/datamodule.py may import Lightning, but nothing above analysis/ "
                "(models, callbacks, study, commands, cli)",
     },
+    "models/edm2.py": {
+        "forbidden": ("lcsbench.callbacks", "lcsbench.study", "lcsbench.commands", "lcsbench.cli",
+                      "lcsbench.models.loaders", "lcsbench.models.closed_form", "lcsbench.models.sdxl"),
+        "why": "models/edm2.py (the training module) imports no other model and no loader: loading is "
+               "models/loaders.py's",
+    },
     "models/": {
         "forbidden": ("lcsbench.callbacks", "lcsbench.study", "lcsbench.commands", "lcsbench.cli"),
         "why": "models/ imports nothing above it (callbacks, study, commands, cli)",
@@ -151,7 +157,7 @@ SCRATCH = {
     "lcsbench/diffusion/bad.py": "import scipy.special\n",
     "lcsbench/analysis/__init__.py": "",
     "lcsbench/analysis/good.py": "import matplotlib\nfrom lcsbench.data.conditioning import location_grid\n",
-    "lcsbench/analysis/bad.py": "import torch\n\n\ndef load():\n    from lcsbench.models.edm2 import load_denoiser\n"
+    "lcsbench/analysis/bad.py": "import torch\n\n\ndef load():\n    from lcsbench.models.loaders import load_denoiser\n"
                                 "    from lcsbench.data import datamodule\n",
     "lcsbench/analysis/sdxl_bad.py": "def load(path):\n    from diffusers import StableDiffusionXLPipeline\n"
                                      "    import diffusers.utils\n",

@@ -511,7 +511,8 @@ def test_the_export_carries_the_ema_weights_and_the_training_data_settings(tmp_p
     from lcsbench.checkpoints import ARCH_KEY, EMA_STATE_KEY
     from lcsbench.commands.lengthgen import training_setup
     from lcsbench.checkpoints import read_checkpoint
-    from lcsbench.models.edm2 import EDM2Diffusion, export_ema_weights, load_denoiser
+    from lcsbench.models.edm2 import EDM2Diffusion
+    from lcsbench.models.loaders import export_ema_weights, load_denoiser
     from lcsbench.nn.edm2 import preset
 
     torch.manual_seed(0)
@@ -546,7 +547,7 @@ def test_smoke_scale_end_to_end(tmp_path, capsys):
     import lightning as L
 
     from lcsbench.data.datamodule import CLEVRDataModule
-    from lcsbench.models.edm2 import load_denoiser
+    from lcsbench.models.loaders import load_denoiser
     from lcsbench.models.judge import JudgeModule
     from lcsbench.nn.judge import CentreHeatmapNet
 

@@ -44,9 +44,9 @@ def test_usable_cores_follow_the_cpu_affinity():
 
 
 def test_thread_overrides_win(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert thread_count() == (3, "OMP_NUM_THREADS")
-    assert thread_count(requested=5) == (5, "--threads")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert thread_count() == (1, "OMP_NUM_THREADS")
+    assert thread_count(requested=1) == (1, "--threads")
     monkeypatch.setenv("OMP_NUM_THREADS", "lots")
     with pytest.raises(SystemExit, match="OMP_NUM_THREADS"):
         thread_count()

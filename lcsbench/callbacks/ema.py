@@ -7,7 +7,7 @@ buffers (the frozen Fourier features) are copied from the network when weights a
 DDP: every rank holds the same network after a step, so every rank updates its own copy identically and no
 collective is needed; only global rank 0 writes snapshot files. The averages live in the callback's checkpoint
 state (key "PowerFunctionEMA", checkpoints.EMA_STATE_KEY), so a resumed run continues them, and
-`models.edm2.load_denoiser` reads them.
+`models.loaders.load_denoiser` reads them.
 
 Snapshots (every `snapshot_every_n_steps` steps, fp16, self-describing) go to `<log_dir>/phema/`; from them
 `python -m lcsbench reconstruct-ema` builds the average for any sigma_rel (Alg. 3). Each snapshot carries its

@@ -101,7 +101,7 @@ def export_one(study: Study, exp: str) -> None:
     import yaml
 
     from lcsbench.data.shards import file_sha256
-    from lcsbench.models.edm2 import export_ema_weights
+    from lcsbench.models.loaders import export_ema_weights
 
     last, weights = study.last_ckpt(exp), study.weights(exp)
     config = study.config(exp)
