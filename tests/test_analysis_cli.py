@@ -119,8 +119,8 @@ def test_callbacks_log_figures_and_radii_to_tensorboard(tmp_path):
     assert module.training  # the callbacks restore train mode
     tags = tensorboard_tags(Path(logger.log_dir))
     assert {"locality/grid_t0", "locality/grid_t1", "locality/radius", "features/cosines"} <= tags["images"]
-    assert {"locality/pixel_radius@0.2", "locality/pixel_radius@5", "locality/conditional_radius@0.2",
-            "features/off_diagonal"} <= tags["scalars"]
+    assert {"locality/pixel_radius90@sigma=0.2", "locality/pixel_radius90@sigma=5",
+            "locality/conditional_radius90@sigma=0.2", "features/mean_abs_cosine_off_diagonal"} <= tags["scalars"]
 
 
 def test_callback_arguments_are_checked():
@@ -202,7 +202,7 @@ def test_callbacks_run_inside_a_real_edm2_fit_with_ema(trained_checkpoint):
     _, log_dir = trained_checkpoint
     tags = tensorboard_tags(log_dir)
     assert {"locality/grid_t0", "locality/radius", "features/cosines"} <= tags["images"]
-    assert "locality/pixel_radius@0.1" in tags["scalars"]
+    assert "locality/pixel_radius90@sigma=0.1" in tags["scalars"]
 
 
 def test_locality_command_writes_json_and_figures(trained_checkpoint, tmp_path):

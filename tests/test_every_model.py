@@ -161,5 +161,5 @@ def test_every_callback_logs_on_every_model(checkpoints, clevr_shards, name, tmp
     events.Reload()
     images, scalars = set(events.Tags()["images"]), set(events.Tags()["scalars"])
     assert {"samples/ema", "locality/radius", "features/cosines", "lengthgen/curve"} <= images
-    assert {"lengthgen/k_max", "features/off_diagonal", "cond_gap/gap@2", "cond_gap/true@2"} <= scalars
+    assert {"lengthgen/k_max", "features/mean_abs_cosine_off_diagonal", "cond_gap/gap@2", "cond_gap/true@2"} <= scalars
     assert lengthgen.last_report["rows"]["model"]["per_k"]["2"]["samples"] == 1

@@ -139,7 +139,7 @@ def test_lengthgen_curve_callback_logs_to_tensorboard(fitted, clevr_shards, tmp_
     assert sorted(curve.last_report["rows"]["model"]["per_k"]) == ["1", "2"]
     events = EventAccumulator(logger.log_dir)
     events.Reload()
-    assert {"lengthgen/success@k1", "lengthgen/success@k2", "lengthgen/k_max"} <= set(events.Tags()["scalars"])
+    assert {"lengthgen/success@k=1", "lengthgen/success@k=2", "lengthgen/k_max"} <= set(events.Tags()["scalars"])
     assert "lengthgen/curve" in events.Tags()["images"]
     with pytest.raises(ValueError, match="every_n_steps >= 1"):
         LengthGenCurve(str(judge_ckpt), every_n_steps=0)
