@@ -145,3 +145,5 @@ python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /
 python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs runs/reproduction/cpu --data data/reproduce32 --stage report
 # 2026-12-07T19:44:37 report: reports/reproduction/cpu/table.md, report.json and figures
 python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs runs/reproduction/cpu --data data/reproduce32 --stage report
+# 2026-12-07T20:48:24 export color_1: EMA weights of /work/study/runs/reproduction/cpu/color_1/lightning_logs/run/checkpoints/last.ckpt -> reports/reproduction/cpu/weights/color_1.pt
+python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --data data/reproduce32 --stage export --experiments color_1
