@@ -1,6 +1,6 @@
 """Pixel and conditional locality of a denoiser (paper Section 4, Appendix F; Figures 2, 6, 10, 12).
 
-Every function works on the one denoiser interface of DESIGN.md, `denoiser(x, sigma, cond) -> D`:
+Every function works on the one denoiser interface of docs/architecture.md, `denoiser(x, sigma, cond) -> D`:
 x `[B, C, H, W]`, sigma a scalar or `[B]`, cond the structured conditioner (location grid `[B, G, G]`,
 colour counts `[B, 8]`, or any `[B, ...]` tensor of counts). No Lightning, no model internals.
 

@@ -1,4 +1,4 @@
-"""The one denoiser interface every model, analysis and command shares (DESIGN.md "One denoiser interface").
+"""The one denoiser interface every model, analysis and command shares (docs/architecture.md, "One denoiser interface").
 
 A denoiser is called as `denoiser(x, sigma, cond) -> D(x)`: the denoised image in the EDM convention (the score
 is `(D - x) / sigma^2`). Beside the call it says what its callers need, so that no sampler, analysis, command or

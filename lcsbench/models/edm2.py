@@ -114,7 +114,7 @@ class EDM2Diffusion(L.LightningModule):
         (commands/trainer.py), so a config states G once, and what the constructor checks the net against."""
         return label_dim(conditioning, grid_size)
 
-    # -- the denoiser interface (DESIGN.md) --
+    # -- the denoiser interface (docs/architecture.md) --
 
     def encode_cond(self, cond: torch.Tensor) -> torch.Tensor:
         """The network label vector of a structured conditioner (data/conditioning.py) under `label_scale`."""

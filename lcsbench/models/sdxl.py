@@ -4,8 +4,8 @@ The loader: any SDXL pipeline from a local folder, with the standard EulerDiscre
 `stabilityai/stable-diffusion-xl-base-1.0`; lcsbench never reaches the hub: the weights are downloaded elsewhere
 and the folder is passed by path.
 
-The adapter: `SDXLDenoiser(x, sigma, cond) -> D` follows DESIGN.md's EDM convention: x is the noisy latent
-`[B, 4, h, w]` at noise level sigma (x = x0 + sigma * n), D the denoised latent, the score (D - x) / sigma^2.
+The adapter: `SDXLDenoiser(x, sigma, cond) -> D` follows the EDM convention of docs/architecture.md: x is the noisy
+latent `[B, 4, h, w]` at noise level sigma (x = x0 + sigma * n), D the denoised latent, the score (D - x) / sigma^2.
 SDXL is a discrete-time epsilon predictor (EulerDiscreteScheduler convention, Karras et al. 2022 Table 1,
 "VP" column in sigma form): the UNet sees c_in(sigma) x with c_in = 1 / sqrt(sigma^2 + 1) at the timestep t
 whose training sigma is `sigma`, and

@@ -15,7 +15,7 @@ JOBS.json holds `settings` (resolution, samples, placement rules, jitter, CLEVR 
 prints `LCSBENCH_DONE <key> <seconds>` on stdout. The scene of an image depends only on its
 `scene_seed`, never on which process renders it or in which order.
 
-The scene follows CLEVR (Johnson et al. 2017; facts in shared/reference/clevr-facts.md): ground,
+The scene follows CLEVR (Johnson et al. 2017): ground,
 camera and three jittered area lights, cube/sphere/cylinder in rubber/metal, 8 colours, 2 sizes,
 CLEVR's min-distance and direction-margin placement rules, plus an in-frame check on object centres
 and a ray-cast visibility check that also yields the instance mask.
