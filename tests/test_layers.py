@@ -191,7 +191,7 @@ def test_forbidden_imports_are_reported_and_allowed_ones_are_not(tmp_path):
         "lcsbench/nn/bad.py:2 imports lightning",
         "lcsbench/nn/bad.py:6 imports lcsbench.diffusion.loss",       # function-level, relative
         "lcsbench/diffusion/bad.py:1 imports scipy.special",
-        "lcsbench/analysis/bad.py:5 imports lcsbench.models.edm2",     # function-level
+        "lcsbench/analysis/bad.py:5 imports lcsbench.models.loaders",     # function-level
         "lcsbench/analysis/bad.py:6 imports lcsbench.data.datamodule",
         "lcsbench/analysis/sdxl_bad.py:2 imports diffusers",            # the SDXL loader belongs in models/
         "lcsbench/analysis/sdxl_bad.py:3 imports diffusers.utils",

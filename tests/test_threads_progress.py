@@ -180,12 +180,17 @@ def test_every_diffusion_config_logs_the_learning_rate_through_lightning():
     self.log; the judges have no schedule."""
     import yaml
 
-    configs = [p for p in (REPO / "configs").rglob("*.yaml") if not p.name.startswith("judge")]
-    assert len(configs) >= 19
-    for path in configs:
-        callbacks = yaml.safe_load(path.read_text())["trainer"].get("callbacks")
-        if callbacks is None and "What differs from base.yaml" in path.read_text():
-            continue  # a delta stacked after configs/reproduce/<scale>/base.yaml keeps base.yaml's callbacks
+    import lcsbench.study.experiments  # noqa: F401 - registers the study's experiments
+    from lcsbench.study.records import REGISTRY
+    from lcsbench.study.scales import config_paths, read_config
+
+    whole = [p for p in (REPO / "configs").rglob("*.yaml") if not p.name.startswith("judge")
+             and "models" not in p.relative_to(REPO / "configs").parts and "reproduce" not in p.parts]
+    stacks = [[REPO / p for p in config_paths(record, scale)] for record in REGISTRY.values() if record.trained
+              for scale in record.configs if scale != "paper"]  # a study experiment: its base + delta stack
+    assert len(whole) >= 11 and len(stacks) >= 19
+    for path, callbacks in [*((p, yaml.safe_load(p.read_text())["trainer"]["callbacks"]) for p in whole),
+                            *((s[-1], read_config(s)["config"]["trainer"]["callbacks"]) for s in stacks)]:
         monitors = [c for c in callbacks if c["class_path"] == "lightning.pytorch.callbacks.LearningRateMonitor"]
         assert monitors == [{"class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
                              "init_args": {"logging_interval": "step"}}], path
