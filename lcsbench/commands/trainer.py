@@ -50,7 +50,6 @@ and a CPU run whose global batch takes many rounds per step is told the cost and
 from __future__ import annotations
 
 import atexit
-import fcntl
 import inspect
 import json
 import os
@@ -81,6 +80,7 @@ from lcsbench.callbacks.noise import quiet_lightning_noise
 from lcsbench.callbacks.progress import ProgressLines, StepsRichProgressBar
 from lcsbench.checkpoints import ARCH_KEY, JUDGE_ARCH_KEY, check_class_path, read_checkpoint
 from lcsbench.commands._common import snapshot_step, thread_count
+from lcsbench.data.locks import hold_or_name_holder
 
 CHECKPOINT_STEP = re.compile(r"step=(\d+)")  # in ModelCheckpoint's default file names, epoch=E-step=N.ckpt
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")  # ckpt_path values Lightning resolves itself
@@ -319,21 +319,13 @@ def lock_run_folder(run: Path) -> None:
     run = run.resolve()
     if run in _held_locks:  # this process resuming its own run (a notebook, a test): the same writer
         return
-    run.mkdir(parents=True, exist_ok=True)
-    handle = open(run / LOCK_NAME, "a+")  # noqa: SIM115 - held open on purpose until the process ends
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        holder = handle.read().strip() or "a process that wrote no pid"
-        handle.close()
+    handle = hold_or_name_holder(run / LOCK_NAME, f"pid {os.getpid()} on {socket.gethostname()}, since "
+                                                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+    if isinstance(handle, str):
+        holder = handle or "a process that wrote no pid"
         raise ValueError(f"lcsbench fit: {run} is being written by another fit ({holder}): two writers would "
                          f"interleave its checkpoints and event files; wait for that fit to end or stop it, or "
-                         f"train into another run folder (another --trainer.logger.init_args.version)") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-    handle.flush()
+                         f"train into another run folder (another --trainer.logger.init_args.version)")
     _held_locks[run] = handle
 
 

@@ -35,6 +35,26 @@ def exclusive_lock(path: Path):
         yield  # closing the file releases the lock
 
 
+def hold_or_name_holder(path: Path, holder: str):
+    """Take an exclusive flock on `path` without waiting and write `holder` (who holds it) into it: returns the open
+    file (the lock lasts while it stays open; the operating system drops it when the process dies), or the line the
+    current holder wrote when another process has it. One writer of a run folder (fit), of a study (reproduce)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")  # noqa: SIM115 - the caller keeps it open to hold the lock
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        current = handle.read().strip()
+        handle.close()
+        return current
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{holder}\n")
+    handle.flush()
+    return handle
+
+
 # ---- claims: one running render per shard -------------------------------------------------------
 
 

@@ -230,26 +230,16 @@ def study_lock(*folders: Path):
     """Hold an exclusive lock on each folder (its LOCK_NAME file, with this process's pid) for the duration, so
     that two `reproduce` runs never train or write into one study at once; a held lock is refused with its
     holder's pid. The operating system drops the lock when the holder dies, so a crash leaves nothing to clean."""
-    import fcntl
+    from lcsbench.data.locks import hold_or_name_holder
 
     handles = []
     try:
         for folder in folders:
-            folder.mkdir(parents=True, exist_ok=True)
-            handle = open(folder / LOCK_NAME, "a+")  # noqa: SIM115 - held until the study ends
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "unknown"
-                handle.close()
-                raise SystemExit(f"reproduce: another reproduce (pid {holder}) is working on {folder} "
+            handle = hold_or_name_holder(folder / LOCK_NAME, str(os.getpid()))
+            if isinstance(handle, str):
+                raise SystemExit(f"reproduce: another reproduce (pid {handle or 'unknown'}) is working on {folder} "
                                  f"({folder / LOCK_NAME}): wait for it to end, or stop it, then rerun this "
-                                 f"command; two studies at once would train into the same runs") from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
+                                 f"command; two studies at once would train into the same runs")
             handles.append(handle)
         yield
     finally:
