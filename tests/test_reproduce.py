@@ -575,7 +575,11 @@ def test_smoke_scale_end_to_end(tmp_path, capsys):
         assert summary["label_mode"] == ("all" if exp == "exp1" else "single")
         module = load_denoiser(summary["weights"])  # the export alone rebuilds the model
         assert module.denoiser.image_shape == (3, 32, 32) and module.grid_size == 8
-    assert sorted(report["oracle"]["success"]) == ["1", "2", "3"] and len(report["goals"]) == 6  # 5 + study time
+    assert sorted(report["oracle"]["success"]) == ["1", "2", "3"] and len(report["goals"]) == 11  # 5 + study time
+    whole_paper = [g for g in report["goals"] if g["id"] in ("trend_exp1", "labels_restore", "colour_trend",
+                                                             "figure5_disentangled", "hypothesis")]
+    assert len(whole_paper) == 5 and all(g["passed"] is None for g in whole_paper)  # smoke trains none of them
+    assert report["table1"]["1-3"]["exp1"]["k_max"] == report["experiments"]["exp1"]["k_max"]
     # the closed forms of the render, judged like the models, and each model's r2 against its labels' closed form
     assert set(report["closed_form"]) == {"all", "single"} and isinstance(
         report["closed_form"]["single"]["local"]["k_max"], int)
