@@ -164,3 +164,10 @@ taskset -c 1 env OMP_NUM_THREADS=1 python -m lcsbench fit --config configs/repro
 # renders per k = 1..8 of the paper's colours at the paper's locations; 100% at every k: a colour row counts at
 # every k; the judge's path in lengthgen.json rewritten as the package path with its sha256)
 python -m lcsbench oracle-check --resolution 32 --conditioning color --samples-per-k 32 --out reports/reproduction/cpu/oracle_color
+# 2026-12-07T21:18:18 export exp3_1to5: EMA weights of /work/study/runs/reproduction/cpu/exp3_1to5/lightning_logs/run/checkpoints/last.ckpt -> reports/reproduction/cpu/weights/exp3_1to5.pt
+python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --data data/reproduce32 --stage export --experiments exp3_1to5
+# 2026-12-07T21:18:49 lengthgen color_1
+python -m lcsbench lengthgen --ckpt reports/reproduction/cpu/weights/color_1.pt --out reports/reproduction/cpu/color_1/lengthgen --name color_1 --ks 1-8 --samples-per-k 32 --steps 32 --samples-per-pixel 16
+# (exp3_1to5 finished 2026-12-07T21:18:26, 10000 steps)
+# 2026-12-07T21:18:40 export exp3_1to5
+python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --stage export --experiments exp3_1to5
