@@ -171,3 +171,12 @@ python -m lcsbench lengthgen --ckpt reports/reproduction/cpu/weights/color_1.pt 
 # (exp3_1to5 finished 2026-12-07T21:18:26, 10000 steps)
 # 2026-12-07T21:18:40 export exp3_1to5
 python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --stage export --experiments exp3_1to5
+# 2026-12-07T21:20:29 features color_1
+python -m lcsbench features --ckpt reports/reproduction/cpu/weights/color_1.pt --out reports/reproduction/cpu/color_1/features --images-per-sigma 8
+# 2026-12-07T21:21:07 report: reports/reproduction/cpu/table.md, report.json and figures
+python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --data data/reproduce32 --stage report
+# 2026-12-07T21:19 evaluate color_1 (lengthgen k = 1..8 with the colour oracle; features for Figure 5; a colour model
+# runs no random order and no locality): k_max 1 (the paper: 1); oracle 100% at every k
+taskset -c 1 env OMP_NUM_THREADS=1 python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --stage evaluate --experiments color_1
+# 2026-12-07T21:22 report: table.md (now with the paper's Tables 1 and 2, the hypothesis, Figure 5), report.json, figures
+python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --stage report
