@@ -79,8 +79,8 @@ def figure5(
         for col, (layer, matrix) in enumerate(panels):
             axis = figure.add_subplot(len(models), columns, row * columns + col + 1)
             image = axis.imshow(np.array(matrix, dtype=float), vmin=-1, vmax=1, cmap="RdBu_r")
-            axis.set_xticks(range(len(labels)), [c[:2] for c in labels], fontsize=5, rotation=90)
-            axis.set_yticks(range(len(labels)), [c[:2] for c in labels], fontsize=5)
+            axis.set_xticks(range(len(labels)), [c[:3] for c in labels], fontsize=5, rotation=90)
+            axis.set_yticks(range(len(labels)), [c[:3] for c in labels], fontsize=5)
             axis.set_title(_short(layer), fontsize=6)
             if col == 0:
                 axis.set_ylabel(name, fontsize=8)

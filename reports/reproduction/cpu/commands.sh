@@ -180,3 +180,5 @@ python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /
 taskset -c 1 env OMP_NUM_THREADS=1 python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --stage evaluate --experiments color_1
 # 2026-12-07T21:22 report: table.md (now with the paper's Tables 1 and 2, the hypothesis, Figure 5), report.json, figures
 python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --stage report
+# 2026-12-07T21:21:43 report: reports/reproduction/cpu/table.md, report.json and figures
+python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --data data/reproduce32 --stage report
