@@ -60,6 +60,9 @@ def test_lengthgen_command_writes_rows_figures_and_table(fitted, tmp_path, capsy
                      "--ks", "1-3", "--steps", "2", "--oracle-samples", "4", "--out", str(out), "--name", "tiny"]) == 0
     report = json.loads((out / "lengthgen.json").read_text())
     assert report["protocol"]["trained_counts"] == [1, 2, 3] and report["protocol"]["label_mode"] == "all"
+    from lcsbench.data.shards import file_sha256  # the judge named by its file and content, not a machine's path
+    assert report["protocol"]["judge"] == "judge.ckpt"
+    assert report["protocol"]["judge_sha256"] == file_sha256(judge_ckpt)
     assert set(report["rows"]) == {"model", "oracle"}
     for row in report["rows"].values():
         assert sorted(row["per_k"]) == ["1", "2", "3"]

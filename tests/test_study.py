@@ -198,7 +198,7 @@ def test_the_table_says_which_conditioning_it_measured():
 
 def test_the_report_names_the_judge_by_its_package_path_and_sha256(tmp_path):
     from lcsbench.data.shards import file_sha256
-    from lcsbench.study.report import judge_name
+    from lcsbench.models.judge import judge_name
 
     shipped = REPO / "lcsbench" / "weights" / "judge-32.pt"
     expected = {"path": "lcsbench/weights/judge-32.pt", "sha256": file_sha256(shipped)}

@@ -147,7 +147,8 @@ def main(argv: list[str]) -> int:
     try:  # the oracle row first: an --out rendered with other settings is refused before any sampling
         result = lg.run(denoiser, judge, protocol, oracle_root=None if args.no_oracle else out / "oracle_render",
                         oracle_samples=args.samples_per_pixel, samples_file=out / "samples.npz",
-                        samples_key=samples_key(args), record={"ckpt": str(args.ckpt), "judge": judge.source,
+                        samples_key=samples_key(args), record={"ckpt": str(args.ckpt), "judge": judge.identity["path"],
+                                                               "judge_sha256": judge.identity["sha256"],
                                                                "steps": args.steps, "precision": args.precision,
                                 "seed": args.seed,
                                 "oracle_samples": None if args.no_oracle else args.samples_per_pixel},

@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     protocol = lg.LengthGenProtocol(rule, ks, args.samples_per_k, grid_size=args.grid_size, seed=args.seed)
     try:  # the judge alone (no denoiser): the oracle row, each object at a random point of its cell (the cell rule)
         result = lg.run(None, judge, protocol, oracle_root=out / "oracle_render",
-                        oracle_samples=args.samples_per_pixel, record={"judge": judge.source})
+                        oracle_samples=args.samples_per_pixel, record={"judge": judge.identity["path"],
+                                                                            "judge_sha256": judge.identity["sha256"]})
     except (RenderError, ShardError, ValueError, OSError) as error:
         raise SystemExit(f"oracle-check: the oracle render in {out / 'oracle_render'} failed: {error}") from None
     write_json_atomic(out / "lengthgen.json", result.report)

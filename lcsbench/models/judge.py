@@ -248,9 +248,27 @@ def load_judge(path: str | Path | None = None, map_location: str | torch.device 
         raise ValueError(f"{path} does not record the resolution it was trained at: retrain the judge")
     module = rebuild(record, path)
     module.load_state_dict(payload["state_dict"])
-    module.source = str(path)  # which judge this is, for reports
+    module.source = str(path)  # which judge this is, for messages on this machine
+    module.identity = judge_name(path)  # ... and for output files: its package path and sha256
     module.recipe = payload.get("recipe")  # shipped judges: how they were made and how well they count
     return module.eval()
+
+
+def judge_name(path: str | Path | None) -> dict:
+    """The judge as an output file names it: inside the package, its package-relative path (lcsbench/weights/...),
+    else the file's name; with its sha256 when the file is here. Never a machine's absolute path."""
+    if not path:
+        return {"path": None, "sha256": None}
+    from lcsbench.data.shards import file_sha256
+
+    file = Path(path)
+    package = Path(__file__).resolve().parents[1]
+    if file.parts[-3:-1] == ("lcsbench", "weights"):  # a shipped judge, wherever the file was made
+        shown = f"lcsbench/weights/{file.name}"
+        file = file if file.is_file() else package / "weights" / file.name
+    else:
+        shown = file.as_posix() if not file.is_absolute() else file.name
+    return {"path": shown, "sha256": file_sha256(file) if file.is_file() else None}
 
 
 def ship_judge(checkpoint: str | Path, out: str | Path, recipe: dict) -> Path:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lcsbench
+from lcsbench.models.judge import judge_name
 from lcsbench.study import paper
 from lcsbench.study.evaluate import STEPS_CHECK, evaluations
 from lcsbench.study.export import sidecar_mismatch
@@ -36,23 +37,6 @@ def machine() -> dict:
             "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "lcsbench": lcsbench.__version__, "commit": commit}
-
-
-def judge_name(path: str | None) -> dict:
-    """The judge as a report names it: inside the package, its package-relative path (lcsbench/weights/...), else
-    the file's name; with its sha256 when the file is here. Never a machine's absolute path."""
-    if not path:
-        return {"path": None, "sha256": None}
-    from lcsbench.data.shards import file_sha256
-
-    file = Path(path)
-    package = Path(lcsbench.__file__).resolve().parent
-    if file.parts[-3:-1] == ("lcsbench", "weights"):  # a shipped judge, wherever the report was made
-        shown = f"lcsbench/weights/{file.name}"
-        file = file if file.is_file() else package / "weights" / file.name
-    else:
-        shown = file.as_posix() if not file.is_absolute() else file.name
-    return {"path": shown, "sha256": file_sha256(file) if file.is_file() else None}
 
 
 def report_inputs(study: Study, names: list[str]) -> dict[str, dict[str, Path]]:
@@ -146,7 +130,7 @@ def collect(study: Study, inputs: dict[str, dict[str, Path]]) -> Collected:
     for document in (*collected.lengthgens.values(), *collected.randoms.values(), *collected.steps_checks.values()):
         protocol = document.get("protocol", {})
         if protocol.get("judge"):
-            judges.setdefault(protocol["judge"], judge_name(protocol["judge"]))
+            judges.setdefault(protocol["judge"], judge_name(protocol["judge"]))  # older files: a machine's path
             named = judges[protocol["judge"]]
             protocol["judge"], protocol["judge_sha256"] = named["path"], named["sha256"]
     collected.judge = next(iter(judges.values()), {"path": None, "sha256": None})
