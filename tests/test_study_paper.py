@@ -9,7 +9,6 @@ class FakeStudy:
     """The two things paper.py asks of a study: the scale and the records (here the real cpu scale's)."""
 
     scale = SCALES["cpu"]
-    out = None
 
     @staticmethod
     def record_of(name):

@@ -1,28 +1,20 @@
 """The report's view of the whole paper: Tables 1 and 2 in its layout, Figure 5 for the colour models, and the
 hypothesis (local conditional scores <=> length generalization) as rank correlations across every model.
 
-Reads only what the evaluate stage wrote (lengthgen, locality, r2 and features outputs) and the records; the
+Works on what the report stage collected (lengthgen, locality, r2 and features outputs) and the records; the
 statistics and figures are analysis/'s (paper_tables, hypothesis, figure5)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from lcsbench.analysis.figure5 import FEATURE_SPACE
-
 from lcsbench.study.records import REGISTRY
-from lcsbench.study.runner import Study, read_json
+from lcsbench.study.runner import Study
 
-# The hypothesis measured (issue "the whole paper as one study"): the conditional 90% radius (Eq. 10) at two high
+# The hypothesis measured: the conditional 90% radius (Eq. 10) at two high
 # noise levels, and r2 against the local score machine of the model's own labels and counts at three.
 RADIUS_SIGMAS = (10.0, 40.0)
 R2_SIGMAS = (1.0, 2.0, 10.0)
 HYPOTHESIS_PAIRS = ("radius@10", "r2@2")  # the pre-registered pair: rho <= -0.5 and rho >= 0.5
-COLOUR_JUDGE_FLOOR = 0.9  # a colour k counts only where the judge reads the oracle's colours this often
-
-
-def features_path(study: Study, exp: str) -> Path:
-    return study.out / exp / "features" / "features.json"
 
 
 def colour_gate(k_max: int | None, oracle: dict | None) -> tuple[int | None, int | None]:
@@ -107,27 +99,14 @@ def hypothesis(study: Study, summary: dict, r2s: dict) -> dict:
     return {"points": points, "patch_local": apart, "relations": relations, "pre_registered": list(HYPOTHESIS_PAIRS)}
 
 
-def figure5(study: Study) -> dict[str, dict]:
+def figure5(features: dict[str, dict]) -> dict[str, dict]:
     """{colour model: {layer: {...}}} from each colour model's features.json (analysis/figure5.py's summary)."""
     from lcsbench.analysis.figure5 import figure5_summary
 
-    documents = colour_features(study)
-    return {name: figure5_summary(document) for name, document in documents.items()}
+    return {name: figure5_summary(document) for name, document in features.items()}
 
 
-def colour_features(study: Study) -> dict[str, dict]:
-    """The features.json of every trained colour model that has one, in the study's order."""
-    found = {}
-    for name in study.scale.experiments:
-        record = study.record_of(name)
-        if record.trained and record.conditioning == "color":
-            document = read_json(features_path(study, name))
-            if document is not None:
-                found[name] = document
-    return found
-
-
-def figures(study: Study, tables: dict, hypothesis_numbers: dict) -> dict:
+def figures(tables: dict, hypothesis_numbers: dict, features: dict[str, dict]) -> dict:
     """The figures of the paper's layout that have data: Table 1's trend (Figure 8), Figures 5 and 11, the
     hypothesis scatter."""
     from lcsbench.analysis import figure5 as f5
@@ -138,7 +117,6 @@ def figures(study: Study, tables: dict, hypothesis_numbers: dict) -> dict:
     if any(cell.get("k_max") is not None for row in tables["table1"].values() for cell in row.values()):
         drawn["table1_trend"] = trend_figure(tables["table1"], TABLE1_COLUMNS,
                                              "k_max against the objects seen in training (Figure 8's trend)")
-    features = colour_features(study)
     if features:
         drawn["figure5"] = f5.figure5(features, parts=("encoder",), title="Figure 5: colour, encoder MCScale layers")
         drawn["figure11"] = f5.figure5(features, parts=("encoder", "decoder"),

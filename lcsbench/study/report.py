@@ -21,7 +21,7 @@ from lcsbench.study.runner import Study, read_json, read_timings, write_atomic
 
 # the report is written without them (older studies; a closed form has no export, random order or steps check;
 # a study stopped early may lack a locality run: its rows stand, Figure 2 shows what was measured)
-OPTIONAL_INPUTS = ("export", "random", "steps_check", "r2", "locality", "maps")
+OPTIONAL_INPUTS = ("export", "random", "steps_check", "r2", "locality", "maps", "features")
 
 
 def machine() -> dict:
@@ -51,6 +51,8 @@ def report_inputs(study: Study, names: list[str]) -> dict[str, dict[str, Path]]:
             files |= {"random": folder / "lengthgen_random" / "lengthgen.json",
                       "steps_check": folder / STEPS_CHECK[0] / "lengthgen.json",
                       "export": study.weights(name).with_suffix(".json"), "r2": folder / "r2" / "r2.json"}
+        if study.record_of(name).trained and study.record_of(name).conditioning == "color":
+            files["features"] = folder / "features" / "features.json"  # Figure 5
         inputs[name] = files
     return inputs
 
@@ -103,6 +105,7 @@ class Collected:
     steps_checks: dict[str, dict] = field(default_factory=dict)
     exports: dict[str, dict] = field(default_factory=dict)
     r2s: dict[str, dict] = field(default_factory=dict)
+    features: dict[str, dict] = field(default_factory=dict)  # colour model -> features.json (Figure 5)
     maps: dict[str, Path] = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     judge: dict = field(default_factory=dict)
@@ -122,7 +125,7 @@ def collect(study: Study, inputs: dict[str, dict[str, Path]]) -> Collected:
         localities=present("locality"), randoms=present("random"), steps_checks=present("steps_check"),
         exports=present("export"), r2s=present("r2"),
         maps={name: files["maps"] for name, files in inputs.items() if files["maps"].exists()},
-        timings=read_timings(study.out / "timings.json"))
+        timings=read_timings(study.out / "timings.json"), features=present("features"))
     for name, sidecar in collected.exports.items():
         if (mismatch := sidecar_mismatch(study, name, sidecar)) is not None:
             raise SystemExit(f"reproduce: report: {mismatch}")
@@ -185,7 +188,7 @@ def summarise(study: Study, c: Collected) -> dict:
               "goals": goals, "oracle": {**(first_oracle or {}), "per_experiment": oracles}}
     tables = paper.paper_tables(study, result)
     result |= {"table1": tables["table1"], "table2": tables["table2"],
-               "hypothesis": paper.hypothesis(study, result, c.r2s), "figure5": paper.figure5(study)}
+               "hypothesis": paper.hypothesis(study, result, c.r2s), "figure5": paper.figure5(c.features)}
     result["goals"] = goals + paper.whole_paper_goals(study, result)
     return result
 
@@ -292,6 +295,6 @@ def write_report(study: Study, inputs: dict[str, dict[str, Path]]) -> None:
     collected = collect(study, inputs)
     summary = summarise(study, collected)
     links, grids = sample_links(study, collected)
-    drawn = figures(study, collected, grids) | paper.figures(study, summary, summary["hypothesis"])
+    drawn = figures(study, collected, grids) | paper.figures(summary, summary["hypothesis"], collected.features)
     write(study, collected, summary, drawn, links)
     say_summary(study, summary, len(drawn))
