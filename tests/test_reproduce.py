@@ -203,7 +203,7 @@ def test_report_stage_writes_table_json_and_figures(tmp_path, capsys):
         "trend_exp1": None, "labels_restore": None, "colour_trend": None, "figure5_disentangled": None,
         "hypothesis": None}  # the smoke scale has no Figure 4 pair, and no timings in this study
     assert report["machine"]["cpus"] >= 1 and report["paper_table1"]["exp3"] == "9+(0-2)"
-    for name in ("success_vs_k", "locality_radius", "locality_maps", "samples_by_k"):
+    for name in ("success_vs_k", "locality_radius", "locality_maps", "exp1/samples_by_k", "exp3/samples_by_k"):
         assert (out / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
     assert "| Exp 1: global EDM2, all objects labelled | 1-3 objects, all labels | 9 | 4 | 3 | - |" in \
         (out / "table.md").read_text()
@@ -535,6 +535,17 @@ def test_the_export_carries_the_ema_weights_and_the_training_data_settings(tmp_p
     args = argparse.Namespace(trained_counts=None, label_mode=None, ckpt="w.pt")
     assert training_setup(payload, args) == ((1, 2, 3), "single")  # what lengthgen reads
     assert (tmp_path / "w.pt").stat().st_size < ckpt.stat().st_size / 2  # no optimizer state, one EMA
+    # float16 storage (the study's exports): half the file, the weights as float16 rounds them, loaded as float32
+    half = export_ema_weights(ckpt, tmp_path / "h.pt", {"experiment": "exp2"}, stored_dtype=torch.float16)
+    assert half["stored_dtype"] == "float16" and recorded["stored_dtype"] == "float32"
+    assert (tmp_path / "h.pt").stat().st_size < 0.6 * (tmp_path / "w.pt").stat().st_size
+    for name, parameter in load_denoiser(tmp_path / "h.pt").net.named_parameters():
+        assert parameter.dtype == torch.float32 and torch.equal(parameter, averages[0][name].half().float()), name
+    next(iter(averages[0].values())).fill_(1e6)  # beyond float16's range: refused, not stored as inf
+    torch.save({**torch.load(ckpt, weights_only=False), "callbacks": {EMA_STATE_KEY: {
+        "sigma_rels": ema.sigma_rels, "gammas": ema.gammas, "step": 7, "averages": averages}}}, ckpt)
+    with pytest.raises(ValueError, match="exceeds torch.float16's range.*export it as float32"):
+        export_ema_weights(ckpt, tmp_path / "o.pt", {}, stored_dtype=torch.float16)
 
 
 # --- the smoke scale end to end ---------------------------------------------------------------------------------
@@ -585,7 +596,7 @@ def test_smoke_scale_end_to_end(tmp_path, capsys):
         report["closed_form"]["single"]["local"]["k_max"], int)
     assert set(report["r2"]) == {"exp1", "exp2", "exp3"} and list(report["r2"]["exp3"]["r2"]) == ["cf_local_single"]
     assert all(math.isfinite(v) for r2 in report["r2"].values() for v in next(iter(r2["r2"].values())))
-    for name in ("success_vs_k", "locality_radius", "locality_maps", "samples_by_k"):
+    for name in ("success_vs_k", "locality_radius", "locality_maps", "exp1/samples_by_k", "exp3/samples_by_k"):
         assert (out / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
     table = (out / "table.md").read_text()
     assert "| Exp 2: global EDM2, one object labelled | 1-3 objects, single labels | 1+(0-2) |" in table

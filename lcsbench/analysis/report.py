@@ -402,8 +402,8 @@ def table_markdown(
     for exp, report in lengthgens.items():
         lines += _per_k_lines(_title(rows, exp), report, randoms.get(exp), (sample_links or {}).get(exp))
     lines += ["", "## Figures", "", "![success vs k](success_vs_k.png)", "",
-              "![locality radii](locality_radius.png)", "", "![Eq. 10 maps](locality_maps.png)", "",
-              "![samples](samples_by_k.png)", ""]
+              "![locality radii](locality_radius.png)", "", "![Eq. 10 maps](locality_maps.png)", ""]
+    lines += [f"![samples of {exp}]({exp}/samples_by_k.png)\n" for exp in lengthgens if (sample_links or {}).get(exp)]
     return "\n".join(lines)
 
 

@@ -224,8 +224,9 @@ def figures(study: Study, c: Collected, grids: dict) -> dict:
         drawn |= {"locality_radius": rp.locality_radius_figure({e: c.localities[e] for e in measured}, rows),
                   "locality_maps": rp.locality_maps_figure(
                       {e: dict(np.load(c.maps[e], allow_pickle=False)) for e in measured})}
-    if any(grids.values()):
-        drawn["samples_by_k"] = rp.sample_grid_figure({exp: g for exp, g in grids.items() if g})
+    for exp, grid in grids.items():  # one file per model: a new model adds its own, the others' stay byte-equal
+        if grid:
+            drawn[f"{exp}/samples_by_k"] = rp.sample_grid_figure({exp: grid})
     if c.closed:
         drawn["closed_forms"] = rp.success_figure({n: c.lengthgens[n] for n in c.closed}, rows=rows,
                                                   title="Closed forms: length generalization")
