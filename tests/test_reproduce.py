@@ -186,6 +186,11 @@ def test_report_stage_writes_table_json_and_figures(tmp_path, capsys):
                                                     ("cf_empirical_all", EMPIRICAL, 20.0))):
         write_evaluation(out, exp, document, radius, seed)
     write_r2(out, "exp1", ["cf_empirical_all"], [0.5])  # the smoke scale's closed forms: one per label mode
+    # the committed weights sampled afresh: exp1's fresh row agrees; exp2's k = 1 (7/10 before, 0/10 now) does not
+    for exp, fresh in (("exp1", EXP1), ("exp2", lengthgen_document("single", {1: 0, 2: 2, 3: 0, 4: 0, 5: 0}, {}))):
+        (out / exp / "lengthgen_seed2").mkdir(parents=True)
+        fresh = {**fresh, "protocol": {**fresh["protocol"], "seed": 2}}
+        (out / exp / "lengthgen_seed2" / "lengthgen.json").write_text(json.dumps(fresh))
     write_r2(out, "exp2", ["cf_local_single"], [0.3])
     write_r2(out, "exp3", ["cf_local_single"], [0.9])
     argv = ["reproduce", "--scale", "smoke", "--out", str(out), "--runs", str(tmp_path / "runs"), "--data",
@@ -219,7 +224,13 @@ def test_report_stage_writes_table_json_and_figures(tmp_path, capsys):
         "exp3 (length-generalizes) is closer to the local machine at high noise than exp2 (fails)": True}  # cf_local_all
     for name in ("closed_forms", "closed_forms_locality_radius", "r2"):
         assert (out / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
+    assert report["experiments"]["exp1"]["resample"]["agrees"] and report["experiments"]["exp1"]["resample"][
+        "k_max"] == 4
+    assert report["experiments"]["exp2"]["resample"]["per_k"]["1"] == {"seed": {"None": 0.7, "2": 0.0},
+                                                                      "intervals_overlap": False}
+    assert "exp3" not in report["experiments"] or "resample" not in report["experiments"]["exp3"]
     table = (out / "table.md").read_text()
+    assert "| 4 (seed 2) | yes |" in table and "| 0 (seed 2) | no: k = 1 |" in table
     assert "| Closed form: local score machine, one object labelled | single | k_max > 3" in table
     assert "| exp3 | cf_local_single | 0.20 | 0.90 |" in table
     capsys.readouterr()
@@ -323,9 +334,10 @@ def test_dry_run_prints_the_stage_commands_skipping_and_resuming(tmp_path, capsy
     assert "--ckpt_path" not in fits[1] and "exp3.yaml" in fits[1]
     assert any("--stage export --experiments exp3" in c for c in commands)
     lengthgen = [c for c in commands if " lengthgen " in c]
-    # 3 experiments x (paper order, random k-subsets) + the scale's 2 closed forms in the paper's order
-    assert len(lengthgen) == 8 and all(f"--judge {__file__}" in c and "--ks 1-3" in c for c in lengthgen)
+    # 3 experiments x (paper order, random k-subsets, a fresh seed) + the scale's 2 closed forms in the paper's order
+    assert len(lengthgen) == 11 and all(f"--judge {__file__}" in c and "--ks 1-3" in c for c in lengthgen)
     assert sum("--order random" in c and "lengthgen_random" in c for c in lengthgen) == 3  # beside the paper's
+    assert sum("--seed 2 --no-oracle" in c and "lengthgen_seed2" in c for c in lengthgen) == 3
     assert sum("closed_forms/cf_local_single.pt --out" in c for c in lengthgen) == 1
     assert len([c for c in commands if " locality " in c]) == 5
     specs = [c for c in commands if " closed-form spec " in c]
@@ -351,7 +363,7 @@ def test_finished_stages_are_skipped_and_run_nothing(tmp_path, capsys):
         (weights / f"{exp}.pt").write_bytes(b"weights")
         (weights / f"{exp}.json").write_text(json.dumps({"exported": "2024-01-01T00:00:00", "step": 20}))
         for folder, result in (("lengthgen", "lengthgen.json"), ("lengthgen_random", "lengthgen.json"),
-                               ("locality", "locality_maps.npz")):
+                               ("lengthgen_seed2", "lengthgen.json"), ("locality", "locality_maps.npz")):
             (out / exp / folder).mkdir(parents=True)
             (out / exp / folder / result).write_text("{}")
             (out / exp / folder / "evaluated.json").write_text(json.dumps({"exported": "2024-01-01T00:00:00"}))
@@ -361,14 +373,14 @@ def test_finished_stages_are_skipped_and_run_nothing(tmp_path, capsys):
     assert cli_main([*argv, "--stage", "export"]) == 0
     assert cli_main([*argv, "--stage", "evaluate"]) == 0
     text = capsys.readouterr().out
-    assert text.count("is the current export, skipped") == 2 and text.count("exists, skipped") == 6
+    assert text.count("is the current export, skipped") == 2 and text.count("exists, skipped") == 8
     assert not (out / "commands.sh").exists()
     # a new export (another stamp) makes the evaluation stale: its commands are planned again
     (weights / "exp2.json").write_text(json.dumps({"exported": "2024-02-02T00:00:00", "step": 30}))
     assert cli_main([*argv, "--stage", "evaluate", "--dry-run"]) == 0
     commands = [c for c in capsys.readouterr().out.splitlines() if c.startswith("python -m lcsbench")]
     planned = [c for c in commands if " closed-form r2 " not in c]  # r2 waits for the closed forms' specs
-    assert len(planned) == 3 and all("weights/exp2.pt" in c for c in planned)
+    assert len(planned) == 4 and all("weights/exp2.pt" in c for c in planned)
 
 
 def test_the_oracle_renders_are_shared_between_experiments(tmp_path, capsys):
@@ -411,12 +423,12 @@ def test_parallel_fits_pin_each_fit_to_its_own_cores(tmp_path, capsys, monkeypat
     assert [f.split(" python")[0] for f in fits] == ["taskset -c 0,2 env OMP_NUM_THREADS=2",
                                                      "taskset -c 1,3 env OMP_NUM_THREADS=2",
                                                      "taskset -c 0,2 env OMP_NUM_THREADS=2"]
-    # the evaluations too: 3 x 2 lengthgen + 2 closed forms' lengthgen, 5 locality, 3 r2, pinned in turn
+    # the evaluations too: 3 x 3 lengthgen + 2 closed forms' lengthgen, 5 locality, 3 r2, pinned in turn
     assert cli_main(study_argv(tmp_path, "--stage", "evaluate", "--parallel", "2", "--dry-run",
                                "--judge", __file__)) == 0
     pinned = [line for line in capsys.readouterr().out.splitlines() if line.startswith("taskset")]
-    assert len(pinned) == 16 and pinned[0].startswith("taskset -c 0,2 ") and pinned[1].startswith("taskset -c 1,3 ")
-    assert sum(" lengthgen " in line for line in pinned) == 8 and sum(" r2 " in line for line in pinned) == 3
+    assert len(pinned) == 19 and pinned[0].startswith("taskset -c 0,2 ") and pinned[1].startswith("taskset -c 1,3 ")
+    assert sum(" lengthgen " in line for line in pinned) == 11 and sum(" r2 " in line for line in pinned) == 3
     with pytest.raises(SystemExit, match="--parallel 5 needs at least 5 cores"):
         cli_main(study_argv(tmp_path, "--stage", "fit", "--parallel-fits", "5"))  # the older name still works
     with pytest.raises(SystemExit, match="--parallel is a number of commands"):
@@ -468,8 +480,10 @@ def test_every_scale_names_its_configs_and_a_render_that_feeds_them():
     assert flags_of["exp1"] == flags_of["exp2"] == flags_of["drop_one_1to5"] == cpu.lengthgen
     assert flags_of["color_1to5"] == {**cpu.lengthgen, "ks": "1-8"}  # the paper's 8 colours
     study = runner.Study(cpu, Path("out"), Path("runs"), None, cpu.experiments, None, True)
-    assert list(evaluate.evaluations(study, "exp1")) == ["lengthgen", "lengthgen_random"]
-    assert list(evaluate.evaluations(study, "color_1to3")) == ["lengthgen"]  # no order of locations in a colour
+    assert list(evaluate.evaluations(study, "exp1")) == ["lengthgen", "lengthgen_random", "lengthgen_seed2"]
+    assert evaluate.evaluations(study, "exp1")["lengthgen_seed2"] == {**cpu.lengthgen, "seed": 2, "no-oracle": True}
+    # no order of locations in a colour request: no random k-subsets; a fresh seed like every trained model
+    assert list(evaluate.evaluations(study, "color_1to3")) == ["lengthgen", "lengthgen_seed2"]
     assert evaluate.evaluations(study, "exp3")["lengthgen_steps32"] == {
         "ks": "1-4", "samples-per-k": 32, "steps": 32, "no-oracle": True}
     assert runner.flags({"ks": "1-4", "no-oracle": True}) == ["--ks", "1-4", "--no-oracle"]

@@ -137,17 +137,47 @@ def experiment_summary(lengthgen: Mapping, locality: Mapping | None = None,
     return summary
 
 
-def steps_agreement(fewer: Mapping, paper_steps: Mapping) -> dict:
-    """Whether a row sampled with fewer Heun steps stands for the paper's 32: at every k both ran, the two 95%
-    Wilson intervals overlap ("agrees within the interval")."""
-    rows = fewer["rows"]["model"]["per_k"], paper_steps["rows"]["model"]["per_k"]
+def rows_agree(one: Mapping, other: Mapping, setting: str) -> dict:
+    """Whether two lengthgen runs of one model that differ in one protocol `setting` (steps, seed) tell the same:
+    at every k both ran, the two 95% Wilson intervals overlap ("agrees within the interval"); each k's success
+    rates keyed by the setting's value."""
+    rows = one["rows"]["model"]["per_k"], other["rows"]["model"]["per_k"]
     per_k = {}
     for k in sorted(set(rows[0]) & set(rows[1]), key=int):
         (a_low, a_high), (b_low, b_high) = (wilson_interval(r[k]["successes"], r[k]["samples"]) for r in rows)
-        per_k[k] = {"steps": {str(fewer["protocol"].get("steps")): rows[0][k]["success_rate"],
-                              str(paper_steps["protocol"].get("steps")): rows[1][k]["success_rate"]},
+        per_k[k] = {setting: {str(one["protocol"].get(setting)): rows[0][k]["success_rate"],
+                              str(other["protocol"].get(setting)): rows[1][k]["success_rate"]},
                     "intervals_overlap": a_low <= b_high and b_low <= a_high}
     return {"per_k": per_k, "agrees": bool(per_k) and all(r["intervals_overlap"] for r in per_k.values())}
+
+
+def steps_agreement(fewer: Mapping, paper_steps: Mapping) -> dict:
+    """Whether a row sampled with fewer Heun steps stands for the paper's 32 (rows_agree over `steps`)."""
+    return rows_agree(fewer, paper_steps, "steps")
+
+
+def resample_agreement(first: Mapping, fresh: Mapping) -> dict:
+    """Whether the committed weights sampled afresh (another seed: new noise and new random requests) agree with
+    the reported row at every k within the intervals, with the fresh run's k_max beside the reported one."""
+    fresh_row = fresh["rows"]["model"]
+    return rows_agree(first, fresh, "seed") | {"seed": fresh["protocol"].get("seed"),
+                                               "k_max": int(fresh_row["k_max"]),
+                                               "k_max_strict": int(fresh_row["k_max_strict"])}
+
+
+def resample_markdown(experiments: Mapping[str, Mapping], rows: Mapping[str, Row]) -> str:
+    """table.md's check that each model's row is not one lucky draw: its k_max sampled afresh with another seed."""
+    checked = {exp: numbers["resample"] for exp, numbers in experiments.items() if numbers.get("resample")}
+    if not checked:
+        return ""
+    lines = ["", "## Fresh samples (the committed weights sampled again with another seed)", "",
+             "| experiment | k_max (reported) | k_max (fresh seed) | every k within the 95% intervals |",
+             "|---|---|---|---|"]
+    for exp, check in checked.items():
+        apart = [k for k, r in check["per_k"].items() if not r["intervals_overlap"]]
+        lines.append(f"| {_title(rows, exp)} | {experiments[exp]['k_max_notation']} | {check['k_max']} (seed "
+                     f"{check['seed']}) | {'yes' if check['agrees'] else 'no: k = ' + ', '.join(apart)} |")
+    return "\n".join(lines) + "\n"
 
 
 def oracle_summary(lengthgen: Mapping) -> dict | None:

@@ -19,6 +19,8 @@ from lcsbench.study.runner import Job, Study, flags, read_json, run_jobs, write_
 # their intervals).
 EVALUATIONS = {"lengthgen": {}, "lengthgen_random": {"order": "random"}}
 STEPS_CHECK = (f"lengthgen_steps{PAPER_HEUN_STEPS}", {"ks": "1-4", "no-oracle": True})  # at the scale's own steps
+# every trained model sampled afresh (new noise, new random requests): its row must not be one lucky draw
+RESAMPLE = ("lengthgen_seed2", {"seed": 2, "no-oracle": True})
 # Figure 5 for each colour model: Eq. 3 cosines of every MCScale layer beside a re-initialised copy (the command's
 # defaults: 4 noise levels, 8 of the model's own samples per level, the modulated site)
 FEATURES = {"images-per-sigma": 8}
@@ -57,14 +59,17 @@ def stamp(folder: Path, weights: Path, export: dict | None) -> None:
 
 
 def evaluations(study: Study, exp: str) -> dict[str, dict]:
-    """The lengthgen runs of one experiment: OUT/<exp>/<folder> -> its full flags (EVALUATIONS, STEPS_CHECK). A
-    closed form is judged in the paper's order only (its sampling is the study's slowest); a colour model too (a
-    colour request has no order of locations)."""
+    """The lengthgen runs of one experiment: OUT/<exp>/<folder> -> its full flags (EVALUATIONS, STEPS_CHECK,
+    RESAMPLE). A closed form is judged in the paper's order only (its sampling is the study's slowest); a colour
+    model has no random k-subsets (a colour request has no order of locations)."""
     record = study.record_of(exp)
     base = study.scale.lengthgen_flags(record)
-    if not record.trained or record.conditioning == "color":
+    if not record.trained:
         return {"lengthgen": base}
-    runs = {folder: {**base, **extra} for folder, extra in EVALUATIONS.items()}
+    folder, extra = RESAMPLE
+    if record.conditioning == "color":
+        return {"lengthgen": base, folder: {**base, **extra}}
+    runs = {folder: {**base, **extra} for folder, extra in (*EVALUATIONS.items(), RESAMPLE)}
     scale_steps = int(study.scale.lengthgen.get("steps", PAPER_HEUN_STEPS))
     if int(base.get("steps", scale_steps)) < scale_steps:  # this experiment samples with fewer steps
         folder, extra = STEPS_CHECK

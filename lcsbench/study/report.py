@@ -14,14 +14,14 @@ from pathlib import Path
 import lcsbench
 from lcsbench.models.judge import judge_name
 from lcsbench.study import paper
-from lcsbench.study.evaluate import STEPS_CHECK, evaluations
+from lcsbench.study.evaluate import RESAMPLE, STEPS_CHECK, evaluations
 from lcsbench.study.export import sidecar_mismatch
 from lcsbench.study.goals import closed_form_predictions, goal_checks
 from lcsbench.study.runner import Study, read_json, read_timings, write_atomic
 
 # the report is written without them (older studies; a closed form has no export, random order or steps check;
 # a study stopped early may lack a locality run: its rows stand, Figure 2 shows what was measured)
-OPTIONAL_INPUTS = ("export", "random", "steps_check", "r2", "locality", "maps", "features")
+OPTIONAL_INPUTS = ("export", "random", "steps_check", "resample", "r2", "locality", "maps", "features")
 
 
 def machine() -> dict:
@@ -50,6 +50,7 @@ def report_inputs(study: Study, names: list[str]) -> dict[str, dict[str, Path]]:
         if study.record_of(name).trained:
             files |= {"random": folder / "lengthgen_random" / "lengthgen.json",
                       "steps_check": folder / STEPS_CHECK[0] / "lengthgen.json",
+                      "resample": folder / RESAMPLE[0] / "lengthgen.json",
                       "export": study.weights(name).with_suffix(".json"), "r2": folder / "r2" / "r2.json"}
         if study.record_of(name).trained and study.record_of(name).conditioning == "color":
             files["features"] = folder / "features" / "features.json"  # Figure 5
@@ -103,6 +104,7 @@ class Collected:
     localities: dict[str, dict] = field(default_factory=dict)
     randoms: dict[str, dict] = field(default_factory=dict)
     steps_checks: dict[str, dict] = field(default_factory=dict)
+    resamples: dict[str, dict] = field(default_factory=dict)  # the same weights sampled with another seed
     exports: dict[str, dict] = field(default_factory=dict)
     r2s: dict[str, dict] = field(default_factory=dict)
     features: dict[str, dict] = field(default_factory=dict)  # colour model -> features.json (Figure 5)
@@ -122,7 +124,7 @@ def collect(study: Study, inputs: dict[str, dict[str, Path]]) -> Collected:
         trained=[n for n in names if study.record_of(n).trained], closed=[n for n in names if not
                                                                            study.record_of(n).trained],
         lengthgens={name: read_json(files["lengthgen"]) for name, files in inputs.items()},
-        localities=present("locality"), randoms=present("random"), steps_checks=present("steps_check"),
+        localities=present("locality"), randoms=present("random"), steps_checks=present("steps_check"), resamples=present("resample"),
         exports=present("export"), r2s=present("r2"),
         maps={name: files["maps"] for name, files in inputs.items() if files["maps"].exists()},
         timings=read_timings(study.out / "timings.json"), features=present("features"))
@@ -155,6 +157,8 @@ def trained_summary(study: Study, c: Collected, exp: str) -> dict:
     summary = rp.experiment_summary(lengthgen, c.localities.get(exp), c.randoms.get(exp))
     if exp in c.steps_checks:
         summary["steps_check"] = rp.steps_agreement(lengthgen, c.steps_checks[exp])
+    if exp in c.resamples:
+        summary["resample"] = rp.resample_agreement(lengthgen, c.resamples[exp])
     export = c.exports.get(exp) or {}
     return summary | {
         "weights": str(study.weights(exp)), "paper": record.paper, "paper_rule": record.paper_rule,
@@ -252,6 +256,7 @@ def write(study: Study, c: Collected, summary: dict, drawn: dict, links: dict) -
         if c.trained else f"# Reproduction (scale `{study.scale_name}`)\n"
     if c.closed:
         table += rp.closed_form_markdown(summary["closed_form"], c.r2s, summary["closed_form_predictions"], rows)
+    table += rp.resample_markdown(summary["experiments"], rows)
     table += paper.markdown(summary, summary["hypothesis"], summary["figure5"])
     write_atomic(study.out / "table.md", table)
     document = {
