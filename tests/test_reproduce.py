@@ -631,7 +631,8 @@ def test_smoke_scale_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert cli_main(argv) == 0
     assert (out / "commands.sh").read_text() == commands
-    # render, 3 fits, 3 exports, 2 closed-form specs, 3 x (lengthgen, lengthgen_random, locality), 3 r2,
-    # 2 closed forms x (lengthgen, locality), report
-    assert capsys.readouterr().out.count("skipped") == 1 + 3 + 3 + 2 + 9 + 3 + 4 + 1
+    # render, 3 fits, 3 exports, 2 closed-form specs, 3 x (lengthgen, lengthgen_random, lengthgen_seed2,
+    # locality), 3 r2, 2 closed forms x (lengthgen, locality), report
+    assert capsys.readouterr().out.count("skipped") == 1 + 3 + 3 + 2 + 12 + 3 + 4 + 1
+    assert all(report["experiments"][exp]["resample"]["seed"] == 2 for exp in ("exp1", "exp2", "exp3"))
     assert math.isfinite(report["experiments"]["exp1"]["success_interval"]["1"][1])
