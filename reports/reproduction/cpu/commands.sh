@@ -184,3 +184,7 @@ python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /
 python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --data data/reproduce32 --stage report
 # 2026-12-07T21:31:41 report: reports/reproduction/cpu/table.md, report.json and figures
 python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /work/study/runs/reproduction/cpu --data data/reproduce32 --stage report
+# 2026-12-07T22:23:50 closed form cf_local_all_1to5
+python -m lcsbench closed-form spec --render data/reproduce32 --out reports/reproduction/cpu/closed_forms/cf_local_all_1to5.pt --counts 1-5 --kind local --label-mode all --grid-size 16 --radius 2
+# 2026-12-07T22:25:53 closed form cf_local_single_1to5
+python -m lcsbench closed-form spec --render data/reproduce32 --out reports/reproduction/cpu/closed_forms/cf_local_single_1to5.pt --counts 1-5 --kind local --label-mode single --grid-size 16 --radius 2
