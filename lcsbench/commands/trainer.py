@@ -619,7 +619,7 @@ class LcsbenchCLI(LightningCLI):
     def prepare_slurm_job(self) -> None:
         """Rank 0 reachable (or one line why not), and the job's preemption checkpoints in its run folder:
         Lightning restores one only from `default_root_dir`, here `<run>/slurm-job-<id>/` (ClusterRun)."""
-        environment = self.trainer.strategy.cluster_environment
+        environment = getattr(self.trainer.strategy, "cluster_environment", None)  # one device: none
         if isinstance(environment, SLURMEnvironment) and environment.world_size() > 1:
             slurm.check_rank_zero(environment.main_address, environment.main_port, environment.global_rank())
         if getattr(self.trainer.logger, "log_dir", None) is None:
