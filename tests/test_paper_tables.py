@@ -8,10 +8,11 @@ from lcsbench.analysis.paper_tables import (counts_label, paper_tables, table_ma
 from lcsbench.analysis.plots import save_figure
 
 
-def model(kind="global", conditioning="location", label_mode="all", counts=(1, 2, 3), k_max=None, paper="9"):
+def model(kind="global", conditioning="location", label_mode="all", counts=(1, 2, 3), k_max=None, paper="9",
+          steps=None):
     return {"kind": kind, "conditioning": conditioning, "label_mode": label_mode, "counts": list(counts),
             "k_max": k_max, "k_max_strict": k_max, "k_max_notation": None if k_max is None else str(k_max),
-            "paper": paper, "weights": None}
+            "paper": paper, "weights": None, "steps": steps}
 
 
 def test_counts_label_names_consecutive_runs_only():
@@ -22,9 +23,10 @@ def test_counts_label_names_consecutive_runs_only():
 
 def test_each_model_lands_in_the_cells_its_description_says():
     tables = paper_tables({
-        "exp1": model(k_max=4), "exp2": model(label_mode="single", k_max=1, paper="1+(0-2)"),
+        "exp1": model(k_max=4, steps=10000), "exp2": model(label_mode="single", k_max=1, paper="1+(0-2)"),
         "exp3": model(kind="patch", label_mode="single", k_max=5, paper="9+(0-2)"),
-        "fig4_global": model(counts=[1], k_max=1, paper="1"), "fig4_local": model(kind="patch", counts=[1], paper="6"),
+        "fig4_global": model(counts=[1], k_max=1, paper="1", steps=6000),
+        "fig4_local": model(kind="patch", counts=[1], paper="6"),
         "color_1to5": model(conditioning="color", counts=range(1, 6), paper="7"),
         "drop_one_1to5": model(label_mode="drop_one", counts=range(1, 6), paper="9+(0-1)"),
         "random_1to3": model(label_mode="random", paper="5")})
@@ -39,6 +41,7 @@ def test_each_model_lands_in_the_cells_its_description_says():
     lines = table_markdown(t1, TABLE1_COLUMNS, ROWS, "Table 1")
     assert "| 1-3 objects | 4 (9) | 1 (1+(0-2)) | 5 (9+(0-2)) | - |" in lines
     assert "not run (7)" in "\n".join(lines)
+    assert lines[-1] == "Training steps: exp1 10000, fig4_global 6000."  # cells trained for different lengths
     assert "| 1-5 objects | - | - | - | not run (8) |" not in table_markdown(t2, TABLE2_COLUMNS, ROWS, "T2")
 
 

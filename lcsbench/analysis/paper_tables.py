@@ -24,7 +24,7 @@ TABLE2_COLUMNS = ("all", "single", "random", "drop_one")
 COLUMN_TITLES = {"exp1": "Exp 1 (all labels)", "exp2": "Exp 2 (one label)", "exp3": "Exp 3 (patch-local)",
                  "color": "colour", "all": "all labelled", "single": "one labelled",
                  "random": "a random number labelled", "drop_one": "all but one labelled"}
-CELL_KEYS = ("k_max", "k_max_notation", "k_max_strict", "paper", "weights")
+CELL_KEYS = ("k_max", "k_max_notation", "k_max_strict", "paper", "weights", "steps")
 # label modes that name the only object of a 1-object scene, as "all" does
 SAME_AS_ALL_ON_ONE_OBJECT = ("single", "random")
 
@@ -97,6 +97,10 @@ def table_markdown(table: Mapping[str, Mapping[str, Mapping]], columns: Sequence
         cells = table.get(row, {})
         lines.append(f"| {row} object{'s' if row != '1' else ''} | "
                      + " | ".join(cell_text(cells.get(c)) for c in columns) + " |")
+    trained = {cell["experiment"]: cell["steps"] for cells in table.values() for cell in cells.values()
+               if cell.get("steps") is not None}
+    if trained:  # the models of one table may have trained for different numbers of steps: say so
+        lines += ["", "Training steps: " + ", ".join(f"{name} {steps}" for name, steps in trained.items()) + "."]
     return lines
 
 

@@ -46,7 +46,7 @@ def table_models(study: Study, summary: dict) -> dict[str, dict]:
                         "counts": parse_counts(record.counts), "paper": record.paper, "k_max": k_max,
                         "k_max_notation": notation, "k_max_strict": numbers.get("k_max_strict"),
                         "weights": str(study.weights(name)) if name in summary["experiments"] else None,
-                        "judge_valid_up_to": judge_valid}
+                        "judge_valid_up_to": judge_valid, "steps": numbers.get("steps")}
     return models
 
 
