@@ -159,8 +159,7 @@ def test_table_and_figures_from_hand_made_outputs():
     assert "| 3 | 0.80 [0.49, 0.94] (8/10) | 1.00 | 0.20 [0.06, 0.51] (2/10) | 1.00 [0.72, 1.00] (10/10) |" in table
     assert "[k=1](exp1/x.png)" in table
     figures = [rp.success_figure(lengthgens), rp.locality_radius_figure({"exp1": locality_document(3.0)}),
-               rp.locality_maps_figure({"exp1": locality_maps(0), "exp2": locality_maps(1)}),
-               rp.sample_grid_figure({"exp1": {1: np.zeros((8, 8, 3), np.uint8), 2: np.ones((8, 8, 3), np.uint8)}})]
+               rp.locality_maps_figure({"exp1": locality_maps(0), "exp2": locality_maps(1)})]
     assert all(len(f.axes) >= 1 for f in figures)
     # the oracle rows of exp1 and exp2 agree, so the success figure draws them once: 3 models + 2 oracles
     assert len(figures[0].axes[0].get_lines()) == 5 + 2  # + the 25% and 50% threshold lines
@@ -208,7 +207,7 @@ def test_report_stage_writes_table_json_and_figures(tmp_path, capsys):
         "trend_exp1": None, "labels_restore": None, "colour_trend": None, "figure5_disentangled": None,
         "hypothesis": None}  # the smoke scale has no Figure 4 pair, and no timings in this study
     assert report["machine"]["cpus"] >= 1 and report["paper_table1"]["exp3"] == "9+(0-2)"
-    for name in ("success_vs_k", "locality_radius", "locality_maps", "exp1/samples_by_k", "exp3/samples_by_k"):
+    for name in ("success_vs_k", "locality_radius", "locality_maps"):
         assert (out / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
     assert "| Exp 1: global EDM2, all objects labelled | 1-3 objects, all labels | 9 | 4 | 3 | - |" in \
         (out / "table.md").read_text()
@@ -610,7 +609,7 @@ def test_smoke_scale_end_to_end(tmp_path, capsys):
         report["closed_form"]["single"]["local"]["k_max"], int)
     assert set(report["r2"]) == {"exp1", "exp2", "exp3"} and list(report["r2"]["exp3"]["r2"]) == ["cf_local_single"]
     assert all(math.isfinite(v) for r2 in report["r2"].values() for v in next(iter(r2["r2"].values())))
-    for name in ("success_vs_k", "locality_radius", "locality_maps", "exp1/samples_by_k", "exp3/samples_by_k"):
+    for name in ("success_vs_k", "locality_radius", "locality_maps"):
         assert (out / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
     table = (out / "table.md").read_text()
     assert "| Exp 2: global EDM2, one object labelled | 1-3 objects, single labels | 1+(0-2) |" in table

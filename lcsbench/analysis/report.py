@@ -10,7 +10,7 @@ arrays keyed by experiment, with each experiment's title, colour and paper value
 - `goal`, `k_max_bound`, `learned_conditioner`, `radius_below`, `busy_hours`: a pre-registered goal's check,
   with what was measured and pass / fail / not run;
 - `table_markdown`, `closed_form_markdown`: table.md, the paper's values beside lcsbench's, then the per-k rates;
-- `success_figure`, `locality_radius_figure`, `locality_maps_figure`, `sample_grid_figure`, `r2_figure`: matplotlib
+- `success_figure`, `locality_radius_figure`, `locality_maps_figure`, `r2_figure`: matplotlib
   Figures (object API, no pyplot state) of success vs k, Figure 2's radii and maps, the judged samples and r2.
 """
 
@@ -433,7 +433,6 @@ def table_markdown(
         lines += _per_k_lines(_title(rows, exp), report, randoms.get(exp), (sample_links or {}).get(exp))
     lines += ["", "## Figures", "", "![success vs k](success_vs_k.png)", "",
               "![locality radii](locality_radius.png)", "", "![Eq. 10 maps](locality_maps.png)", ""]
-    lines += [f"![samples of {exp}]({exp}/samples_by_k.png)\n" for exp in lengthgens if (sample_links or {}).get(exp)]
     return "\n".join(lines)
 
 
@@ -616,24 +615,4 @@ def locality_maps_figure(maps: Mapping[str, Mapping[str, np.ndarray]], max_condi
         axis.set_yticks([])
     figure.suptitle("Pixel (Eq. 9) and conditional (Eq. 10) maps at the highest noise level; pixels and cells are "
                     "(row, col) from the top-left", fontsize=9)
-    return figure
-
-
-def sample_grid_figure(grids: Mapping[str, Mapping[int, np.ndarray]]) -> Figure:
-    """The judged sample grids (lengthgen's samples_k{K}.png) side by side: one row per experiment, one column
-    per k."""
-    ks = sorted({k for per_k in grids.values() for k in per_k})
-    figure = Figure(figsize=(2.2 * len(ks), 2.3 * len(grids) + 0.4), layout="constrained")
-    axes = figure.subplots(len(grids), len(ks), squeeze=False)
-    for row, (exp, per_k) in enumerate(grids.items()):
-        for column, k in enumerate(ks):
-            axis = axes[row, column]
-            if k in per_k:
-                axis.imshow(per_k[k])
-            axis.set_xticks([])
-            axis.set_yticks([])
-            if row == 0:
-                axis.set_title(f"k = {k}", fontsize=9)
-        axes[row, 0].set_ylabel(exp, fontsize=9)
-    figure.suptitle("samples with detections (green +: requested, yellow o: matched, red o: extra)", fontsize=10)
     return figure

@@ -197,23 +197,18 @@ def summarise(study: Study, c: Collected) -> dict:
     return result
 
 
-def sample_links(study: Study, c: Collected) -> tuple[dict, dict]:
-    """Per experiment, k -> the relative path of lengthgen's judged sample grid, and the trained ones' images."""
-    import numpy as np
-    from PIL import Image
-
-    links, grids = {}, {}
+def sample_links(study: Study, c: Collected) -> dict:
+    """Per experiment, k -> the relative path of lengthgen's judged sample grid (linked from table.md)."""
+    links = {}
     for exp, lengthgen in c.lengthgens.items():
         folder = study.out / exp / "lengthgen"
         ks = [int(k) for k in lengthgen["rows"]["model"]["per_k"]]
-        found = {k: folder / f"samples_k{k}.png" for k in ks if (folder / f"samples_k{k}.png").exists()}
-        links[exp] = {k: str(p.relative_to(study.out)) for k, p in found.items()}
-        if exp in c.trained:
-            grids[exp] = {k: np.asarray(Image.open(p).convert("RGB")) for k, p in found.items()}
-    return links, grids
+        links[exp] = {k: str((folder / f"samples_k{k}.png").relative_to(study.out)) for k in ks
+                      if (folder / f"samples_k{k}.png").exists()}
+    return links
 
 
-def figures(study: Study, c: Collected, grids: dict) -> dict:
+def figures(study: Study, c: Collected) -> dict:
     """The report's figures by file name (without .png)."""
     import numpy as np
 
@@ -228,9 +223,6 @@ def figures(study: Study, c: Collected, grids: dict) -> dict:
         drawn |= {"locality_radius": rp.locality_radius_figure({e: c.localities[e] for e in measured}, rows),
                   "locality_maps": rp.locality_maps_figure(
                       {e: dict(np.load(c.maps[e], allow_pickle=False)) for e in measured})}
-    for exp, grid in grids.items():  # one file per model: a new model adds its own, the others' stay byte-equal
-        if grid:
-            drawn[f"{exp}/samples_by_k"] = rp.sample_grid_figure({exp: grid})
     if c.closed:
         drawn["closed_forms"] = rp.success_figure({n: c.lengthgens[n] for n in c.closed}, rows=rows,
                                                   title="Closed forms: length generalization")
@@ -300,7 +292,7 @@ def write_report(study: Study, inputs: dict[str, dict[str, Path]]) -> None:
     """collect -> summarise -> figures -> write."""
     collected = collect(study, inputs)
     summary = summarise(study, collected)
-    links, grids = sample_links(study, collected)
-    drawn = figures(study, collected, grids) | paper.figures(summary, summary["hypothesis"], collected.features)
+    links = sample_links(study, collected)
+    drawn = figures(study, collected) | paper.figures(summary, summary["hypothesis"], collected.features)
     write(study, collected, summary, drawn, links)
     say_summary(study, summary, len(drawn))
