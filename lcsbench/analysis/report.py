@@ -16,7 +16,6 @@ arrays keyed by experiment, with each experiment's title, colour and paper value
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
