@@ -101,7 +101,8 @@ EDITS = [  # section, field, value, what the refusal says
     (C, "grid_size", "16", r"grid_size is '16' \(str\), expected a whole number of grid cells >= 1"),
     (C, "grid_size", 7, r"datamodule_hyper_parameters.grid_size is 16 but lcsbench_closed_form.grid_size is 7; the "
                         r"two must agree"),
-    (f"{C}+{D}", "grid_size", 7, r"its field lcsbench_closed_form.grid_size: grid_size 7 does not divide the image size 32x32"),
+    (f"{C}+{D}", "grid_size", 7, r"its field lcsbench_closed_form.grid_size: grid_size 7 does not divide the image "
+                                 r"size 32x32"),
     (C, "radius", -1, r"radius is -1 \(int\), expected a whole number of cells >= 0"),
     (C, "radius", None, r"a local spec needs lcsbench_closed_form.radius \(a whole number >= 0\)"),
     (C, "equivariant", "yes", r"equivariant is 'yes' \(str\), expected true or false"),
@@ -165,8 +166,10 @@ def test_the_written_spec_and_the_committed_ones_pass_the_field_checks(spec):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--samples-per-k", "0"], "closed-form coverage: --samples-per-k is the number of requests per k, >= 1; found 0"),
-    (["--samples-per-k", "-3"], "--samples-per-k is the number of requests per k, >= 1; found -3"),
+    (["--samples-per-k", "0"], "closed-form coverage: --samples-per-k is the number of requests per k, in 1..4096 "
+                               "(each is one label grid; the paper's order gives one grid per k); found 0"),
+    (["--samples-per-k", "-3"], "--samples-per-k is the number of requests per k, in 1..4096"),
+    (["--samples-per-k", "4097"], "--samples-per-k is the number of requests per k, in 1..4096"),
     (["--ks", "13"], "closed-form coverage: --ks 13: location requests take k in 1..12"),
     (["--ks", "abc"], "closed-form coverage: --ks abc: invalid object counts 'abc'"),
 ])

@@ -218,6 +218,9 @@ def coverage_parser(sub) -> CommandParser:
     return parser
 
 
+MAX_COVERAGE_SAMPLES = 4096  # requests per k held at once (their label grids and one batched call of the machine)
+
+
 def coverage(args, parser: CommandParser) -> int:
     import torch
 
@@ -225,9 +228,10 @@ def coverage(args, parser: CommandParser) -> int:
     from lcsbench.data.scenes import parse_counts
     from lcsbench.models.closed_form import load_closed_form
 
-    if args.samples_per_k < 1:
-        raise SystemExit(f"closed-form coverage: --samples-per-k is the number of requests per k, >= 1; found "
-                         f"{args.samples_per_k}")
+    if not 1 <= args.samples_per_k <= MAX_COVERAGE_SAMPLES:
+        raise SystemExit(f"closed-form coverage: --samples-per-k is the number of requests per k, in 1.."
+                         f"{MAX_COVERAGE_SAMPLES} (each is one label grid; the paper's order gives one grid per k); "
+                         f"found {args.samples_per_k}")
     if args.json:
         check_output_file(args.json, parser.flag("--json"))  # before the closed form is built
     entry = read_specs([args.spec])[0]
@@ -287,7 +291,7 @@ def read_samples(path: str, resolution: int):
             samples, settings = saved["images"], json.loads(str(saved["settings"]))
     except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as error:
         raise SystemExit(f"closed-form memorisation: {path} is not a lengthgen samples.npz ({type(error).__name__}: "
-                         f"{' '.join(str(error).split())[:120]}): {hint}") from None
+                         f"{' '.join(str(error).split()).split('. ')[0][:120]}): {hint}") from None
     shape = (resolution, resolution, 3)
     if samples.dtype != np.uint8 or samples.ndim != 4 or samples.shape[1:] != shape or len(samples) == 0:
         raise SystemExit(f"closed-form memorisation: {path} holds images of dtype {samples.dtype} and shape "

@@ -350,8 +350,8 @@ def closed_form_from_payload(payload: dict, path: str | Path, map_location: str 
     `models.loaders.load_denoiser` hands a payload with a CLOSED_FORM_KEY entry here."""
     entry = spec_entry(payload, path)
     check_spec_render(entry, payload[DATA_HPARAMS_KEY], path)
-    model = build_closed_form(entry["kind"], Path(entry["render"]), entry["counts"], entry["label_mode"], entry["grid_size"],
-                              entry["radius"], entry["equivariant"], entry["images_per_count"],
+    model = build_closed_form(entry["kind"], Path(entry["render"]), entry["counts"], entry["label_mode"],
+                              entry["grid_size"], entry["radius"], entry["equivariant"], entry["images_per_count"],
                               entry["memory_budget"])
     return model.to(map_location)
 
