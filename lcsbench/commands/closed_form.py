@@ -39,7 +39,6 @@ from lcsbench.commands._common import (DEFAULT_SIGMAS, CommandParser, add_model_
 from lcsbench.data.scenes import DEFAULT_GRID_SIZE, parse_counts
 
 
-
 def action_parser(sub, action: str, summary: str, example: str) -> CommandParser:
     """The parser of one action: its one-line summary, and an example in its epilog."""
     return sub.add_parser(action, help=summary, description=f"{summary}.", epilog=f"Example:\n\n    {example}")
