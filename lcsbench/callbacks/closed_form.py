@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
+from lcsbench.analysis.closed_form.posterior import budget_from_gib
 from lcsbench.analysis.closed_form.yardstick import denoised_over_sigmas, plot_r2, r2_report
 from lcsbench.callbacks.base import EveryNSteps
 from lcsbench.models.closed_form import KINDS, build_closed_form, heldout_batch
@@ -40,7 +41,7 @@ class ClosedFormR2(EveryNSteps):
             raise ValueError(f"ClosedFormR2 needs kinds among {KINDS} and images >= 2; found {list(kinds)}, {images}")
         self.kinds, self.sigmas, self.images = list(kinds), [float(s) for s in sigmas], images
         self.radius, self.images_per_count, self.seed = radius, images_per_count, seed
-        self.memory_budget = int(memory_budget_gib * 2**30)
+        self.memory_budget = budget_from_gib(memory_budget_gib, "ClosedFormR2's memory_budget_gib", 0.5)
         self.inputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self.references: dict[str, torch.Tensor] = {}
 

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import torch
 
+from lcsbench.analysis.closed_form.posterior import budget_from_gib
 from lcsbench.analysis.locality import locality_profile, locality_targets
 from lcsbench.analysis.plots import locality_grid, radius_curves
 from lcsbench.callbacks.base import EveryNSteps
@@ -42,7 +43,8 @@ class LocalityHeatmaps(EveryNSteps):
         self.samples = samples
         self.max_targets = max_targets
         self.fraction = fraction
-        self.memory_budget = int(memory_budget_gib * 2**30)
+        self.memory_budget = budget_from_gib(memory_budget_gib, "LocalityHeatmaps' memory_budget_gib", 1.0,
+                                             "one batched backward")
 
     @torch.enable_grad()  # Eq. 9 and 10 are Jacobians: backward passes through the denoiser
     def analyse(self, trainer, pl_module, batch: dict, writer) -> None:

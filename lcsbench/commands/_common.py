@@ -391,6 +391,18 @@ def add_model_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
                         help="torch device: cpu, cuda, cuda:N (default: cuda if a GPU is visible, else cpu)")
 
 
+def memory_budget_option(gib: float, flag: str, default: float, what: str = "one chunk", command: str = "") -> int:
+    """The bytes of a --memory-budget-gib option, or a SystemExit saying what is expected (a positive, finite number
+    of GiB: analysis/closed_form/posterior.budget_from_gib, which the callbacks' options use too); `command`
+    opens the message when given."""
+    from lcsbench.analysis.closed_form.posterior import budget_from_gib
+
+    try:
+        return budget_from_gib(gib, flag, default, what)
+    except ValueError as error:
+        raise SystemExit(f"{command}: {error}" if command else str(error)) from None
+
+
 def parse_floats(text: str, what: str) -> list[float]:
     """A comma list of positive numbers for option --`what`, or a SystemExit that says what was expected."""
     try:

@@ -34,10 +34,9 @@ import time
 from pathlib import Path
 
 from lcsbench.commands._common import (DEFAULT_SIGMAS, CommandParser, add_model_arguments, add_precision_argument,
-                                      check_device, command_parser, default_device, parse_floats)
+                                      check_device, check_output_dir, check_output_file, command_parser,
+                                      default_device, memory_budget_option, parse_floats)
 from lcsbench.data.scenes import DEFAULT_GRID_SIZE, parse_counts
-
-GIB = 2**30
 
 
 def action_parser(sub, action: str, summary: str, example: str) -> CommandParser:
@@ -69,9 +68,11 @@ def spec_parser(sub) -> CommandParser:
 def write_spec(args, parser: CommandParser) -> int:
     from lcsbench.models.closed_form import write_spec as write
 
+    budget = memory_budget_option(args.memory_budget_gib, "--memory-budget-gib", 0.5,
+                                  command="closed-form spec")  # before the render is read
     try:
         entry = write(args.out, args.kind, args.render, args.counts, args.label_mode, args.grid_size, args.radius,
-                      args.equivariant, args.images_per_count, int(args.memory_budget_gib * GIB))
+                      args.equivariant, args.images_per_count, budget)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"closed-form spec: {error}") from None
     print(f"closed-form spec: wrote {args.out} ({entry['kind']}, {entry['label_mode']} labels, counts "
@@ -81,20 +82,23 @@ def write_spec(args, parser: CommandParser) -> int:
 
 
 def read_specs(paths: list[str]) -> list[dict]:
-    """The spec entries of the given files, which must describe one render, label mode and grid."""
-    from lcsbench.checkpoints import read_checkpoint
-    from lcsbench.models.closed_form import CLOSED_FORM_KEY
+    """The spec entries of the given files, every field checked (models/closed_form.spec_entry) and each render
+    found as its spec recorded it (check_spec_render), which must describe one render, label mode and grid."""
+    from lcsbench.checkpoints import DATA_HPARAMS_KEY, read_checkpoint
+    from lcsbench.models.closed_form import check_spec_render, spec_entry
 
     entries = []
     for path in paths:
+        if Path(path).is_dir():
+            raise SystemExit(f"closed-form: --spec {path} is a folder; --spec is a spec file (.pt) written by "
+                             f"`python -m lcsbench closed-form spec`")
         try:
-            entry = read_checkpoint(path, "write one with `python -m lcsbench closed-form spec`").get(CLOSED_FORM_KEY)
+            payload = read_checkpoint(path, "write one with `python -m lcsbench closed-form spec`")
+            entries.append(spec_entry(payload, path))
+            entries[-1]["resolution"] = check_spec_render(entries[-1], payload[DATA_HPARAMS_KEY], path)[
+                "settings"]["resolution"]
         except (FileNotFoundError, ValueError) as error:
             raise SystemExit(f"closed-form: {error}") from None
-        if entry is None:
-            raise SystemExit(f"closed-form: {path} is not a closed-form spec: write one with "
-                             f"`python -m lcsbench closed-form spec`")
-        entries.append(entry)
     shared = {(e["render"], e["label_mode"], tuple(e["counts"]), e["grid_size"]) for e in entries}
     if len(shared) > 1:
         raise SystemExit(f"closed-form: the specs describe different training data {sorted(shared)}: compare closed "
@@ -158,6 +162,10 @@ def r2(args, parser: CommandParser) -> int:
     if model.conditioning != "location" or model.grid_size != grid:
         raise SystemExit(f"closed-form r2: the closed forms are location models on a {grid}x{grid} grid; "
                          f"{args.ckpt} is a {model.conditioning} model (grid {model.grid_size})")
+    if model.image_shape[-1] != entries[0]["resolution"]:
+        raise SystemExit(f"closed-form r2: {args.ckpt} makes {model.image_shape[-1]} px images but the specs' render "
+                         f"{render} is {entries[0]['resolution']} px: compare a model with closed forms of its own "
+                         f"render")
     try:  # the render is read, each shard checked against its manifest's sha256
         images, cond = heldout_batch(render, counts, label_mode, grid, args.heldout, int(data.get("seed", 0)))
     except ValueError as error:
@@ -209,6 +217,9 @@ def coverage_parser(sub) -> CommandParser:
     return parser
 
 
+MAX_COVERAGE_SAMPLES = 4096  # requests per k held at once (their label grids and one batched call of the machine)
+
+
 def coverage(args, parser: CommandParser) -> int:
     import torch
 
@@ -216,13 +227,22 @@ def coverage(args, parser: CommandParser) -> int:
     from lcsbench.data.scenes import parse_counts
     from lcsbench.models.closed_form import load_closed_form
 
+    if not 1 <= args.samples_per_k <= MAX_COVERAGE_SAMPLES:
+        raise SystemExit(f"closed-form coverage: --samples-per-k is the number of requests per k, in 1.."
+                         f"{MAX_COVERAGE_SAMPLES} (each is one label grid; the paper's order gives one grid per k); "
+                         f"found {args.samples_per_k}")
+    if args.json:
+        check_output_file(args.json, parser.flag("--json"))  # before the closed form is built
     entry = read_specs([args.spec])[0]
     try:
         ks = list(parse_counts(args.ks))
+        requests = lg.protocol_requests("location", ks, args.samples_per_k, args.order, args.seed)
     except ValueError as error:
-        raise SystemExit(f"closed-form coverage: --ks {error}") from None
-    requests = lg.protocol_requests("location", ks, args.samples_per_k, args.order, args.seed)
-    machine = load_closed_form(args.spec).denoiser
+        raise SystemExit(f"closed-form coverage: --ks {args.ks}: {error}") from None
+    try:
+        machine = load_closed_form(args.spec).denoiser
+    except ValueError as error:
+        raise SystemExit(f"closed-form coverage: {error}") from None
     per_k = {}
     for k in ks:
         cond = torch.stack([lg.request_conditioner(r, entry["grid_size"]) for r in requests if r["k"] == k])
@@ -254,6 +274,34 @@ def memorisation_parser(sub) -> CommandParser:
     return parser
 
 
+def read_samples(path: str, resolution: int):
+    """The images `uint8 [N, H, W, 3]` and settings of a lengthgen samples.npz, checked to be `resolution` px
+    images (what the render's training images are compared with), or a SystemExit saying what was expected."""
+    import zipfile
+
+    import numpy as np
+
+    hint = "pass the samples.npz that `python -m lcsbench lengthgen` writes in its --out"
+    if not Path(path).is_file():
+        found = "is a folder" if Path(path).is_dir() else "does not exist"
+        raise SystemExit(f"closed-form memorisation: --samples-file {path} {found}: {hint}")
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            samples, settings = saved["images"], json.loads(str(saved["settings"]))
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as error:
+        raise SystemExit(f"closed-form memorisation: {path} is not a lengthgen samples.npz ({type(error).__name__}: "
+                         f"{' '.join(str(error).split()).split('. ')[0][:120]}): {hint}") from None
+    shape = (resolution, resolution, 3)
+    if samples.dtype != np.uint8 or samples.ndim != 4 or samples.shape[1:] != shape or len(samples) == 0:
+        raise SystemExit(f"closed-form memorisation: {path} holds images of dtype {samples.dtype} and shape "
+                         f"{list(samples.shape)}; expected uint8 [N >= 1, {', '.join(map(str, shape))}] (the spec's "
+                         f"render is {resolution} px): {hint} for a model of that render")
+    if not isinstance(settings, dict):
+        raise SystemExit(f"closed-form memorisation: {path} records settings {settings!r}; expected the dict lengthgen "
+                         f"writes: {hint}")
+    return samples, settings
+
+
 def memorisation(args, parser: CommandParser) -> int:
     import numpy as np
     import torch
@@ -261,30 +309,38 @@ def memorisation(args, parser: CommandParser) -> int:
     from lcsbench.analysis.closed_form import nearest_training_distance
     from lcsbench.models.closed_form import render_images
 
+    if args.heldout < 1:
+        raise SystemExit(f"closed-form memorisation: {parser.flag('--heldout')} is the number of held-out renders "
+                         f"compared, >= 1; found {args.heldout}")
+    out = check_output_dir(args.out)  # before any image is read
     entry = read_specs([args.spec])[0]
-    try:
-        with np.load(args.samples_file) as saved:
-            samples, settings = saved["images"], json.loads(str(saved["settings"]))
-    except (OSError, KeyError, ValueError) as error:
-        raise SystemExit(f"closed-form memorisation: {args.samples_file} is not a lengthgen samples.npz ({error}): "
-                         f"pass "
-                         f"the samples.npz that `python -m lcsbench lengthgen` writes in its --out") from None
-    train, _ = render_images(entry["render"], entry["counts"], "train", entry["images_per_count"])
+    samples, settings = read_samples(args.samples_file, entry["resolution"])
+    per_count = -(-args.heldout // len(entry["counts"]))
+    try:  # each shard checked against its manifest's sha256
+        train, _ = render_images(entry["render"], entry["counts"], "train", entry["images_per_count"])
+        heldout, _ = render_images(entry["render"], entry["counts"], "val", per_count)
+    except ValueError as error:
+        raise SystemExit(f"closed-form memorisation: {error}") from None
+    if len(heldout) < args.heldout:
+        print(f"closed-form memorisation: {parser.flag('--heldout')} {args.heldout} asked for more held-out renders "
+              f"than {entry['render']} has for counts {entry['counts']}: comparing its {len(heldout)}",
+              file=sys.stderr)
     pixels = torch.from_numpy(np.ascontiguousarray(samples)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    heldout, _ = render_images(entry["render"], entry["counts"], "val", -(-args.heldout // len(entry["counts"])))
     sample_distance = nearest_training_distance(pixels, train)
     heldout_distance = nearest_training_distance(heldout, train)
-    ks = [k for k in settings.get("ks", []) for _ in range(settings.get("samples_per_k", 0))]
+    drawn, each = settings.get("ks"), settings.get("samples_per_k")  # the order lengthgen drew them in, if recorded
+    readable = isinstance(drawn, list) and all(isinstance(k, int) for k in drawn) and isinstance(each, int)
+    ks = [k for k in drawn for _ in range(each)] if readable else []
     per_k = {}
     for k in sorted(set(ks)) if len(ks) == len(samples) else []:
         chosen = sample_distance[torch.tensor([x == k for x in ks])]
         per_k[k] = {"mean": float(chosen.mean()), "median": float(chosen.median())}
     report = {"command": "closed-form memorisation", "spec": args.spec, "samples": args.samples_file,
               "distance": "L2 in [-1, 1] pixel units over the whole image", "training_images": len(train),
+              "heldout_images": len(heldout),
               "samples_mean": float(sample_distance.mean()), "samples_median": float(sample_distance.median()),
               "heldout_mean": float(heldout_distance.mean()), "heldout_median": float(heldout_distance.median()),
               "per_k": per_k}
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "memorisation.json").write_text(json.dumps(report, indent=2))
     print(f"closed-form memorisation: nearest training image, median L2: samples {report['samples_median']:.2f}, "

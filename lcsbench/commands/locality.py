@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ import numpy as np
 
 from lcsbench.commands._common import (DEFAULT_SIGMAS, CommandParser, Progress, add_model_arguments,
                                       add_precision_argument, check_device, check_output_dir, command_parser,
-                                      heartbeat, load_trained_denoiser, parse_floats)
+                                      heartbeat, load_trained_denoiser, memory_budget_option, parse_floats)
 
 RENAMED = {"--samples": "--noise-draws", "--sample-steps": "--steps"}  # old flag -> new (deprecated aliases)
 
@@ -94,9 +93,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[float]]
     if args.chunk_size is not None and args.chunk_size < 1:
         raise SystemExit(f"--chunk-size is the number of cotangents per batched backward, >= 1 (leave it out to size "
                          f"batches by --memory-budget-gib); found {args.chunk_size}")
-    if not (math.isfinite(args.memory_budget_gib) and args.memory_budget_gib > 0):
-        raise SystemExit(f"--memory-budget-gib is the memory one batched backward may use, a positive number of GiB "
-                         f"(default 2); found {args.memory_budget_gib}")
+    args.memory_budget = memory_budget_option(args.memory_budget_gib, "--memory-budget-gib", 2.0,
+                                              "one batched backward")
     return args, sigmas
 
 
@@ -130,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     started, meter = time.perf_counter(), Progress("locality", args.scenes, unit="scenes")
     with heartbeat("locality", f"{args.scenes} scene(s): samples and Jacobians at {len(sigmas)} noise levels"):
         study = run(denoiser, sigmas, objects, args.scenes, args.noise_draws, args.steps, targets, args.fraction,
-                    args.seed, args.chunk_size, int(args.memory_budget_gib * 2**30), args.device,
+                    args.seed, args.chunk_size, args.memory_budget, args.device,
                     progress=lambda done, total: meter.update(done), log=lambda line: print(line, flush=True))
     write_outputs(out, args, study, round(time.perf_counter() - started, 2))
     return 0

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from lcsbench.data.shards import CHECKSUMS, MANIFEST, file_sha256, iter_shard_sa
 
 CLOSED_FORM_KEY = "lcsbench_closed_form"
 KINDS = ("local", "empirical")
+REWRITE = "write the spec again with `python -m lcsbench closed-form spec` rather than editing it"
 
 
 # --- reading a render --------------------------------------------------------------------------------------------
@@ -208,6 +210,13 @@ def write_spec(
 ) -> dict[str, Any]:
     """Check the settings against the render and write a closed-form spec (module docstring); returns it."""
     check_settings(kind, label_mode)
+    for name, value, accepted in (("radius", radius, _whole(radius, 0)),
+                                  ("images_per_count", images_per_count, images_per_count is None
+                                   or _whole(images_per_count, 1)),
+                                  ("equivariant", equivariant, isinstance(equivariant, bool)),
+                                  ("memory_budget", memory_budget, _whole(memory_budget, 1))):
+        if not accepted:
+            raise ValueError(f"{name} must be {SPEC_FIELDS[name][1]}; found {value!r}")
     root = Path(render).resolve()
     manifest = load_manifest(root)
     counts = list(parse_counts(counts))
@@ -217,28 +226,104 @@ def write_spec(
     if missing:
         raise ValueError(f"{root} has no training shards for object counts {missing}: choose counts it has "
                          f"({sorted(manifest.get('shards', {}))})")
-    if radius < 0 or (images_per_count is not None and images_per_count < 1) or memory_budget < 1:
-        raise ValueError(f"need radius >= 0, images_per_count >= 1 (or none) and a positive memory budget; found "
-                         f"{radius}, {images_per_count}, {memory_budget}")
     entry = {"kind": kind, "render": str(root), "manifest_sha256": file_sha256(root / MANIFEST), "counts": counts,
              "label_mode": label_mode, "grid_size": grid_size, "radius": radius, "equivariant": equivariant,
              "images_per_count": images_per_count, "memory_budget": memory_budget}
     data = {"root": str(root), "counts": counts, "conditioning": "location", "label_mode": label_mode,
             "grid_size": grid_size, "resolution": resolution}
+    payload = {CLOSED_FORM_KEY: entry, DATA_HPARAMS_KEY: data}
+    spec_entry(payload, path)  # what a reader checks, so no spec is written that its readers would refuse
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic({CLOSED_FORM_KEY: entry, DATA_HPARAMS_KEY: data}, path)
+    save_atomic(payload, path)
     return entry
 
 
-def closed_form_from_payload(payload: dict, path: str | Path, map_location: str | torch.device = "cpu"
-                             ) -> ClosedFormModel:
-    """The closed form a spec payload (checkpoints.read_checkpoint) describes, in eval mode on `map_location`.
-    `models.loaders.load_denoiser` hands a payload with a CLOSED_FORM_KEY entry here."""
-    entry = payload.get(CLOSED_FORM_KEY)
+# --- the spec's fields: checked when a spec is written and whenever one is read (a hand-edited field is named) ---
+
+
+def _whole(value: Any, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _counts(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(_whole(c, 1) for c in value) and value == sorted(set(value))
+
+
+COUNTS_EXPECTED = "distinct object counts >= 1 in increasing order, as a list such as [1, 2, 3]"
+SPEC_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {  # field -> (accepted?, what is expected)
+    "kind": (lambda v: isinstance(v, str) and v in KINDS, f"one of {list(KINDS)}"),
+    "render": (lambda v: isinstance(v, str) and v.strip() != "", "the render's folder, a non-empty path"),
+    "manifest_sha256": (lambda v: isinstance(v, str) and re.fullmatch("[0-9a-f]{64}", v) is not None,
+                        "the sha256 of the render's manifest.json, 64 hex digits"),
+    "counts": (_counts, COUNTS_EXPECTED),
+    "label_mode": (lambda v: isinstance(v, str) and v in LABEL_MODES, f"one of {list(LABEL_MODES)}"),
+    "grid_size": (lambda v: _whole(v, 1), "a whole number of grid cells >= 1 (the paper's: 16)"),
+    "radius": (lambda v: v is None or _whole(v, 0), "a whole number of cells >= 0 (null only in an empirical spec)"),
+    "equivariant": (lambda v: v is None or isinstance(v, bool), "true or false (null only in an empirical spec)"),
+    "images_per_count": (lambda v: v is None or _whole(v, 1), "a whole number >= 1, or null for every image"),
+    "memory_budget": (lambda v: _whole(v, 1), f"a whole number of bytes >= 1 (the default: {DEFAULT_MEMORY_BUDGET})"),
+}
+DATA_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {  # what lengthgen reads as the success rule
+    "root": SPEC_FIELDS["render"], "counts": SPEC_FIELDS["counts"],
+    "conditioning": (lambda v: v == "location", "'location' (closed forms are location models)"),
+    "label_mode": SPEC_FIELDS["label_mode"], "grid_size": SPEC_FIELDS["grid_size"],
+    "resolution": (lambda v: _whole(v, 1), "the render's image size in pixels, a whole number >= 1"),
+}
+SHARED_FIELDS = {"render": "root", "counts": "counts", "label_mode": "label_mode", "grid_size": "grid_size"}
+
+
+def check_fields(section: dict, fields: dict, name: str, path: str | Path) -> None:
+    """A ValueError naming the first missing, unknown or out-of-range field of the spec section `name`."""
+    where = f"the closed-form spec {path}"
+    for field, (accepted, expected) in fields.items():
+        if field not in section:
+            raise ValueError(f"{where} has no field {name}.{field} (expected {expected}): {REWRITE}")
+        if not accepted(section[field]):
+            raise ValueError(f"{where}: its field {name}.{field} is {_shown(section[field])}, expected {expected}: "
+                             f"{REWRITE}")
+    unknown = sorted(map(str, set(section) - set(fields)))
+    if unknown:
+        raise ValueError(f"{where}: its field {name}.{unknown[0]} = {_shown(section[unknown[0]])} is unknown (a spec "
+                         f"holds {name}.{{{', '.join(fields)}}}): {REWRITE}")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{text[:60]}... ({type(value).__name__})" if len(text) > 60 else f"{text} ({type(value).__name__})"
+
+
+def spec_entry(payload: Any, path: str | Path) -> dict[str, Any]:
+    """The closed-form entry of a spec payload after every field of both its sections is checked (SPEC_FIELDS,
+    DATA_FIELDS, and the four they share agreeing): a ValueError naming the field, its value and what is expected.
+    The spec records no stamp of its own content (manifest_sha256 stamps the render's manifest, each shard the
+    manifest's sha256), so these checks are what catches a hand-edited field."""
+    entry = payload.get(CLOSED_FORM_KEY) if isinstance(payload, dict) else None
     if not isinstance(entry, dict):
         raise ValueError(f"{path} is not a closed-form spec (no '{CLOSED_FORM_KEY}' entry): write one with "
                          f"`python -m lcsbench closed-form spec --render ... --out {path}`")
+    check_fields(entry, SPEC_FIELDS, CLOSED_FORM_KEY, path)
+    if entry["kind"] == "local" and (entry["radius"] is None or entry["equivariant"] is None):
+        raise ValueError(f"the closed-form spec {path}: a local spec needs {CLOSED_FORM_KEY}.radius (a whole number "
+                         f">= 0) and .equivariant (true or false); found {entry['radius']!r}, "
+                         f"{entry['equivariant']!r}: {REWRITE}")
+    data = payload.get(DATA_HPARAMS_KEY)
+    if not isinstance(data, dict):
+        raise ValueError(f"the closed-form spec {path} has no '{DATA_HPARAMS_KEY}' section (found "
+                         f"{_shown(data)}), which lengthgen reads as the success rule: {REWRITE}")
+    check_fields(data, DATA_FIELDS, DATA_HPARAMS_KEY, path)
+    for field, mirror in SHARED_FIELDS.items():
+        if entry[field] != data[mirror]:
+            raise ValueError(f"the closed-form spec {path}: its field {DATA_HPARAMS_KEY}.{mirror} is "
+                             f"{data[mirror]!r} but {CLOSED_FORM_KEY}.{field} is {entry[field]!r}; the two must agree "
+                             f"(the closed form is built from the second, lengthgen's success rule read from the "
+                             f"first): {REWRITE}")
+    return entry
+
+
+def check_spec_render(entry: dict, data: dict, path: str | Path) -> dict:
+    """The manifest of the spec's render, after checking that the render is there, is the one the spec was written
+    for (manifest_sha256), has the spec's resolution and is tiled by its grid; a ValueError otherwise."""
     root = Path(entry["render"])
     if not (root / MANIFEST).is_file():
         raise ValueError(f"the closed-form spec {path} reads the render {root}, which is not there: render it, or "
@@ -247,8 +332,26 @@ def closed_form_from_payload(payload: dict, path: str | Path, map_location: str 
         raise ValueError(f"the render {root} changed since the closed-form spec {path} was written (its manifest "
                          f"differs): write the spec again with `python -m lcsbench closed-form spec` if the new "
                          f"render is the one you mean")
-    model = build_closed_form(entry["kind"], root, entry["counts"], entry["label_mode"], entry["grid_size"],
-                              entry["radius"], entry["equivariant"], entry["images_per_count"],
+    manifest = load_manifest(root)
+    resolution = manifest.get("settings", {}).get("resolution")
+    if data["resolution"] != resolution:
+        raise ValueError(f"the closed-form spec {path}: its field {DATA_HPARAMS_KEY}.resolution is "
+                         f"{data['resolution']!r} but its render {root} is {resolution} px: {REWRITE}")
+    try:
+        check_grid_size(entry["grid_size"], resolution, resolution)
+    except ValueError as error:
+        raise ValueError(f"the closed-form spec {path}: its field {CLOSED_FORM_KEY}.grid_size: {error}") from None
+    return manifest
+
+
+def closed_form_from_payload(payload: dict, path: str | Path, map_location: str | torch.device = "cpu"
+                             ) -> ClosedFormModel:
+    """The closed form a spec payload (checkpoints.read_checkpoint) describes, in eval mode on `map_location`.
+    `models.loaders.load_denoiser` hands a payload with a CLOSED_FORM_KEY entry here."""
+    entry = spec_entry(payload, path)
+    check_spec_render(entry, payload[DATA_HPARAMS_KEY], path)
+    model = build_closed_form(entry["kind"], Path(entry["render"]), entry["counts"], entry["label_mode"],
+                              entry["grid_size"], entry["radius"], entry["equivariant"], entry["images_per_count"],
                               entry["memory_budget"])
     return model.to(map_location)
 

@@ -16,6 +16,7 @@ functional (no in-place writes), so the result differentiates with autograd and 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,6 +37,20 @@ def per_sample_sigma(sigma: Tensor | float, batch: int, dtype: torch.dtype, devi
         raise ValueError(f"a closed-form denoiser needs sigma > 0 (D is the posterior mean at that noise level); "
                          f"found {sigma.min().item()}")
     return sigma
+
+
+def budget_from_gib(gib: float, name: str = "memory_budget_gib", default: float = 0.5, what: str = "one chunk") -> int:
+    """Bytes of a memory budget given in GiB (the option `name` of `what`, default `default`), or a ValueError that
+    says what is expected: a positive, finite number of at least one byte (an infinite budget would size one chunk
+    to every example at once, NaN compares false with everything)."""
+    try:
+        finite = math.isfinite(gib)
+    except TypeError:
+        finite = False
+    if isinstance(gib, bool) or not finite or gib <= 0 or int(gib * 2**30) < 1:
+        raise ValueError(f"{name} is the memory {what} may use, a positive, finite number of GiB (default "
+                         f"{default:g}); found {gib!r}")
+    return int(gib * 2**30)
 
 
 def chunk_length(budget_bytes: int, bytes_per_example: int, total: int) -> int:
