@@ -158,6 +158,9 @@ def test_a_terminal_gets_one_line_and_exit_2_and_debug_shows_the_traceback(tmp_p
     assert run(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "manifest.json does not exist" in err and err.startswith("eval-judge:")
+    import torch
+
+    assert torch.is_grad_enabled()  # a refused command leaves the process's autograd as it found it
     argv = ["lengthgen", "--ckpt", str(tmp_path / "none.ckpt"), "--out", str(tmp_path), "--trained-counts", "abc"]
     assert run(argv) == 2  # a SystemExit from a command I do not own, as one line
     with pytest.raises(SystemExit):

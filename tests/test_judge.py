@@ -73,6 +73,7 @@ def test_judge_trains_on_renders_and_detects(clevr_shards, tmp_path):
 
     out = tmp_path / "judge_eval.json"
     assert script.main(["--judge", str(path), "--data", str(clevr_shards), "--json", str(out)]) == 0
+    assert torch.is_grad_enabled()  # judged without gradients, the caller's setting kept
     table = json.loads(out.read_text())
     assert sorted(table) == ["1", "2", "3"] and all(row["images"] == 4 for row in table.values())
     # the rates are the judge's own detections tallied per true count (recounted here image by image)

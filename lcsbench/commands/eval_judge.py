@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    with torch.no_grad():  # judging only; a caller in the same process keeps its own autograd setting
+        return report_accuracy(args, levels)
+
+
+def report_accuracy(args: argparse.Namespace, levels: tuple[float, float, float] | None) -> int:
+    """Judge the held-out renders and print (and with --json write) the accuracy table."""
     from lcsbench.data.conditioning import check_grid_size
     from lcsbench.data.datamodule import CLEVRDataModule
     from lcsbench.data.scenes import parse_counts
@@ -57,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     from lcsbench.analysis.judge import judge_accuracy
     from lcsbench.models.judge import load_judge
 
-    torch.set_grad_enabled(False)
     try:
         counts = parse_counts(args.counts) if args.counts is not None else None
         manifest = load_manifest(Path(args.data))
