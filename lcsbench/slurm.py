@@ -175,3 +175,52 @@ def wait(jobs: Sequence[str], timeout: float, env: Mapping[str, str] | None = No
         if time.monotonic() > deadline:
             raise SlurmError(f"jobs still not {'/'.join(sorted(until))} after {timeout:.0f} s: {states}")
         time.sleep(poll)
+
+
+ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
+          "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}  # queued or running: not to submit again
+
+
+def job_table(env: Mapping[str, str] | None = None) -> dict[str, dict[str, str]]:
+    """Every job slurmctld still knows (`scontrol show job -o`, one call): {job id: its fields}. A job it has
+    forgotten (finished longer ago than MinJobAge) is absent."""
+    out = run_slurm(["scontrol", "show", "job", "-o"], env)
+    table = {}
+    for line in out.splitlines():
+        fields = dict(re.findall(r"(\w+)=(\S*)", line))
+        if "JobId" in fields:
+            table[fields["JobId"]] = fields
+    return table
+
+
+def cancel(jobs: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+    if jobs:
+        run_slurm(["scancel", *jobs], env)
+
+
+def follow(jobs: Mapping[str, str], say, env: Mapping[str, str] | None = None, poll: float = 5.0) -> dict[str, str]:
+    """Wait for named jobs ({what: job id}), saying each change of state (`say(line)`), until none is queued or
+    running; returns {what: final state}. A job waiting on one that failed can never start (afterok): it is
+    cancelled and reported as DEPENDENCY_FAILED. A job slurmctld has forgotten reads FORGOTTEN."""
+    last: dict[str, str] = {}
+    while True:
+        table = job_table(env)
+        never = []
+        for what, job in jobs.items():
+            fields = table.get(job)
+            state = fields.get("JobState", "UNKNOWN") if fields else "FORGOTTEN"
+            if state == "PENDING" and fields.get("Reason") == "DependencyNeverSatisfied":
+                state = "DEPENDENCY_FAILED"
+                never.append(job)
+            elif state == "PENDING" and fields.get("Reason") not in (None, "None"):
+                state = f"PENDING ({fields['Reason']})"
+            if last.get(what, "").split(" ")[0] == "DEPENDENCY_FAILED":
+                state = last[what]  # cancelled here: its CANCELLED is our doing
+            if state != last.get(what):
+                where = f" on {fields['NodeList']}" if state == "RUNNING" and fields.get("NodeList") else ""
+                say(f"SLURM job {job} ({what}): {state}{where}")
+                last[what] = state
+        cancel(never, env)
+        if all(state.split(" ")[0] not in ACTIVE for state in last.values()):
+            return last
+        time.sleep(poll)
