@@ -243,7 +243,7 @@ def study_lock(*folders: Path, part: str | None = None):
     A SLURM job of a study (`part`, e.g. "fit exp1") locks its own part only: the study's jobs run side by side."""
     from lcsbench.data.locks import hold_or_name_holder
 
-    name = LOCK_NAME if part is None else f"{LOCK_NAME[:-5]}.{re.sub(r'[^A-Za-z0-9_.-]+', '-', part)}.lock"
+    name = LOCK_NAME if part is None else f"{LOCK_NAME[:-5]}-jobs/{re.sub(r'[^A-Za-z0-9_.-]+', '-', part)}.lock"
     handles = []
     try:
         for folder in folders:
