@@ -201,12 +201,25 @@ def cancel(jobs: Sequence[str], env: Mapping[str, str] | None = None) -> None:
 def follow(jobs: Mapping[str, str], say, env: Mapping[str, str] | None = None, poll: float = 5.0) -> dict[str, str]:
     """Wait for named jobs ({what: job id}), saying each change of state (`say(line)`), until none is queued or
     running; returns {what: final state}. A job waiting on one that failed can never start (afterok): it is
-    cancelled and reported as DEPENDENCY_FAILED. A job slurmctld has forgotten reads FORGOTTEN."""
+    cancelled and reported as DEPENDENCY_FAILED. A job slurmctld forgot before it was seen to end (it ended longer
+    ago than MinJobAge) reads FORGOTTEN: the caller judges it by its outputs. slurmctld out of reach for a minute
+    (a restart) is waited out; longer raises SlurmError."""
     last: dict[str, str] = {}
+    unreachable_since = None
     while True:
-        table = job_table(env)
+        try:
+            table = job_table(env)
+            unreachable_since = None
+        except SlurmError:
+            unreachable_since = unreachable_since or time.monotonic()
+            if time.monotonic() - unreachable_since > 60:
+                raise
+            time.sleep(poll)
+            continue
         never = []
         for what, job in jobs.items():
+            if last.get(what) and last[what].split(" ")[0] not in ACTIVE:
+                continue  # finished as seen here: slurmctld forgets it later (MinJobAge), the state stays
             fields = table.get(job)
             state = fields.get("JobState", "UNKNOWN") if fields else "FORGOTTEN"
             if state == "PENDING" and fields.get("Reason") == "DependencyNeverSatisfied":
@@ -214,8 +227,6 @@ def follow(jobs: Mapping[str, str], say, env: Mapping[str, str] | None = None, p
                 never.append(job)
             elif state == "PENDING" and fields.get("Reason") not in (None, "None"):
                 state = f"PENDING ({fields['Reason']})"
-            if last.get(what, "").split(" ")[0] == "DEPENDENCY_FAILED":
-                state = last[what]  # cancelled here: its CANCELLED is our doing
             if state != last.get(what):
                 where = f" on {fields['NodeList']}" if state == "RUNNING" and fields.get("NodeList") else ""
                 say(f"SLURM job {job} ({what}): {state}{where}")

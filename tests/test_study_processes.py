@@ -161,7 +161,8 @@ def test_a_study_killed_mid_fit_leaves_nothing_running_and_resumes_from_its_chec
     deadline = time.monotonic() + 60
     while study_processes(str(tmp_path)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not study_processes(str(tmp_path)), f"left running after reproduce was killed: {study_processes(str(tmp_path))}"
+    left = study_processes(str(tmp_path))
+    assert not left, f"left running after reproduce was killed: {left}"
     assert checkpoint_step(last) == 10  # the killed fit stopped before its next checkpoint
 
     again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240)

@@ -112,7 +112,8 @@ def slurm_options(args: argparse.Namespace) -> SlurmOptions:
     try:
         extra = shlex.split(args.sbatch_args)
     except ValueError as error:
-        raise SystemExit(f"reproduce: --sbatch-args {args.sbatch_args!r} is not a shell-quoted list ({error})") from None
+        raise SystemExit(f"reproduce: --sbatch-args {args.sbatch_args!r} is not a shell-quoted list ({error})") \
+            from None
     return SlurmOptions(args.partition, args.time, args.cpus_per_task, args.gpus_per_node, extra, not args.no_wait)
 
 

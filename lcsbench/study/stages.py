@@ -388,9 +388,17 @@ def run_study_on_slurm(study: Study, stages: tuple[str, ...], options: SlurmOpti
             return
         try:
             states = slurm.follow(ids, study.say)
+        except slurm.SlurmError as error:
+            raise SystemExit(f"reproduce: lost sight of the SLURM jobs ({error}); they may go on: rerun this "
+                             f"command to follow them") from None
         except KeyboardInterrupt:
             raise SystemExit(f"reproduce: stopped following the SLURM jobs; they go on ({' '.join(ids.values())}): "
                              f"rerun this command to follow them, or `scancel` them") from None
+    parts = {part.name: part for part in slurm_parts(study)}
+    for name, state in states.items():
+        if state == "FORGOTTEN":  # ended unseen: its outputs say how
+            states[name] = "COMPLETED" if parts[name].done() else "FORGOTTEN (its outputs are not there)"
+            study.say(f"SLURM job {ids[name]} ({name}): forgotten by SLURM; judged by its outputs: {states[name]}")
     failed = {name: state for name, state in states.items() if state not in ("COMPLETED", "DEPENDENCY_FAILED")}
     never = [name for name, state in states.items() if state == "DEPENDENCY_FAILED"]
     if failed or never:
