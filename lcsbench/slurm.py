@@ -175,3 +175,63 @@ def wait(jobs: Sequence[str], timeout: float, env: Mapping[str, str] | None = No
         if time.monotonic() > deadline:
             raise SlurmError(f"jobs still not {'/'.join(sorted(until))} after {timeout:.0f} s: {states}")
         time.sleep(poll)
+
+
+ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
+          "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}  # queued or running: not to submit again
+
+
+def job_table(env: Mapping[str, str] | None = None) -> dict[str, dict[str, str]]:
+    """Every job slurmctld still knows (`scontrol show job -o`, one call): {job id: its fields}. A job it has
+    forgotten (finished longer ago than MinJobAge) is absent."""
+    out = run_slurm(["scontrol", "show", "job", "-o"], env)
+    table = {}
+    for line in out.splitlines():
+        fields = dict(re.findall(r"(\w+)=(\S*)", line))
+        if "JobId" in fields:
+            table[fields["JobId"]] = fields
+    return table
+
+
+def cancel(jobs: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+    if jobs:
+        run_slurm(["scancel", *jobs], env)
+
+
+def follow(jobs: Mapping[str, str], say, env: Mapping[str, str] | None = None, poll: float = 5.0) -> dict[str, str]:
+    """Wait for named jobs ({what: job id}), saying each change of state (`say(line)`), until none is queued or
+    running; returns {what: final state}. A job waiting on one that failed can never start (afterok): it is
+    cancelled and reported as DEPENDENCY_FAILED. A job slurmctld forgot before it was seen to end (it ended longer
+    ago than MinJobAge) reads FORGOTTEN: the caller judges it by its outputs. slurmctld out of reach for a minute
+    (a restart) is waited out; longer raises SlurmError."""
+    last: dict[str, str] = {}
+    unreachable_since = None
+    while True:
+        try:
+            table = job_table(env)
+            unreachable_since = None
+        except SlurmError:
+            unreachable_since = unreachable_since or time.monotonic()
+            if time.monotonic() - unreachable_since > 60:
+                raise
+            time.sleep(poll)
+            continue
+        never = []
+        for what, job in jobs.items():
+            if last.get(what) and last[what].split(" ")[0] not in ACTIVE:
+                continue  # finished as seen here: slurmctld forgets it later (MinJobAge), the state stays
+            fields = table.get(job)
+            state = fields.get("JobState", "UNKNOWN") if fields else "FORGOTTEN"
+            if state == "PENDING" and fields.get("Reason") == "DependencyNeverSatisfied":
+                state = "DEPENDENCY_FAILED"
+                never.append(job)
+            elif state == "PENDING" and fields.get("Reason") not in (None, "None"):
+                state = f"PENDING ({fields['Reason']})"
+            if state != last.get(what):
+                where = f" on {fields['NodeList']}" if state == "RUNNING" and fields.get("NodeList") else ""
+                say(f"SLURM job {job} ({what}): {state}{where}")
+                last[what] = state
+        cancel(never, env)
+        if all(state.split(" ")[0] not in ACTIVE for state in last.values()):
+            return last
+        time.sleep(poll)

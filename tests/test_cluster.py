@@ -314,3 +314,95 @@ def test_render_array_equals_one_machine_render(cluster, clevr_shards, tmp_path)
     ours, theirs = (json.loads((root / "manifest.json").read_text()) for root in (out, clevr_shards))
     assert ours["shards"] == theirs["shards"]
     assert ours["shard_sha256"] == theirs["shard_sha256"] and len(ours["shard_sha256"]) == 9
+
+
+# --- the study through SLURM (reproduce --slurm) --------------------------------------------------------------------
+
+# the smoke study's Exp 1 and the closed form it is measured against (every kind of part, each once): the whole
+# smoke study took 20+ minutes through SLURM on 2 busy cores and as long again locally, mostly evaluations;
+# tests/test_slurm_study.py checks that every experiment's parts are submitted
+STUDY = "exp1,cf_empirical_all"
+STUDY_PARTS = {"render", "fit exp1", "spec cf_empirical_all", "evaluate exp1", "evaluate cf_empirical_all", "report"}
+NOT_COMPARED = ("slurm/", "slurm_jobs.json", ".reproduce", ".timings.lock")  # what only a --slurm study writes
+
+
+def study_files(out: Path) -> set[str]:
+    return {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()
+            and not str(p.relative_to(out)).startswith(NOT_COMPARED)}
+
+
+def structure(value):
+    """A JSON document's shape: its keys all the way down, with leaves replaced by their kind."""
+    if isinstance(value, dict):
+        return {key: structure(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [structure(item) for item in value[:1]]
+    return type(value).__name__ if value is not None else None
+
+
+@pytest.mark.timeout(3600)
+def test_smoke_study_through_slurm_writes_the_local_runs_report(cluster, tmp_path):
+    """`reproduce --scale smoke --slurm` (STUDY) on the two-node cluster: one job per part of the study, each evaluation
+    after its fit, the report after everything, ids in OUT/slurm_jobs.json; submitted with --no-wait, then followed
+    by a second call that submits nothing twice (a local run meanwhile is refused); the same report files as the
+    local runner's (run after it on the same render); a last call submits nothing."""
+    data, out = tmp_path / "data", tmp_path / "slurm_out"
+    base = [sys.executable, "-m", "lcsbench", "reproduce", "--scale", "smoke", "--data", str(data), "--experiments",
+            STUDY]
+    on_slurm = [*base, "--out", str(out), "--runs", str(tmp_path / "slurm_runs"), "--slurm", "--time", "30",
+                "--cpus-per-task", "1"]
+    started = time.monotonic()
+    submitted = run_killing_on_timeout([*on_slurm, "--no-wait"], cluster, 300, "reproduce --slurm --no-wait")
+    assert submitted.returncode == 0 and "not waiting (--no-wait)" in submitted.stdout, submitted.stdout[-4000:]
+    jobs = json.loads((out / "slurm_jobs.json").read_text())["jobs"]
+    assert set(jobs) == STUDY_PARTS and submitted.stdout.count("submitted as SLURM job") == len(STUDY_PARTS)
+    ids = {part: entry["id"] for part, entry in jobs.items()}
+    assert set(jobs["evaluate exp1"]["after"]) == {ids["fit exp1"], ids["spec cf_empirical_all"]}
+    assert jobs["evaluate cf_empirical_all"]["after"] == [ids["spec cf_empirical_all"]]
+    assert set(jobs["report"]["after"]) == set(ids.values()) - {ids["report"]}
+    refused = run_killing_on_timeout([*base, "--out", str(out), "--runs", str(tmp_path / "slurm_runs")], cluster,
+                                     300, "reproduce (local, beside the jobs)")
+    assert refused.returncode != 0 and "SLURM job(s) of this study are queued or running" in refused.stdout
+
+    followed = run_killing_on_timeout(on_slurm, cluster, 1800, "reproduce --slurm (following)")
+    seconds = time.monotonic() - started
+    assert followed.returncode == 0, followed.stdout[-6000:]
+    assert "submitted as SLURM job" not in followed.stdout  # queued and running jobs are not submitted twice
+    assert "still queued or running, not submitted again" in followed.stdout
+    assert json.loads((out / "slurm_jobs.json").read_text())["jobs"] == jobs
+    table = slurm.job_table(cluster)
+    assert {part: table[job]["JobState"] for part, job in ids.items() if job in table} == {
+        part: "COMPLETED" for part, job in ids.items() if job in table}
+    timings = json.loads((out / "timings.json").read_text())  # every command's time, from jobs ending at once
+    assert {"fit exp1", "lengthgen exp1", "lengthgen_random exp1", "locality exp1", "r2 exp1",
+            "lengthgen cf_empirical_all"} <= set(timings)
+
+    local_out = tmp_path / "local_out"
+    local = run_killing_on_timeout([*base, "--out", str(local_out), "--runs", str(tmp_path / "local_runs")],
+                                   cluster, 1800, "reproduce (local)")
+    assert local.returncode == 0, local.stdout[-6000:]
+    assert study_files(out) == study_files(local_out)
+    report, local_report = (json.loads((folder / "report.json").read_text()) for folder in (out, local_out))
+    assert [g["id"] for g in report["goals"]] == [g["id"] for g in local_report["goals"]]
+    assert set(report["experiments"]) == set(local_report["experiments"]) == {"exp1"}
+    assert report["experiments"]["exp1"]["steps"] == local_report["experiments"]["exp1"]["steps"] == 20
+    assert structure({k: v for k, v in report.items() if k not in ("timings", "machine")}) == structure(
+        {k: v for k, v in local_report.items() if k not in ("timings", "machine")})
+    # the same numbers too (seeded fits and evaluations, one thread each): the tables differ in the busy time only
+    table, local_table = ((folder / "table.md").read_text().splitlines() for folder in (out, local_out))
+    assert [line for line in table if "busy_hours" not in line] == [
+        line for line in local_table if "busy_hours" not in line]
+
+    # everything is done: one more call submits nothing and runs nothing
+    commands = (out / "commands.sh").read_text()
+    again = run_killing_on_timeout(on_slurm, cluster, 300, "reproduce --slurm (again)")
+    assert again.returncode == 0, again.stdout[-4000:]
+    assert "every part of the study is done: nothing submitted" in again.stdout
+    assert json.loads((out / "slurm_jobs.json").read_text())["jobs"] == jobs
+    assert (out / "commands.sh").read_text() == commands
+    print(f"\nreproduce --slurm, smoke scale: {len(ids)} jobs, submitted and followed in {seconds:.0f} s; "
+          f"report {out / 'table.md'}")
+    for line in (submitted.stdout + followed.stdout).splitlines():
+        if "SLURM job" in line or "not submitted" in line:
+            print(line)
+    print(again.stdout.strip().splitlines()[-1])

@@ -110,3 +110,65 @@ def test_weights_whose_sidecar_names_another_experiment_are_refused(tmp_path):
         cli_main([*argv, "--stage", "evaluate"])
     with pytest.raises(SystemExit, match="no trained run at"):  # export would redo it from the run: there is none
         cli_main([*argv, "--stage", "export"])
+
+
+def study_processes(marker: str) -> list[int]:
+    """The pids of running processes (not zombies) whose command line names `marker` (a test's own folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in command and alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.timeout(300)
+def test_a_study_killed_mid_fit_leaves_nothing_running_and_resumes_from_its_checkpoint(clevr_shards, tmp_path):
+    """SIGKILL to `reproduce` while its fit trains (after the fit's first checkpoint, step 10 of the smoke scale's
+    20): the fit notices (parent-death signal) and stops, no lcsbench process of the study remains, and the same
+    command started again resumes the fit from step 10, not from 0."""
+    from lcsbench.checkpoints import checkpoint_step
+
+    argv = [sys.executable, "-m", "lcsbench", "reproduce", "--scale", "smoke", "--out", str(tmp_path / "out"),
+            "--runs", str(tmp_path / "runs"), "--data", str(clevr_shards), "--stage", "fit", "--experiments", "exp1"]
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+    last = tmp_path / "runs" / "exp1" / "lightning_logs" / "run" / "checkpoints" / "last.ckpt"
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and first.poll() is None:
+            try:
+                if last.exists() and checkpoint_step(last) == 10:  # whole: it loads
+                    break
+            except Exception:  # noqa: BLE001 - being written: look again
+                pass
+            time.sleep(0.05)
+        assert first.poll() is None, f"reproduce ended before it was killed:\n{(tmp_path / 'first.log').read_text()}"
+        assert last.exists(), f"no checkpoint in 180 s:\n{(tmp_path / 'first.log').read_text()[-3000:]}"
+        first.kill()  # SIGKILL: no handler runs, only the parent-death signal reaches the fit
+        first.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    deadline = time.monotonic() + 60
+    while study_processes(str(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = study_processes(str(tmp_path))
+    assert not left, f"left running after reproduce was killed: {left}"
+    assert checkpoint_step(last) == 10  # the killed fit stopped before its next checkpoint
+
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240)
+    output = again.stdout + again.stderr
+    assert again.returncode == 0, output[-4000:]
+    assert "fit exp1: resuming from step 10 of 20" in output
+    assert f"Restoring states from the checkpoint path at {last}" in output, output[-4000:]
+    assert checkpoint_step(last) == 20
+    print("\n".join(line for line in output.splitlines() if "resuming" in line or "Restoring states" in line))

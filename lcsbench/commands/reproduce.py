@@ -33,13 +33,15 @@ where a new experiment goes.
 
 from __future__ import annotations
 
+import argparse
+import shlex
 from pathlib import Path
 
 import lcsbench.study.experiments  # noqa: F401 - registers the study's experiments
 from lcsbench.commands._common import CommandParser, check_output_dir, command_parser
 from lcsbench.study.runner import Study
 from lcsbench.study.scales import SCALES
-from lcsbench.study.stages import STAGES, run_study
+from lcsbench.study.stages import STAGES, SlurmOptions, run_study, run_study_on_slurm
 
 
 def build_parser() -> CommandParser:
@@ -50,7 +52,8 @@ def build_parser() -> CommandParser:
     parser.add_argument("--runs", default=None, help="training runs (default: runs/reproduction/<scale>)")
     parser.add_argument("--data", default=None, help="the rendered dataset (default: the scale's, e.g. "
                                                      "data/reproduce32 for cpu)")
-    parser.add_argument("--stage", choices=(*STAGES, "all"), default="all", help="run one stage, or all")
+    parser.add_argument("--stage", default="all", type=stage_list, metavar="STAGE",
+                        help=f"run one stage ({', '.join(STAGES)}), a comma list of them, or all")
     parser.add_argument("--experiments", default=None, help="comma list of the scale's experiments, e.g. exp1,exp2 "
                                                             "(default: all)")
     parser.add_argument("--judge", default=None, help="judge checkpoint for lengthgen (default: the judge shipped "
@@ -60,8 +63,58 @@ def build_parser() -> CommandParser:
                              "as many threads (default 1: one after another on every core). Small models gain: two "
                              "tiny 32 px fits on one core each made 1.36x the steps of one fit on both cores")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    cluster = parser.add_argument_group("on a SLURM cluster (docs/cluster.md)")
+    cluster.add_argument("--slurm", action="store_true",
+                         help="submit the study's jobs to SLURM instead of running them here: the render, one job "
+                              "per fit (with its export), per closed form its spec, each model's evaluations after "
+                              "its fit (--dependency=afterok), the report last; job ids in OUT/slurm_jobs.json, logs "
+                              "in OUT/slurm/. Rerun to resume: done parts and queued jobs are not submitted again")
+    cluster.add_argument("--no-wait", action="store_true",
+                         help="with --slurm: return once the jobs are submitted (default: follow them to their end)")
+    cluster.add_argument("--partition", default=None, help="with --slurm: the partition (default: the cluster's)")
+    cluster.add_argument("--time", default="48:00:00", help="with --slurm: each job's time limit (default 48:00:00)")
+    cluster.add_argument("--cpus-per-task", type=int, default=1, help="with --slurm: cores per job (default 1)")
+    cluster.add_argument("--gpus-per-node", type=int, default=None,
+                         help="with --slurm: GPUs per job (default: none asked for; the configs train on CPU at the "
+                              "smoke and cpu scales)")
+    cluster.add_argument("--sbatch-args", default="", metavar="ARGS",
+                         help="with --slurm: more sbatch options for every job, as one string, e.g. "
+                              "\"--account proj --qos normal\"")
+    parser.add_argument("--slurm-job", default=None, help=argparse.SUPPRESS)  # a job of --slurm runs this part
     parser.deprecated_aliases({"--parallel-fits": "--parallel"})
     return parser
+
+
+def stage_list(text: str) -> tuple[str, ...]:
+    """--stage: all, one stage, or a comma list of them (run in the study's order)."""
+    if text == "all":
+        return STAGES
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names or any(name not in STAGES for name in names):
+        raise argparse.ArgumentTypeError(f"takes all, one of {', '.join(STAGES)} or a comma list of them; got {text!r}")
+    return tuple(stage for stage in STAGES if stage in names)
+
+
+def slurm_options(args: argparse.Namespace) -> SlurmOptions:
+    """The --slurm flags, checked; refused where given without --slurm."""
+    defaults = {"no_wait": False, "partition": None, "time": "48:00:00", "cpus_per_task": 1, "gpus_per_node": None,
+                "sbatch_args": ""}
+    given = ["--" + name.replace("_", "-") for name, default in defaults.items() if getattr(args, name) != default]
+    if given and not args.slurm:
+        raise SystemExit(f"reproduce: {', '.join(given)} set(s) how SLURM runs the study's jobs: add --slurm, or "
+                         f"leave {'it' if len(given) == 1 else 'them'} out to run the study here")
+    if args.cpus_per_task < 1 or (args.gpus_per_node is not None and args.gpus_per_node < 0):
+        raise SystemExit(f"reproduce: --cpus-per-task takes 1 or more and --gpus-per-node 0 or more; got "
+                         f"{args.cpus_per_task} and {args.gpus_per_node}")
+    if args.slurm and args.parallel != 1:
+        raise SystemExit("reproduce: --parallel pins commands to this machine's cores; with --slurm every command "
+                         "is its own job: leave --parallel out")
+    try:
+        extra = shlex.split(args.sbatch_args)
+    except ValueError as error:
+        raise SystemExit(f"reproduce: --sbatch-args {args.sbatch_args!r} is not a shell-quoted list ({error})") \
+            from None
+    return SlurmOptions(args.partition, args.time, args.cpus_per_task, args.gpus_per_node, extra, not args.no_wait)
 
 
 def chosen_experiments(text: str | None, known: list[str]) -> list[str]:
@@ -93,9 +146,13 @@ def main(argv: list[str]) -> int:
     base = ["--scale", args.scale, "--out", args.out, "--runs", str(runs), "--data", str(data)]
     if args.judge:
         base += ["--judge", args.judge]
+    options = slurm_options(args)
     study = Study(scale, Path(args.out), runs, Path(args.data) if args.data else None, experiments, args.judge,
-                  args.dry_run, base, args.parallel, chosen=args.experiments is not None)
-    stages = STAGES if args.stage == "all" else (args.stage,)
+                  args.dry_run, base, args.parallel, chosen=args.experiments is not None, slurm_job=args.slurm_job)
+    stages = args.stage
+    if args.slurm:
+        run_study_on_slurm(study, stages, options)
+        return 0
     run_study(study, stages)
     if not args.dry_run and "report" in stages:
         study.say(f"done: {study.out / 'table.md'}")

@@ -95,6 +95,8 @@ class Study:
     parallel: int = 1  # commands at once (fits, evaluations), each pinned to its own cores (run_jobs)
     chosen: bool = False  # --experiments named them (the report then refuses missing outputs of any)
     running: list = field(default_factory=list)  # the commands started and not finished (ended with the study)
+    slurm_job: str | None = None  # the part of a study submitted with --slurm that this invocation runs as one job
+    quiet: bool = False  # say nothing (checking what is current before submitting jobs)
 
     @property
     def scale_name(self) -> str:
@@ -138,6 +140,8 @@ class Study:
         return read_config(self.configs(exp))
 
     def say(self, text: str) -> None:
+        if self.quiet:
+            return
         print(f"reproduce [{self.scale_name}]: {text}", flush=True)
 
     def record(self, argv: list[str], what: str) -> None:
@@ -173,6 +177,9 @@ class Study:
             env.setdefault("OMP_NUM_THREADS", str(threads))
         package_root = str(Path(lcsbench.__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        if self.slurm_job is not None:  # one part of a --slurm study: its command runs as it does locally (a
+            # SLURM-aware fit would take the one-task job for a DDP launch); a requeued job resumes from last.ckpt
+            env = {name: value for name, value in env.items() if not name.startswith(("SLURM_", "SRUN_"))}
         process = subprocess.Popen([*processes.LCSBENCH, *argv], env=env, preexec_fn=processes.child_setup(cores))
         process.started, process.what, process.line = time.perf_counter(), what, line
         self.running.append(process)
@@ -211,11 +218,14 @@ class Study:
     def timing(self, what: str, seconds: float) -> None:
         """Add the seconds of a step to OUT/timings.json (the report reads them): the file is appended to, never
         rebuilt from one entry; an unreadable one is renamed aside first, its recoverable entries kept."""
+        from lcsbench.data.locks import exclusive_lock
+
         path = self.out / "timings.json"
-        timings = read_timings(path, aside=True)
-        timings[what] = {"seconds": round(seconds, 1),
-                         "finished": datetime.datetime.now().isoformat(timespec="seconds")}
-        write_atomic(path, json.dumps(timings, indent=2))
+        with exclusive_lock(self.out / ".timings.lock"):  # SLURM jobs of one study end at once: no entry lost
+            timings = read_timings(path, aside=True)
+            timings[what] = {"seconds": round(seconds, 1),
+                             "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+            write_atomic(path, json.dumps(timings, indent=2))
 
     def refuse(self, text: str) -> None:
         """A missing input: in a dry run a note (an earlier stage of the same run may make it), else the error."""
@@ -226,19 +236,21 @@ class Study:
 
 
 @contextlib.contextmanager
-def study_lock(*folders: Path):
+def study_lock(*folders: Path, part: str | None = None):
     """Hold an exclusive lock on each folder (its LOCK_NAME file, with this process's pid) for the duration, so
     that two `reproduce` runs never train or write into one study at once; a held lock is refused with its
-    holder's pid. The operating system drops the lock when the holder dies, so a crash leaves nothing to clean."""
+    holder's pid. The operating system drops the lock when the holder dies, so a crash leaves nothing to clean.
+    A SLURM job of a study (`part`, e.g. "fit exp1") locks its own part only: the study's jobs run side by side."""
     from lcsbench.data.locks import hold_or_name_holder
 
+    name = LOCK_NAME if part is None else f"{LOCK_NAME[:-5]}-jobs/{re.sub(r'[^A-Za-z0-9_.-]+', '-', part)}.lock"
     handles = []
     try:
         for folder in folders:
-            handle = hold_or_name_holder(folder / LOCK_NAME, str(os.getpid()))
+            handle = hold_or_name_holder(folder / name, str(os.getpid()))
             if isinstance(handle, str):
                 raise SystemExit(f"reproduce: another reproduce (pid {handle or 'unknown'}) is working on {folder} "
-                                 f"({folder / LOCK_NAME}): wait for it to end, or stop it, then rerun this "
+                                 f"({folder / name}): wait for it to end, or stop it, then rerun this "
                                  f"command; two studies at once would train into the same runs")
             handles.append(handle)
         yield
