@@ -157,7 +157,8 @@ def test_the_written_spec_and_the_committed_ones_pass_the_field_checks(spec):
     from lcsbench.models.closed_form import spec_entry
 
     committed = sorted((Path(__file__).parents[1] / "reports/reproduction/cpu/closed_forms").glob("*.pt"))
-    assert len(committed) == 4
+    assert {path.stem for path in committed} >= {"cf_local_all", "cf_local_single", "cf_empirical_all",
+                                                 "cf_empirical_single"}  # the judged four, and r2's yardsticks
     for path in [spec, *committed]:
         assert spec_entry(torch.load(path, weights_only=True), path)["kind"] in ("local", "empirical")
 
