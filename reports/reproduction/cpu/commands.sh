@@ -188,3 +188,42 @@ python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs /
 python -m lcsbench closed-form spec --render data/reproduce32 --out reports/reproduction/cpu/closed_forms/cf_local_all_1to5.pt --counts 1-5 --kind local --label-mode all --grid-size 16 --radius 2
 # 2026-12-07T22:25:53 closed form cf_local_single_1to5
 python -m lcsbench closed-form spec --render data/reproduce32 --out reports/reproduction/cpu/closed_forms/cf_local_single_1to5.pt --counts 1-5 --kind local --label-mode single --grid-size 16 --radius 2
+# 2026-12-07T23:52:18 export exp1_1to5: EMA weights of runs/reproduction/cpu/exp1_1to5/lightning_logs/run/checkpoints/last.ckpt -> reports/reproduction/cpu/weights/exp1_1to5.pt
+python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs runs/reproduction/cpu --data data/reproduce32 --stage export --experiments exp1_1to5
+# 2026-12-07T23:52:19 export color_1to5: EMA weights of runs/reproduction/cpu/color_1to5/lightning_logs/run/checkpoints/last.ckpt -> reports/reproduction/cpu/weights/color_1to5.pt
+python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs runs/reproduction/cpu --data data/reproduce32 --stage export --experiments color_1to5
+# 2026-12-07T23:52:25 lengthgen color_1to5: the oracle renders of color_1
+cp -r reports/reproduction/cpu/color_1/lengthgen/oracle_render reports/reproduction/cpu/color_1to5/lengthgen/oracle_render
+# 2026-12-07T23:52:25 lengthgen color_1to5
+python -m lcsbench lengthgen --ckpt reports/reproduction/cpu/weights/color_1to5.pt --out reports/reproduction/cpu/color_1to5/lengthgen --name color_1to5 --ks 1-8 --samples-per-k 32 --steps 32 --samples-per-pixel 16
+# 2026-12-07T23:53:52 lengthgen exp1_1to5
+python -m lcsbench lengthgen --ckpt reports/reproduction/cpu/weights/exp1_1to5.pt --out reports/reproduction/cpu/exp1_1to5/lengthgen --name exp1_1to5 --ks 1-10 --samples-per-k 32 --steps 32 --samples-per-pixel 16
+# 2026-12-07T23:55:53 locality exp1_1to5
+python -m lcsbench locality --ckpt reports/reproduction/cpu/weights/exp1_1to5.pt --out reports/reproduction/cpu/exp1_1to5/locality --sigmas 0.05,0.2,0.5,1,2,5,10,40 --noise-draws 4 --scenes 8 --steps 32 --locations 3
+# 2026-12-07T23:57:46 r2 exp1_1to5
+python -m lcsbench closed-form r2 --ckpt reports/reproduction/cpu/weights/exp1_1to5.pt --spec reports/reproduction/cpu/closed_forms/cf_local_all_1to5.pt --out reports/reproduction/cpu/exp1_1to5/r2 --heldout 32
+# 2026-12-08T00:02:55 lengthgen_seed2 color_1to5
+python -m lcsbench lengthgen --ckpt reports/reproduction/cpu/weights/color_1to5.pt --out reports/reproduction/cpu/color_1to5/lengthgen_seed2 --name color_1to5 --ks 1-8 --samples-per-k 32 --steps 32 --samples-per-pixel 16 --seed 2 --no-oracle
+# 2026-12-08T00:04:37 features color_1to5
+python -m lcsbench features --ckpt reports/reproduction/cpu/weights/color_1to5.pt --out reports/reproduction/cpu/color_1to5/features --images-per-sigma 8
+# 2026-12-08T00:04:55 lengthgen_random exp1_1to5
+python -m lcsbench lengthgen --ckpt reports/reproduction/cpu/weights/exp1_1to5.pt --out reports/reproduction/cpu/exp1_1to5/lengthgen_random --name exp1_1to5 --ks 1-10 --samples-per-k 32 --steps 32 --samples-per-pixel 16 --order random
+# 2026-12-08T00:07:02 lengthgen_seed2 exp1_1to5
+python -m lcsbench lengthgen --ckpt reports/reproduction/cpu/weights/exp1_1to5.pt --out reports/reproduction/cpu/exp1_1to5/lengthgen_seed2 --name exp1_1to5 --ks 1-10 --samples-per-k 32 --steps 32 --samples-per-pixel 16 --seed 2 --no-oracle
+# 2026-12-08T00:10:45 report: reports/reproduction/cpu/table.md, report.json and figures
+python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs runs/reproduction/cpu --data data/reproduce32 --stage report
+# 2026-12-08T00:11:16 closed form cf_local_all_1
+python -m lcsbench closed-form spec --render data/reproduce32 --out reports/reproduction/cpu/closed_forms/cf_local_all_1.pt --counts 1 --kind local --label-mode all --grid-size 16 --radius 2
+# 2026-12-08T00:11:29 r2 fig4_global
+python -m lcsbench closed-form r2 --ckpt reports/reproduction/cpu/weights/fig4_global.pt --spec reports/reproduction/cpu/closed_forms/cf_local_all_1.pt --out reports/reproduction/cpu/fig4_global/r2 --heldout 32
+# 2026-12-07T21:54:04 fit exp1_1to5 and color_1to5 side by side, one core each, from a worktree of ca3a3d9 (steps
+# 0-6000, then 6000-10000: both learning curves still rose at step 4000; flat from 6000-7000 on)
+nice -n -10 taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench fit --config configs/reproduce/cpu/base.yaml --config configs/reproduce/cpu/exp1_1to5.yaml --trainer.logger.init_args.save_dir runs/reproduction/cpu/exp1_1to5 --trainer.logger.init_args.version run --trainer.max_steps 6000
+nice -n -10 taskset -c 1 env OMP_NUM_THREADS=1 python -m lcsbench fit --config configs/reproduce/cpu/base.yaml --config configs/reproduce/cpu/color_1to5.yaml --trainer.logger.init_args.save_dir runs/reproduction/cpu/color_1to5 --trainer.logger.init_args.version run --trainer.max_steps 6000
+# 2026-12-07T23:09:55 fit exp1_1to5 and color_1to5, steps 6000-10000 (the base config's max_steps)
+nice -n -10 taskset -c 0 env OMP_NUM_THREADS=1 python -m lcsbench fit --config configs/reproduce/cpu/base.yaml --config configs/reproduce/cpu/exp1_1to5.yaml --trainer.logger.init_args.save_dir runs/reproduction/cpu/exp1_1to5 --trainer.logger.init_args.version run --trainer.max_steps 10000 --ckpt_path runs/reproduction/cpu/exp1_1to5/lightning_logs/run/checkpoints/last.ckpt
+nice -n -10 taskset -c 1 env OMP_NUM_THREADS=1 python -m lcsbench fit --config configs/reproduce/cpu/base.yaml --config configs/reproduce/cpu/color_1to5.yaml --trainer.logger.init_args.save_dir runs/reproduction/cpu/color_1to5 --trainer.logger.init_args.version run --trainer.max_steps 10000 --ckpt_path runs/reproduction/cpu/color_1to5/lightning_logs/run/checkpoints/last.ckpt
+# 2026-12-08T00:12:07 lengthgen_seed2 fig4_global
+python -m lcsbench lengthgen --ckpt reports/reproduction/cpu/weights/fig4_global.pt --out reports/reproduction/cpu/fig4_global/lengthgen_seed2 --name fig4_global --ks 1-10 --samples-per-k 32 --steps 32 --samples-per-pixel 16 --seed 2 --no-oracle
+# 2026-12-08T00:14:09 report: reports/reproduction/cpu/table.md, report.json and figures
+python -m lcsbench reproduce --scale cpu --out reports/reproduction/cpu --runs runs/reproduction/cpu --data data/reproduce32 --stage report
