@@ -41,7 +41,8 @@ import lcsbench.study.experiments  # noqa: F401 - registers the study's experime
 from lcsbench.commands._common import CommandParser, check_output_dir, command_parser
 from lcsbench.study.runner import Study
 from lcsbench.study.scales import SCALES
-from lcsbench.study.stages import STAGES, SlurmOptions, run_study, run_study_on_slurm
+from lcsbench.study.slurm_jobs import SlurmOptions, run_study_on_slurm
+from lcsbench.study.stages import STAGES, run_study
 
 
 def build_parser() -> CommandParser:
