@@ -124,7 +124,8 @@ def collect(study: Study, inputs: dict[str, dict[str, Path]]) -> Collected:
         trained=[n for n in names if study.record_of(n).trained], closed=[n for n in names if not
                                                                            study.record_of(n).trained],
         lengthgens={name: read_json(files["lengthgen"]) for name, files in inputs.items()},
-        localities=present("locality"), randoms=present("random"), steps_checks=present("steps_check"), resamples=present("resample"),
+        localities=present("locality"), randoms=present("random"), steps_checks=present("steps_check"),
+        resamples=present("resample"),
         exports=present("export"), r2s=present("r2"),
         maps={name: files["maps"] for name, files in inputs.items() if files["maps"].exists()},
         timings=read_timings(study.out / "timings.json"), features=present("features"))
