@@ -190,6 +190,13 @@ def features_jobs(study: Study, exp: str, weights: Path, export: dict | None) ->
                 after=lambda: stamp(folder, weights, export), beside=True)]
 
 
+def closed_form_jobs(study: Study, name: str) -> list[Job]:
+    """The lengthgen and locality runs of one judged closed form's spec that are not current yet."""
+    spec = study.spec(name)
+    record = {"exported": None, "sha256": spec_sha256(spec)}
+    return denoiser_jobs(study, name, spec, record, {**study.scale.locality, **study.scale.closed_form_locality})
+
+
 def stage_evaluate(study: Study) -> None:
     """Judge every trained model's exported weights and every closed form (run_jobs: one after another on every
     core, or --parallel N at once on their own cores)."""
@@ -199,11 +206,9 @@ def stage_evaluate(study: Study) -> None:
     for name in study.closed_forms:
         if not study.record_of(name).judged:  # a yardstick for r2 only: its spec is all it needs
             continue
-        spec = study.spec(name)
-        if not spec.exists():
-            study.refuse(f"evaluate {name}: no closed-form spec at {spec}: run `--stage export` first (it writes "
-                         f"the specs of the closed forms from the render)")
-        record = {"exported": None, "sha256": spec_sha256(spec)}
-        jobs += denoiser_jobs(study, name, spec, record, {**study.scale.locality, **study.scale.closed_form_locality})
+        if not study.spec(name).exists():
+            study.refuse(f"evaluate {name}: no closed-form spec at {study.spec(name)}: run `--stage export` first "
+                         f"(it writes the specs of the closed forms from the render)")
+        jobs += closed_form_jobs(study, name)
     # the rows of the table first, the checks beside them last: a study stopped early reports what it has
     run_jobs(study, [job for job in jobs if not job.beside] + [job for job in jobs if job.beside])

@@ -178,16 +178,20 @@ def closed_form_flags(study: Study, name: str) -> dict:
             "grid-size": grid, "radius": radius, **study.scale.closed_form_flags}
 
 
-def write_closed_form_spec(study: Study, name: str) -> None:
-    """OUT/closed_forms/<name>.pt, the closed form's spec over the study's render, unless the one there names this
-    render as it is now (path and manifest sha256)."""
+def spec_is_current(study: Study, name: str) -> bool:
+    """The closed form's spec names the study's render as it is now (its path and manifest sha256)."""
     from lcsbench.data.shards import file_sha256
 
     root = study.render_root(study.record_of(name).counts)
-    spec, manifest = study.spec(name), root / "manifest.json"
-    entry = spec_record(spec)
-    if (entry is not None and manifest.exists() and entry.get("render") == str(root.resolve())
-            and entry.get("manifest_sha256") == file_sha256(manifest)):
+    entry, manifest = spec_record(study.spec(name)), root / "manifest.json"
+    return (entry is not None and manifest.exists() and entry.get("render") == str(root.resolve())
+            and entry.get("manifest_sha256") == file_sha256(manifest))
+
+
+def write_closed_form_spec(study: Study, name: str) -> None:
+    """OUT/closed_forms/<name>.pt, the closed form's spec over the study's render, unless the one there is current."""
+    root, spec = study.render_root(study.record_of(name).counts), study.spec(name)
+    if spec_is_current(study, name):
         study.say(f"closed form {name}: {spec} names the current render, skipped")
         return
     study.run(["closed-form", "spec", "--render", str(root), "--out", str(spec),

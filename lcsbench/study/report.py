@@ -72,6 +72,14 @@ def reported_experiments(study: Study) -> list[str]:
     return done or shown
 
 
+def report_is_current(study: Study, inputs: dict[str, dict[str, Path]]) -> bool:
+    """report.json (readable) and table.md exist and are newer than every input the report reads."""
+    report_path = study.out / "report.json"
+    newest = max((p.stat().st_mtime for files in inputs.values() for p in files.values() if p.exists()), default=0)
+    return (read_json(report_path) is not None and report_path.stat().st_mtime >= newest
+            and (study.out / "table.md").exists())
+
+
 def stage_report(study: Study) -> None:
     inputs = report_inputs(study, reported_experiments(study))
     missing = [str(p) for files in inputs.values() for key, p in files.items()
@@ -82,11 +90,8 @@ def stage_report(study: Study) -> None:
         if study.dry_run:
             study.in_process("report", None, "report")
         return
-    report_path = study.out / "report.json"
-    newest = max(p.stat().st_mtime for files in inputs.values() for p in files.values() if p.exists())
-    if (read_json(report_path) is not None and report_path.stat().st_mtime >= newest
-            and (study.out / "table.md").exists()):
-        study.say(f"report: {report_path} is newer than its inputs, skipped")
+    if report_is_current(study, inputs):
+        study.say(f"report: {study.out / 'report.json'} is newer than its inputs, skipped")
         return
     study.in_process("report", None, f"report: {study.out / 'table.md'}, report.json and figures")
     if study.dry_run:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lcsbench.study.export import spec_is_current
 from lcsbench.study.runner import Study
 from lcsbench.study.stages import needed_renders, render_is_complete
 
@@ -69,39 +70,22 @@ def fit_done(study: Study, exp: str) -> bool:
     return step is not None and step >= study.config(exp)["max_steps"] and export_is_current(study, exp)
 
 
-def spec_done(study: Study, name: str) -> bool:
-    """The spec names the render as it is now (write_closed_form_spec's test)."""
-    from lcsbench.data.shards import file_sha256
-    from lcsbench.study.export import spec_record
-
-    root = study.render_root(study.record_of(name).counts)
-    entry, manifest = spec_record(study.spec(name)), root / "manifest.json"
-    return (entry is not None and manifest.exists() and entry.get("render") == str(root.resolve())
-            and entry.get("manifest_sha256") == file_sha256(manifest))
-
-
 def evaluate_done(study: Study, name: str) -> bool:
     """No evaluation command of the experiment is left to run (the evaluate stage's own tests)."""
-    from lcsbench.study.evaluate import denoiser_jobs, trained_jobs
-    from lcsbench.study.export import spec_sha256
+    from lcsbench.study.evaluate import closed_form_jobs, trained_jobs
 
     if study.record_of(name).trained:
         return study.weights(name).exists() and not trained_jobs(study, name)
-    spec = study.spec(name)
-    record = {"exported": None, "sha256": spec_sha256(spec)}
-    flags_ = {**study.scale.locality, **study.scale.closed_form_locality}
-    return spec.exists() and not denoiser_jobs(study, name, spec, record, flags_)
+    return study.spec(name).exists() and not closed_form_jobs(study, name)
 
 
 def report_done(study: Study) -> bool:
-    """report.json is newer than every input (the report stage's test)."""
-    from lcsbench.study.report import OPTIONAL_INPUTS, report_inputs, reported_experiments
+    """Every input the report needs is there and the report is newer than them (the report stage's test)."""
+    from lcsbench.study.report import OPTIONAL_INPUTS, report_inputs, report_is_current, reported_experiments
 
     inputs = report_inputs(study, reported_experiments(study))
-    paths = [p for files in inputs.values() for key, p in files.items() if key not in OPTIONAL_INPUTS or p.exists()]
-    report = study.out / "report.json"
-    return (all(p.exists() for p in paths) and report.exists() and (study.out / "table.md").exists()
-            and all(report.stat().st_mtime >= p.stat().st_mtime for p in paths))
+    needed = all(p.exists() for files in inputs.values() for key, p in files.items() if key not in OPTIONAL_INPUTS)
+    return needed and report_is_current(study, inputs)
 
 
 def slurm_parts(study: Study) -> list[Part]:
@@ -118,7 +102,7 @@ def slurm_parts(study: Study) -> list[Part]:
     specs = [f"spec {name}" for name in study.closed_forms]
     for name in study.closed_forms:
         parts.append(Part(f"spec {name}", ("export",), [name], ["render"],
-                          quietly_done(lambda name=name: spec_done(quiet, name))))
+                          quietly_done(lambda name=name: spec_is_current(quiet, name))))
     for name in study.experiments:
         if study.record_of(name).trained or study.record_of(name).judged:
             after = [f"fit {name}", *specs] if study.record_of(name).trained else [f"spec {name}"]  # r2: the specs
